@@ -1,0 +1,475 @@
+//! A simulated file system that knows what is durable.
+//!
+//! Model (the media assumptions every crash test relies on):
+//!
+//! - Each file (inode) has its *current* bytes (what reads see) and its *durable* bytes
+//!   (what survives power loss). `write_all_at` and `set_len` change the current bytes
+//!   and append to a log of unsynced operations; `sync_data` applies that log to the
+//!   durable bytes.
+//! - The namespace (path → inode) likewise has a current and a durable version;
+//!   `sync_dir(d)` makes the current entries of `d` durable. Directories themselves are
+//!   durable once created (engines create their directory once, at open).
+//! - [`SimFs::crash`] reboots the machine with one of three [`CrashFate`]s: keep only what
+//!   is durable, keep a random prefix of each file's unsynced operations (the last one
+//!   possibly cut short: a torn write), or keep everything (a process kill, where the
+//!   operating system still holds every written byte).
+//! - Every mutating call counts as one *operation*. [`SimFs::crash_after`] makes every
+//!   call after the n-th fail as if the process had died there; [`SimFs::fail_op`] makes
+//!   the n-th call fail with `EIO` or `ENOSPC` while the rest succeed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::{FileRef, OpenMode, Vfs, VfsFile};
+
+/// What survives a simulated crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashFate {
+    /// Power loss: only synced bytes and synced directory entries survive.
+    LoseUnsynced,
+    /// Power loss mid-write: synced state plus, per file, a random prefix of the unsynced
+    /// operations, the last of them possibly torn (a prefix of its bytes).
+    Torn {
+        /// Seed of the random choices, so a failure can be replayed.
+        seed: u64,
+    },
+    /// Process kill (`kill -9`): everything handed to the operating system survives.
+    KeepAll,
+}
+
+/// The error an injected fault returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// An I/O error (`EIO`).
+    Eio,
+    /// The disk is full (`ENOSPC`).
+    NoSpace,
+}
+
+#[derive(Debug, Clone)]
+enum Unsynced {
+    Write { offset: u64, bytes: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Default)]
+struct Inode {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    unsynced: Vec<Unsynced>,
+}
+
+fn apply(data: &mut Vec<u8>, op: &Unsynced) {
+    match op {
+        Unsynced::Write { offset, bytes } => {
+            let start = usize::try_from(*offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(bytes.len());
+            if data.len() < end {
+                data.resize(end, 0);
+            }
+            data[start..end].copy_from_slice(bytes);
+        }
+        Unsynced::SetLen(len) => data.resize(usize::try_from(*len).unwrap_or(usize::MAX), 0),
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Bumped by every crash; handles from an older epoch fail.
+    epoch: u64,
+    inodes: HashMap<u64, Inode>,
+    next_inode: u64,
+    names: BTreeMap<PathBuf, u64>,
+    durable_names: BTreeMap<PathBuf, u64>,
+    dirs: Vec<PathBuf>,
+    ops: u64,
+    crash_after: Option<u64>,
+    crashed: bool,
+    fault: Option<(u64, FaultKind)>,
+}
+
+impl State {
+    /// Counts one mutating operation and decides whether it may run.
+    fn begin_op(&mut self, epoch: u64) -> io::Result<()> {
+        self.check_alive(epoch)?;
+        self.ops += 1;
+        if let Some((at, kind)) = self.fault {
+            if self.ops == at {
+                self.fault = None;
+                return Err(match kind {
+                    FaultKind::Eio => io::Error::other("injected EIO"),
+                    FaultKind::NoSpace => io::Error::new(io::ErrorKind::StorageFull, "injected ENOSPC"),
+                });
+            }
+        }
+        if let Some(limit) = self.crash_after {
+            if self.ops > limit {
+                self.crashed = true;
+                return Err(crashed());
+            }
+        }
+        Ok(())
+    }
+
+    fn check_alive(&self, epoch: u64) -> io::Result<()> {
+        if self.crashed || epoch != self.epoch {
+            return Err(crashed());
+        }
+        Ok(())
+    }
+
+    fn inode(&mut self, ino: u64) -> io::Result<&mut Inode> {
+        self.inodes.get_mut(&ino).ok_or_else(|| io::Error::other("stale inode"))
+    }
+}
+
+fn crashed() -> io::Error {
+    io::Error::other("simulated crash: the process is dead")
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+}
+
+/// The simulated file system. Cloning gives another handle to the same disk.
+#[derive(Debug, Clone, Default)]
+pub struct SimFs {
+    state: Arc<Mutex<State>>,
+}
+
+impl SimFs {
+    /// An empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This disk as a shareable `Arc<dyn Vfs>`.
+    pub fn shared(&self) -> Arc<dyn Vfs> {
+        Arc::new(self.clone())
+    }
+
+    /// How many mutating operations have run since the disk was created.
+    pub fn ops(&self) -> u64 {
+        self.state.lock().ops
+    }
+
+    /// Lets `n` more mutating operations run, then fails every call as a dead process.
+    pub fn crash_after(&self, n: u64) {
+        let mut s = self.state.lock();
+        s.crash_after = Some(s.ops + n);
+    }
+
+    /// Whether the crash point set by [`SimFs::crash_after`] has been reached.
+    pub fn has_crashed(&self) -> bool {
+        self.state.lock().crashed
+    }
+
+    /// Makes the `n`-th mutating operation from now (1-based) fail with `kind`.
+    pub fn fail_op(&self, n: u64, kind: FaultKind) {
+        let mut s = self.state.lock();
+        s.fault = Some((s.ops + n, kind));
+    }
+
+    /// Reboots: keeps what `fate` says survives, invalidates every open handle, and clears
+    /// crash points and faults.
+    pub fn crash(&self, fate: CrashFate) {
+        let mut s = self.state.lock();
+        let mut rng = StdRng::seed_from_u64(match fate {
+            CrashFate::Torn { seed } => seed,
+            _ => 0,
+        });
+        for inode in s.inodes.values_mut() {
+            let keep = match fate {
+                CrashFate::LoseUnsynced => 0,
+                CrashFate::KeepAll => inode.unsynced.len(),
+                CrashFate::Torn { .. } => rng.gen_range(0..=inode.unsynced.len()),
+            };
+            let ops = std::mem::take(&mut inode.unsynced);
+            for op in &ops[..keep] {
+                apply(&mut inode.durable, op);
+            }
+            if let (CrashFate::Torn { .. }, Some(Unsynced::Write { offset, bytes })) =
+                (fate, ops.get(keep))
+            {
+                let cut = rng.gen_range(0..=bytes.len());
+                let torn = Unsynced::Write { offset: *offset, bytes: bytes[..cut].to_vec() };
+                apply(&mut inode.durable, &torn);
+            }
+            inode.current = inode.durable.clone();
+        }
+        if fate != CrashFate::KeepAll {
+            s.names = s.durable_names.clone();
+        } else {
+            s.durable_names = s.names.clone();
+        }
+        let live: std::collections::HashSet<u64> = s.names.values().copied().collect();
+        s.inodes.retain(|ino, _| live.contains(ino));
+        s.epoch += 1;
+        s.crashed = false;
+        s.crash_after = None;
+        s.fault = None;
+    }
+
+    /// Flips one bit of a file, in both its current and its durable bytes.
+    pub fn flip_bit(&self, path: &Path, byte: u64, bit: u8) -> io::Result<()> {
+        let mut s = self.state.lock();
+        let ino = *s.names.get(path).ok_or_else(|| not_found(path))?;
+        let inode = s.inode(ino)?;
+        let i = usize::try_from(byte).unwrap_or(usize::MAX);
+        for data in [&mut inode.current, &mut inode.durable] {
+            if let Some(b) = data.get_mut(i) {
+                *b ^= 1 << (bit % 8);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current bytes of a file (for tests and inspection).
+    pub fn contents(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let s = self.state.lock();
+        let ino = s.names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(s.inodes.get(ino).map(|i| i.current.clone()).unwrap_or_default())
+    }
+
+    fn handle(&self, ino: u64, epoch: u64, writable: bool) -> FileRef {
+        Arc::new(SimFile { fs: self.clone(), ino, epoch, writable })
+    }
+}
+
+#[derive(Debug)]
+struct SimFile {
+    fs: SimFs,
+    ino: u64,
+    epoch: u64,
+    writable: bool,
+}
+
+impl SimFile {
+    fn check_writable(&self) -> io::Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"))
+        }
+    }
+
+    fn log(&self, op: Unsynced) -> io::Result<()> {
+        self.check_writable()?;
+        let mut s = self.fs.state.lock();
+        s.begin_op(self.epoch)?;
+        let inode = s.inode(self.ino)?;
+        apply(&mut inode.current, &op);
+        inode.unsynced.push(op);
+        Ok(())
+    }
+}
+
+impl VfsFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut s = self.fs.state.lock();
+        s.check_alive(self.epoch)?;
+        let data = &s.inode(self.ino)?.current;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.log(Unsynced::Write { offset, bytes: buf.to_vec() })
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        let mut s = self.fs.state.lock();
+        s.begin_op(self.epoch)?;
+        let inode = s.inode(self.ino)?;
+        for op in std::mem::take(&mut inode.unsynced) {
+            apply(&mut inode.durable, &op);
+        }
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.log(Unsynced::SetLen(len))
+    }
+    fn len(&self) -> io::Result<u64> {
+        let mut s = self.fs.state.lock();
+        s.check_alive(self.epoch)?;
+        Ok(s.inode(self.ino)?.current.len() as u64)
+    }
+}
+
+impl Vfs for SimFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        let epoch = s.epoch;
+        s.check_alive(epoch)?;
+        let mut p = path.to_path_buf();
+        loop {
+            if !s.dirs.contains(&p) {
+                s.dirs.push(p.clone());
+            }
+            if !p.pop() || p.as_os_str().is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let s = self.state.lock();
+        s.check_alive(s.epoch)?;
+        if !s.dirs.iter().any(|d| d == dir) {
+            return Err(not_found(dir));
+        }
+        Ok(s.names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<FileRef> {
+        let mut s = self.state.lock();
+        let epoch = s.epoch;
+        match mode {
+            OpenMode::Read | OpenMode::ReadWrite => {
+                s.check_alive(epoch)?;
+                let ino = *s.names.get(path).ok_or_else(|| not_found(path))?;
+                Ok(self.handle(ino, epoch, mode == OpenMode::ReadWrite))
+            }
+            OpenMode::CreateNew => {
+                s.begin_op(epoch)?;
+                let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                if !s.dirs.contains(&parent) {
+                    return Err(not_found(&parent));
+                }
+                if s.names.contains_key(path) {
+                    return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
+                }
+                let ino = s.next_inode;
+                s.next_inode += 1;
+                s.inodes.insert(ino, Inode::default());
+                s.names.insert(path.to_path_buf(), ino);
+                Ok(self.handle(ino, epoch, true))
+            }
+        }
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        let epoch = s.epoch;
+        s.begin_op(epoch)?;
+        s.names.remove(path).map(|_| ()).ok_or_else(|| not_found(path))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        let epoch = s.epoch;
+        s.begin_op(epoch)?;
+        let ino = s.names.remove(from).ok_or_else(|| not_found(from))?;
+        s.names.insert(to.to_path_buf(), ino);
+        Ok(())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        let epoch = s.epoch;
+        s.begin_op(epoch)?;
+        let in_dir = |p: &PathBuf| p.parent() == Some(dir);
+        s.durable_names.retain(|p, _| !in_dir(p));
+        let current: Vec<(PathBuf, u64)> =
+            s.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
+        s.durable_names.extend(current);
+        Ok(())
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        let s = self.state.lock();
+        s.check_alive(s.epoch)?;
+        Ok(s.names.contains_key(path) || s.dirs.iter().any(|d| d == path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        PathBuf::from("/d")
+    }
+
+    #[test]
+    fn unsynced_data_and_entries_are_lost_on_power_loss() {
+        let fs = SimFs::new();
+        fs.create_dir_all(&dir()).unwrap();
+        let a = fs.open(&dir().join("a"), OpenMode::CreateNew).unwrap();
+        a.write_all_at(b"hello", 0).unwrap();
+        a.sync_data().unwrap();
+        // The file's data is synced but its directory entry is not.
+        fs.crash(CrashFate::LoseUnsynced);
+        assert!(!fs.exists(&dir().join("a")).unwrap());
+
+        let b = fs.open(&dir().join("b"), OpenMode::CreateNew).unwrap();
+        fs.sync_dir(&dir()).unwrap();
+        b.write_all_at(b"one", 0).unwrap();
+        b.sync_data().unwrap();
+        b.write_all_at(b"two", 3).unwrap();
+        fs.crash(CrashFate::LoseUnsynced);
+        assert_eq!(fs.contents(&dir().join("b")).unwrap(), b"one");
+        // Old handles are dead after a crash.
+        assert!(b.read_at(&mut [0u8; 3], 0).is_err());
+    }
+
+    #[test]
+    fn keep_all_models_a_process_kill() {
+        let fs = SimFs::new();
+        fs.create_dir_all(&dir()).unwrap();
+        let f = fs.open(&dir().join("f"), OpenMode::CreateNew).unwrap();
+        f.write_all_at(b"abc", 0).unwrap();
+        fs.crash(CrashFate::KeepAll);
+        assert_eq!(fs.contents(&dir().join("f")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn torn_keeps_a_prefix_of_unsynced_writes() {
+        for seed in 0..50 {
+            let fs = SimFs::new();
+            fs.create_dir_all(&dir()).unwrap();
+            let f = fs.open(&dir().join("f"), OpenMode::CreateNew).unwrap();
+            fs.sync_dir(&dir()).unwrap();
+            f.write_all_at(b"aaaa", 0).unwrap();
+            f.write_all_at(b"bbbb", 4).unwrap();
+            fs.crash(CrashFate::Torn { seed });
+            let got = fs.contents(&dir().join("f")).unwrap();
+            assert!(b"aaaabbbb".starts_with(&got), "seed {seed}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn crash_point_and_faults_fail_exactly_where_asked() {
+        let fs = SimFs::new();
+        fs.create_dir_all(&dir()).unwrap();
+        let f = fs.open(&dir().join("f"), OpenMode::CreateNew).unwrap();
+        fs.fail_op(2, FaultKind::Eio);
+        f.write_all_at(b"x", 0).unwrap();
+        assert!(f.sync_data().is_err());
+        f.sync_data().unwrap();
+        fs.crash_after(1);
+        f.write_all_at(b"y", 1).unwrap();
+        assert!(f.write_all_at(b"z", 2).is_err());
+        assert!(fs.has_crashed());
+        assert!(f.len().is_err(), "a dead process reads nothing");
+    }
+
+    #[test]
+    fn rename_is_durable_only_after_dir_sync() {
+        let fs = SimFs::new();
+        fs.create_dir_all(&dir()).unwrap();
+        let f = fs.open(&dir().join("tmp"), OpenMode::CreateNew).unwrap();
+        f.write_all_at(b"v1", 0).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(&dir()).unwrap();
+        fs.rename(&dir().join("tmp"), &dir().join("final")).unwrap();
+        fs.crash(CrashFate::LoseUnsynced);
+        assert!(fs.exists(&dir().join("tmp")).unwrap());
+        assert!(!fs.exists(&dir().join("final")).unwrap());
+    }
+}

@@ -1,0 +1,626 @@
+//! The append path: LSN assignment, group commit, rotation.
+//!
+//! # Group commit
+//!
+//! Appenders encode their batch into a pending buffer under one mutex (which also assigns
+//! LSNs, so the buffer is always in LSN order) and then wait for their acknowledgement.
+//! Whenever no I/O is running, a waiting appender becomes the *leader*: it takes the
+//! pending buffers, releases the mutex, writes them with one `pwrite` each, and, if any
+//! waiter asked for `Durable`, issues one `fdatasync`; then it publishes the new written
+//! and synced LSNs and wakes everyone. Appenders that arrive during the I/O queue up behind
+//! it and are served together by the next leader. Nobody is acknowledged `Durable` before
+//! the `fdatasync` covering their bytes has returned.
+//!
+//! # Failure
+//!
+//! A failed write or sync poisons the WAL: the error is recorded, pending buffers are
+//! dropped, every waiter whose bytes were not yet acknowledged gets [`Error::Poisoned`],
+//! and so does every later append. `fsync` is never retried (after a failed `fsync` the
+//! kernel may have dropped the dirty pages, so a retry that succeeds proves nothing).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bourse_fs::{FileRef, OpenMode, Vfs};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+
+use crate::format::{self, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::options::Preallocate;
+use crate::{io_err, Durability, Error, Lsn, LsnRange, Result, WalOptions};
+
+/// One record to append.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// Opaque kind (the engine's event kind).
+    pub kind: u16,
+    /// Nanoseconds since the Unix epoch.
+    pub timestamp: i64,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// A torn tail that recovery cut off the newest segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailCut {
+    /// The segment that was cut (or removed, when its header was torn).
+    pub segment: PathBuf,
+    /// Offset of the cut: everything from here on was discarded.
+    pub offset: u64,
+    /// How many bytes were discarded.
+    pub bytes: u64,
+    /// Why: the damage found at the cut.
+    pub reason: String,
+}
+
+/// What [`Wal::open`] found and did.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// Segments found.
+    pub segments: usize,
+    /// The first retained LSN.
+    pub first_lsn: Lsn,
+    /// The last LSN recovered (`first_lsn - 1` when the log is empty).
+    pub last_lsn: Lsn,
+    /// Torn tails cut off (at most one segment's tail, plus any torn segment creation).
+    pub cuts: Vec<TailCut>,
+}
+
+/// Counters of the append path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Batches appended.
+    pub batches: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Bytes written (headers included).
+    pub bytes: u64,
+    /// `pwrite` calls.
+    pub writes: u64,
+    /// `fdatasync` calls.
+    pub syncs: u64,
+    /// Segment rotations.
+    pub rotations: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    writes: AtomicU64,
+    syncs: AtomicU64,
+    rotations: AtomicU64,
+}
+
+/// A segment as readers see it.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentInfo {
+    pub first_lsn: Lsn,
+    pub path: PathBuf,
+    pub file: FileRef,
+}
+
+/// The segment being appended to (owned by the leader during I/O).
+#[derive(Debug)]
+pub(crate) struct Active {
+    pub first_lsn: Lsn,
+    pub path: PathBuf,
+    pub file: FileRef,
+    pub offset: u64,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    /// Set when this chunk starts a new segment with this first LSN.
+    new_segment: Option<Lsn>,
+    bytes: Vec<u8>,
+    last_lsn: Lsn,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub next_lsn: Lsn,
+    pending: Vec<Chunk>,
+    pub pending_bytes: usize,
+    /// Bytes the active segment will hold once pending chunks are written.
+    pub seg_fill: u64,
+    durable_wanted: Lsn,
+    pub io_busy: bool,
+    pub poisoned: Option<String>,
+    pub written: Lsn,
+    pub synced: Lsn,
+    pub active: Option<Active>,
+    free_bufs: Vec<Vec<u8>>,
+}
+
+impl State {
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    pub(crate) fn reset_durable_wanted(&mut self, lsn: Lsn) {
+        self.durable_wanted = self.durable_wanted.min(lsn);
+    }
+
+    pub(crate) fn new(next_lsn: Lsn, active: Active) -> Self {
+        let last = Lsn(next_lsn.0 - 1);
+        Self {
+            next_lsn,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            seg_fill: active.offset,
+            durable_wanted: last,
+            io_busy: false,
+            poisoned: None,
+            written: last,
+            synced: last,
+            active: Some(active),
+            free_bufs: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Spare {
+    ready: bool,
+    needed: bool,
+    shutdown: bool,
+}
+
+/// State shared by the WAL handle, its readers and its background thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub vfs: Arc<dyn Vfs>,
+    pub dir: PathBuf,
+    pub opts: WalOptions,
+    pub state: Mutex<State>,
+    pub cond: Condvar,
+    pub segments: RwLock<Vec<SegmentInfo>>,
+    /// Last LSN handed to the OS; readers never read past it.
+    pub written: AtomicU64,
+    durable: AtomicU64,
+    counters: Counters,
+    spare: Mutex<Spare>,
+    spare_cond: Condvar,
+}
+
+const SPARE_NAME: &str = "spare.wal.tmp";
+
+/// The write-ahead log. Shareable across threads (`&self` methods); appends from many
+/// threads are group-committed.
+#[derive(Debug)]
+pub struct Wal {
+    pub(crate) shared: Arc<Shared>,
+    recovery: RecoveryReport,
+    preparer: Option<JoinHandle<()>>,
+}
+
+impl Wal {
+    pub(crate) fn from_parts(
+        vfs: Arc<dyn Vfs>,
+        dir: PathBuf,
+        opts: WalOptions,
+        state: State,
+        segments: Vec<SegmentInfo>,
+        recovery: RecoveryReport,
+    ) -> Self {
+        let last = state.written.0;
+        let background = opts.preallocate == Preallocate::PreWrite;
+        let shared = Arc::new(Shared {
+            vfs,
+            dir,
+            opts,
+            state: Mutex::new(state),
+            cond: Condvar::new(),
+            segments: RwLock::new(segments),
+            written: AtomicU64::new(last),
+            durable: AtomicU64::new(last),
+            counters: Counters::default(),
+            spare: Mutex::new(Spare { needed: true, ..Spare::default() }),
+            spare_cond: Condvar::new(),
+        });
+        let preparer = background.then(|| {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("bourse-wal-prealloc".into())
+                .spawn(move || s.prepare_spares())
+                .ok()
+        });
+        Self { shared, recovery: recovery.clone(), preparer: preparer.flatten() }
+    }
+
+    /// Appends one record as a batch of one.
+    pub fn append(&self, entry: Entry<'_>, durability: Durability) -> Result<LsnRange> {
+        self.append_batch(&[entry], durability)
+    }
+
+    /// Appends a batch; returns its LSN range once `durability` holds. The batch recovers
+    /// all-or-nothing.
+    pub fn append_batch(&self, entries: &[Entry<'_>], durability: Durability) -> Result<LsnRange> {
+        let bytes = self.check_batch(entries)?;
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        loop {
+            if let Some(cause) = &st.poisoned {
+                return Err(Error::Poisoned { cause: cause.clone() });
+            }
+            if st.pending_bytes == 0 || st.pending_bytes + bytes <= shared.opts.pending_bytes_max {
+                break;
+            }
+            shared.step(&mut st);
+        }
+        let range = shared.enqueue(&mut st, entries, bytes);
+        shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+        shared.counters.records.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        shared.wait_for(&mut st, range.last, durability)?;
+        Ok(range)
+    }
+
+    /// Makes every record appended so far durable; returns the last durable LSN.
+    pub fn sync(&self) -> Result<Lsn> {
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        let target = Lsn(st.next_lsn.0 - 1);
+        shared.wait_for(&mut st, target, Durability::Durable)?;
+        Ok(target)
+    }
+
+    fn check_batch(&self, entries: &[Entry<'_>]) -> Result<usize> {
+        let opts = &self.shared.opts;
+        if entries.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let mut bytes = 0usize;
+        for e in entries {
+            if e.payload.len() > opts.record_bytes_max {
+                return Err(Error::RecordTooLarge { bytes: e.payload.len(), max: opts.record_bytes_max });
+            }
+            bytes += format::record_bytes(e.payload.len());
+        }
+        if entries.len() > opts.batch_records_max {
+            let why = "batch_records_max";
+            return Err(Error::BatchTooLarge { records: entries.len(), bytes, why });
+        }
+        if (bytes + SEGMENT_HEADER_BYTES) as u64 > opts.segment_bytes {
+            let why = "a batch must fit in one segment (segment_bytes)";
+            return Err(Error::BatchTooLarge { records: entries.len(), bytes, why });
+        }
+        Ok(bytes)
+    }
+
+    /// The last LSN written to the OS (readable by [`Wal::read_from`]).
+    pub fn last_lsn(&self) -> Lsn {
+        Lsn(self.shared.written.load(Ordering::Acquire))
+    }
+
+    /// The last LSN known durable.
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(self.shared.durable.load(Ordering::Acquire))
+    }
+
+    /// The oldest LSN still retained.
+    pub fn first_lsn(&self) -> Lsn {
+        self.shared.segments.read().first().map(|s| s.first_lsn).unwrap_or_default()
+    }
+
+    /// Whether an earlier failure poisoned the WAL.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.state.lock().poisoned.is_some()
+    }
+
+    /// What recovery found when this WAL was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Counters of the append path.
+    pub fn stats(&self) -> WalStats {
+        let c = &self.shared.counters;
+        WalStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+            rotations: c.rotations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The segment files, oldest first, with their first LSNs.
+    pub fn segment_files(&self) -> Vec<(Lsn, PathBuf)> {
+        self.shared.segments.read().iter().map(|s| (s.first_lsn, s.path.clone())).collect()
+    }
+
+    /// The directory of this WAL.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        {
+            let mut spare = self.shared.spare.lock();
+            spare.shutdown = true;
+            self.shared.spare_cond.notify_all();
+        }
+        if let Some(handle) = self.preparer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Shared {
+    /// Encodes a batch at the end of the pending buffers, assigning its LSNs.
+    fn enqueue(&self, st: &mut State, entries: &[Entry<'_>], bytes: usize) -> LsnRange {
+        let first = st.next_lsn;
+        let new_segment = if st.seg_fill + bytes as u64 > self.opts.segment_bytes {
+            st.seg_fill = SEGMENT_HEADER_BYTES as u64;
+            Some(first)
+        } else {
+            None
+        };
+        let reuse = new_segment.is_none()
+            && st.pending.last().is_some_and(|c| c.bytes.len() < self.opts.group_commit_bytes_max);
+        if !reuse {
+            let bytes = st.free_bufs.pop().unwrap_or_default();
+            st.pending.push(Chunk { new_segment, bytes, last_lsn: first });
+        }
+        let last_index = entries.len() - 1;
+        let mut lsn = first;
+        if let Some(chunk) = st.pending.last_mut() {
+            for (i, e) in entries.iter().enumerate() {
+                format::encode_record(&mut chunk.bytes, lsn, e.timestamp, e.kind, i == last_index, e.payload);
+                lsn = lsn.next();
+            }
+            chunk.last_lsn = Lsn(lsn.0 - 1);
+        }
+        st.next_lsn = lsn;
+        st.seg_fill += bytes as u64;
+        st.pending_bytes += bytes;
+        LsnRange { first, last: Lsn(lsn.0 - 1) }
+    }
+
+    /// Waits until `target` holds at `durability`, leading I/O when nobody else is.
+    pub(crate) fn wait_for(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        target: Lsn,
+        durability: Durability,
+    ) -> Result<()> {
+        if durability == Durability::Durable && st.durable_wanted < target {
+            st.durable_wanted = target;
+        }
+        loop {
+            let done = match durability {
+                Durability::Buffered => st.written >= target,
+                Durability::Durable => st.synced >= target,
+            };
+            if done {
+                return Ok(());
+            }
+            if let Some(cause) = &st.poisoned {
+                return Err(Error::Poisoned { cause: cause.clone() });
+            }
+            self.step(st);
+        }
+    }
+
+    /// Leads one round of I/O if none is running, else waits for the running one.
+    pub(crate) fn step(&self, st: &mut MutexGuard<'_, State>) {
+        if st.io_busy {
+            self.cond.wait(st);
+        } else {
+            self.lead(st);
+        }
+    }
+
+    fn lead(&self, st: &mut MutexGuard<'_, State>) {
+        st.io_busy = true;
+        let wants_sync = st.durable_wanted > st.synced;
+        if wants_sync && self.opts.group_commit_delay_us > 0 {
+            let delay = Duration::from_micros(self.opts.group_commit_delay_us);
+            MutexGuard::unlocked(st, || std::thread::sleep(delay));
+        }
+        let mut chunks = Vec::new();
+        let mut taken = 0usize;
+        while !st.pending.is_empty() && (taken == 0 || taken < self.opts.group_commit_bytes_max) {
+            let chunk = st.pending.remove(0);
+            taken += chunk.bytes.len();
+            chunks.push(chunk);
+        }
+        st.pending_bytes -= taken;
+        let need_sync = st.durable_wanted > st.synced;
+        let written_before = st.written;
+        let Some(mut active) = st.active.take() else {
+            st.poisoned = Some("internal: no active segment".into());
+            st.io_busy = false;
+            self.cond.notify_all();
+            return;
+        };
+        let result = MutexGuard::unlocked(st, || {
+            self.write_chunks(&mut active, &chunks, need_sync, written_before)
+        });
+        st.active = Some(active);
+        match result {
+            Ok((written, synced)) => {
+                st.written = st.written.max(written);
+                st.synced = st.synced.max(synced);
+                self.written.store(st.written.0, Ordering::Release);
+                self.durable.store(st.synced.0, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, dir = %self.dir.display(), "WAL poisoned");
+                st.poisoned = Some(e.to_string());
+                st.pending.clear();
+                st.pending_bytes = 0;
+            }
+        }
+        for mut chunk in chunks {
+            if st.free_bufs.len() < 4 && chunk.bytes.capacity() <= self.opts.group_commit_bytes_max * 2 {
+                chunk.bytes.clear();
+                st.free_bufs.push(chunk.bytes);
+            }
+        }
+        st.io_busy = false;
+        self.cond.notify_all();
+    }
+
+    /// The leader's I/O, run without the state lock. Returns (written, synced) LSNs.
+    fn write_chunks(
+        &self,
+        active: &mut Active,
+        chunks: &[Chunk],
+        need_sync: bool,
+        written_before: Lsn,
+    ) -> Result<(Lsn, Lsn)> {
+        let mut written = written_before;
+        let mut synced = Lsn(0);
+        for chunk in chunks {
+            if let Some(first) = chunk.new_segment {
+                // IMPORTANT: seal the old segment before anything lands in the next one, so
+                // recovery never sees a durable record after a lost one.
+                self.sync_file(&active.file, &active.path)?;
+                synced = written;
+                *active = self.create_segment(first)?;
+                self.counters.rotations.fetch_add(1, Ordering::Relaxed);
+                let info = SegmentInfo { first_lsn: first, path: active.path.clone(), file: active.file.clone() };
+                self.segments.write().push(info);
+            }
+            active.file.write_all_at(&chunk.bytes, active.offset).map_err(io_err("write", &active.path))?;
+            active.offset += chunk.bytes.len() as u64;
+            written = chunk.last_lsn;
+            self.counters.writes.fetch_add(1, Ordering::Relaxed);
+            self.counters.bytes.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+        }
+        if need_sync {
+            if self.opts.canary.ack_durable_before_sync {
+                // CANARY: acknowledges before the sync; the harness must catch this.
+                let mut st = self.state.lock();
+                st.written = st.written.max(written);
+                st.synced = st.synced.max(written);
+                self.cond.notify_all();
+            }
+            self.sync_file(&active.file, &active.path)?;
+            synced = written;
+        }
+        Ok((written, synced))
+    }
+
+    pub(crate) fn publish_durable(&self, lsn: Lsn) {
+        self.durable.store(lsn.0, Ordering::Release);
+    }
+
+    fn sync_file(&self, file: &FileRef, path: &Path) -> Result<()> {
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        file.sync_data().map_err(io_err("fdatasync", path))
+    }
+
+    pub(crate) fn sync_dir(&self) -> Result<()> {
+        sync_dir(&*self.vfs, &self.dir, &self.opts)
+    }
+
+    /// Creates and publishes the segment that starts at `first`, from the spare when
+    /// one is ready.
+    pub(crate) fn create_segment(&self, first: Lsn) -> Result<Active> {
+        let spare = std::mem::take(&mut self.spare.lock().ready);
+        let spare_path = spare.then(|| self.dir.join(SPARE_NAME));
+        let active = create_segment_file(&*self.vfs, &self.dir, &self.opts, first, spare_path)?;
+        if spare {
+            self.spare.lock().needed = true;
+            self.spare_cond.notify_all();
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(active)
+    }
+
+    /// The background thread of `Preallocate::PreWrite`: keeps one zero-filled, synced
+    /// spare segment ready for the next rotation.
+    fn prepare_spares(&self) {
+        loop {
+            {
+                let mut s = self.spare.lock();
+                while !s.shutdown && !s.needed {
+                    self.spare_cond.wait(&mut s);
+                }
+                if s.shutdown {
+                    return;
+                }
+                s.needed = false;
+            }
+            match self.build_spare() {
+                Ok(()) => self.spare.lock().ready = true,
+                Err(e) => tracing::warn!(error = %e, "could not pre-write a spare WAL segment"),
+            }
+        }
+    }
+
+    fn build_spare(&self) -> Result<()> {
+        let path = self.dir.join(SPARE_NAME);
+        if self.vfs.exists(&path).map_err(io_err("stat spare", &path))? {
+            self.vfs.remove_file(&path).map_err(io_err("remove spare", &path))?;
+        }
+        let file = self.vfs.open(&path, OpenMode::CreateNew).map_err(io_err("create spare", &path))?;
+        zero_fill(&file, &path, self.opts.segment_bytes)?;
+        file.sync_data().map_err(io_err("fdatasync spare", &path))
+    }
+}
+
+/// `fsync`s the WAL directory (unless a canary skips it).
+pub(crate) fn sync_dir(vfs: &dyn Vfs, dir: &Path, opts: &WalOptions) -> Result<()> {
+    if opts.canary.skip_dir_sync {
+        return Ok(());
+    }
+    vfs.sync_dir(dir).map_err(io_err("fsync directory", dir))
+}
+
+/// Creates the segment file that starts at `first` and publishes it:
+/// (pre-write) → header → fdatasync → rename into place → fsync the directory.
+/// `spare` is a zero-filled, synced file to use instead of a new one.
+pub(crate) fn create_segment_file(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    opts: &WalOptions,
+    first: Lsn,
+    spare: Option<PathBuf>,
+) -> Result<Active> {
+    let name = format::segment_file_name(first);
+    let path = dir.join(&name);
+    let (tmp, file) = match spare {
+        Some(tmp) => {
+            let file = vfs.open(&tmp, OpenMode::ReadWrite).map_err(io_err("open spare", &tmp))?;
+            (tmp, file)
+        }
+        None => {
+            let tmp = dir.join(format!("{name}.tmp"));
+            let file = vfs.open(&tmp, OpenMode::CreateNew).map_err(io_err("create segment", &tmp))?;
+            if opts.preallocate == Preallocate::PreWriteInline {
+                zero_fill(&file, &tmp, opts.segment_bytes)?;
+            }
+            (tmp, file)
+        }
+    };
+    let header = SegmentHeader { first_lsn: first }.encode();
+    file.write_all_at(&header, 0).map_err(io_err("write segment header", &tmp))?;
+    file.sync_data().map_err(io_err("fdatasync", &tmp))?;
+    vfs.rename(&tmp, &path).map_err(io_err("rename segment", &path))?;
+    // IMPORTANT: the new name must be durable before any record in it is acknowledged.
+    sync_dir(vfs, dir, opts)?;
+    Ok(Active { first_lsn: first, path, file, offset: SEGMENT_HEADER_BYTES as u64 })
+}
+
+/// Writes `len` zero bytes from the start of `file` (pre-writing a segment).
+pub(crate) fn zero_fill(file: &FileRef, path: &Path, len: u64) -> Result<()> {
+    const STEP: usize = 1 << 20;
+    let zeros = vec![0u8; STEP];
+    let mut off = 0u64;
+    while off < len {
+        let n = usize::try_from((len - off).min(STEP as u64)).unwrap_or(STEP);
+        file.write_all_at(&zeros[..n], off).map_err(io_err("pre-write segment", path))?;
+        off += n as u64;
+    }
+    Ok(())
+}
