@@ -104,7 +104,9 @@ impl State {
                 self.fault = None;
                 return Err(match kind {
                     FaultKind::Eio => io::Error::other("injected EIO"),
-                    FaultKind::NoSpace => io::Error::new(io::ErrorKind::StorageFull, "injected ENOSPC"),
+                    FaultKind::NoSpace => {
+                        io::Error::new(io::ErrorKind::StorageFull, "injected ENOSPC")
+                    }
                 });
             }
         }

@@ -21,6 +21,7 @@ mod options;
 mod reader;
 mod recover;
 mod scan;
+mod segment;
 mod truncate;
 mod verify;
 mod writer;
@@ -229,7 +230,10 @@ pub enum Error {
 /// The WAL's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
-pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+pub(crate) fn io_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { op, path, source }
 }

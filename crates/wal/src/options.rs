@@ -90,7 +90,8 @@ impl Default for WalOptions {
 impl WalOptions {
     /// Checks that the limits fit together.
     pub fn validate(&self) -> Result<()> {
-        let min_segment = (crate::format::SEGMENT_HEADER_BYTES + crate::format::RECORD_HEADER_BYTES) as u64;
+        let min_segment =
+            (crate::format::SEGMENT_HEADER_BYTES + crate::format::RECORD_HEADER_BYTES) as u64;
         if self.segment_bytes < min_segment * 2 {
             return Err(Error::InvalidOptions("segment_bytes is too small"));
         }
@@ -101,10 +102,14 @@ impl WalOptions {
             return Err(Error::InvalidOptions("record_bytes_max must be in 1..=u32::MAX"));
         }
         if self.batch_records_max == 0 || self.pending_bytes_max == 0 {
-            return Err(Error::InvalidOptions("batch_records_max and pending_bytes_max must be positive"));
+            return Err(Error::InvalidOptions(
+                "batch_records_max and pending_bytes_max must be positive",
+            ));
         }
         if self.group_commit_bytes_max == 0 || self.read_chunk_bytes == 0 {
-            return Err(Error::InvalidOptions("group_commit_bytes_max and read_chunk_bytes must be positive"));
+            return Err(Error::InvalidOptions(
+                "group_commit_bytes_max and read_chunk_bytes must be positive",
+            ));
         }
         if self.first_lsn.0 == 0 {
             return Err(Error::InvalidOptions("first_lsn must be at least 1"));

@@ -37,7 +37,10 @@ pub struct WalReader {
 
 impl std::fmt::Debug for WalReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WalReader").field("next", &self.next).field("segment", &self.segment.path).finish()
+        f.debug_struct("WalReader")
+            .field("next", &self.next)
+            .field("segment", &self.segment.path)
+            .finish()
     }
 }
 
@@ -56,14 +59,21 @@ impl Wal {
             let i = segs.partition_point(|s| s.first_lsn <= from).saturating_sub(1);
             segs[i].clone()
         };
-        let scanner = new_scanner(&shared, &segment, SEGMENT_HEADER_BYTES as u64, segment.first_lsn);
+        let scanner =
+            new_scanner(&shared, &segment, SEGMENT_HEADER_BYTES as u64, segment.first_lsn);
         Ok(WalReader { shared, next: from, segment, scanner, retried: false })
     }
 }
 
 fn new_scanner(shared: &Shared, segment: &SegmentInfo, offset: u64, expect: Lsn) -> Scanner {
     let opts = &shared.opts;
-    Scanner::new(segment.file.clone(), offset, opts.read_chunk_bytes, opts.record_bytes_max, Some(expect))
+    Scanner::new(
+        segment.file.clone(),
+        offset,
+        opts.read_chunk_bytes,
+        opts.record_bytes_max,
+        Some(expect),
+    )
 }
 
 impl WalReader {
@@ -121,9 +131,14 @@ impl WalReader {
         match next_segment {
             Some(seg) if damage.is_none() => {
                 if seg.first_lsn != self.next {
-                    return Err(Error::Gap { segment: seg.path, expected: self.next, found: seg.first_lsn });
+                    return Err(Error::Gap {
+                        segment: seg.path,
+                        expected: self.next,
+                        found: seg.first_lsn,
+                    });
                 }
-                self.scanner = new_scanner(&self.shared, &seg, SEGMENT_HEADER_BYTES as u64, seg.first_lsn);
+                self.scanner =
+                    new_scanner(&self.shared, &seg, SEGMENT_HEADER_BYTES as u64, seg.first_lsn);
                 self.segment = seg;
                 Ok(())
             }
@@ -135,7 +150,10 @@ impl WalReader {
             _ => Err(Error::Corrupt {
                 segment: self.segment.path.clone(),
                 offset,
-                kind: damage.unwrap_or(crate::DamageKind::UnexpectedLsn { expected: self.next, found: Lsn(0) }),
+                kind: damage.unwrap_or(crate::DamageKind::UnexpectedLsn {
+                    expected: self.next,
+                    found: Lsn(0),
+                }),
             }),
         }
     }

@@ -8,7 +8,8 @@ use bourse_fs::{FileRef, OpenMode, Vfs};
 use crate::format::{self, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::options::{Preallocate, RecoveryMode};
 use crate::scan::{find_intact_record, scan_segment};
-use crate::writer::{create_segment_file, Active, RecoveryReport, SegmentInfo, State, TailCut};
+use crate::segment::create_segment_file;
+use crate::writer::{Active, RecoveryReport, SegmentInfo, State, TailCut};
 use crate::{io_err, DamageKind, Error, Lsn, Result, Wal, WalOptions};
 
 /// The segment files of a directory, oldest first.
@@ -60,7 +61,8 @@ impl Wal {
         let mut report = RecoveryReport::default();
         let mut segments = Vec::new();
         for (lsn, path) in list_segments(&*vfs, &dir)? {
-            let file = vfs.open(&path, OpenMode::ReadWrite).map_err(io_err("open segment", &path))?;
+            let file =
+                vfs.open(&path, OpenMode::ReadWrite).map_err(io_err("open segment", &path))?;
             segments.push(SegmentInfo { first_lsn: lsn, path, file });
         }
         // A torn creation of the newest segment leaves a bad header and nothing intact.
@@ -69,13 +71,22 @@ impl Wal {
                 Ok(_) => break,
                 Err(e) => {
                     let max = opts.record_bytes_max;
-                    if find_intact_record(&newest.file, 0, Lsn(0), max).map_err(io_err("scan", &newest.path))?.is_some() {
+                    if find_intact_record(&newest.file, 0, Lsn(0), max)
+                        .map_err(io_err("scan", &newest.path))?
+                        .is_some()
+                    {
                         return Err(e);
                     }
                     let bytes = newest.file.len().map_err(io_err("stat", &newest.path))?;
-                    vfs.remove_file(&newest.path).map_err(io_err("remove torn segment", &newest.path))?;
+                    vfs.remove_file(&newest.path)
+                        .map_err(io_err("remove torn segment", &newest.path))?;
                     vfs.sync_dir(&dir).map_err(io_err("fsync directory", &dir))?;
-                    report.cuts.push(TailCut { segment: newest.path.clone(), offset: 0, bytes, reason: e.to_string() });
+                    report.cuts.push(TailCut {
+                        segment: newest.path.clone(),
+                        offset: 0,
+                        bytes,
+                        reason: e.to_string(),
+                    });
                     segments.pop();
                 }
             }
@@ -89,7 +100,11 @@ impl Wal {
             None => {
                 let first = opts.first_lsn;
                 let active = create_first_segment(&*vfs, &dir, &opts, first)?;
-                segments.push(SegmentInfo { first_lsn: first, path: active.path.clone(), file: active.file.clone() });
+                segments.push(SegmentInfo {
+                    first_lsn: first,
+                    path: active.path.clone(),
+                    file: active.file.clone(),
+                });
                 (active, Lsn(first.0 - 1))
             }
         };
@@ -122,7 +137,11 @@ fn remove_temporaries(vfs: &dyn Vfs, dir: &Path, opts: &WalOptions) -> Result<()
 }
 
 /// Scans the newest segment, cuts a torn tail, syncs it; returns where appends resume.
-fn recover_newest(newest: &SegmentInfo, opts: &WalOptions, report: &mut RecoveryReport) -> Result<(Active, Lsn)> {
+fn recover_newest(
+    newest: &SegmentInfo,
+    opts: &WalOptions,
+    report: &mut RecoveryReport,
+) -> Result<(Active, Lsn)> {
     let path = &newest.path;
     let header = read_header(&newest.file, path, newest.first_lsn)?;
     let scan = scan_segment(&newest.file, header, opts.read_chunk_bytes, opts.record_bytes_max)
@@ -130,10 +149,10 @@ fn recover_newest(newest: &SegmentInfo, opts: &WalOptions, report: &mut Recovery
     let last = scan.last_lsn.unwrap_or(Lsn(header.first_lsn.0 - 1));
     if let Some((intact_off, intact_lsn)) = scan.intact_after {
         if opts.recovery == RecoveryMode::TolerateTornTail {
-            let (offset, kind) = scan.damage.unwrap_or((scan.valid_end, DamageKind::UnexpectedLsn {
-                expected: last.next(),
-                found: intact_lsn,
-            }));
+            let (offset, kind) = scan.damage.unwrap_or((
+                scan.valid_end,
+                DamageKind::UnexpectedLsn { expected: last.next(), found: intact_lsn },
+            ));
             tracing::error!(segment = %path.display(), offset, intact_off, "intact record after damage");
             return Err(Error::Corrupt { segment: path.clone(), offset, kind });
         }
@@ -145,17 +164,32 @@ fn recover_newest(newest: &SegmentInfo, opts: &WalOptions, report: &mut Recovery
             None => "records after zeroed bytes (salvage)".to_string(),
         };
         newest.file.set_len(scan.valid_end).map_err(io_err("truncate torn tail", path))?;
-        report.cuts.push(TailCut { segment: path.clone(), offset: scan.valid_end, bytes: file_len - scan.valid_end, reason });
+        report.cuts.push(TailCut {
+            segment: path.clone(),
+            offset: scan.valid_end,
+            bytes: file_len - scan.valid_end,
+            reason,
+        });
     }
     // IMPORTANT: what a killed process handed to the OS must be durable before the engine
     // builds on it.
     newest.file.sync_data().map_err(io_err("fdatasync", path))?;
-    let active = Active { first_lsn: header.first_lsn, path: path.clone(), file: newest.file.clone(), offset: scan.valid_end };
+    let active = Active {
+        first_lsn: header.first_lsn,
+        path: path.clone(),
+        file: newest.file.clone(),
+        offset: scan.valid_end,
+    };
     Ok((active, last))
 }
 
 /// Creates the first segment of a new WAL, pre-written when preallocation is on.
-fn create_first_segment(vfs: &dyn Vfs, dir: &Path, opts: &WalOptions, first: Lsn) -> Result<Active> {
+fn create_first_segment(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    opts: &WalOptions,
+    first: Lsn,
+) -> Result<Active> {
     let mut inline = opts.clone();
     if inline.preallocate == Preallocate::PreWrite {
         inline.preallocate = Preallocate::PreWriteInline;

@@ -84,7 +84,8 @@ impl Scanner {
             self.buf.resize(want, 0);
         }
         while self.end < n && !self.eof {
-            let got = self.file.read_at(&mut self.buf[self.end..], self.buf_off + self.end as u64)?;
+            let got =
+                self.file.read_at(&mut self.buf[self.end..], self.buf_off + self.end as u64)?;
             if got == 0 {
                 self.eof = true;
             }

@@ -5,9 +5,12 @@ use std::sync::atomic::Ordering;
 
 use parking_lot::MutexGuard;
 
-use crate::format::{record_crc, RecordHeader, FLAG_BATCH_END, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::format::{
+    record_crc, RecordHeader, FLAG_BATCH_END, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use crate::scan::{Scanner, Step};
-use crate::writer::{create_segment_file, sync_dir, Active, SegmentInfo, Shared};
+use crate::segment::{create_segment_file, sync_dir};
+use crate::writer::{Active, SegmentInfo, Shared};
 use crate::{io_err, Error, Lsn, Result, Wal};
 
 impl Wal {
@@ -96,7 +99,11 @@ impl Shared {
         let Some(seg) = segs.last().cloned() else {
             // Everything was after `lsn`: start an empty log at `lsn + 1`.
             let active = create_segment_file(&*self.vfs, &self.dir, &self.opts, lsn.next(), None)?;
-            segs.push(SegmentInfo { first_lsn: active.first_lsn, path: active.path.clone(), file: active.file.clone() });
+            segs.push(SegmentInfo {
+                first_lsn: active.first_lsn,
+                path: active.path.clone(),
+                file: active.file.clone(),
+            });
             return Ok(active);
         };
         let (offset, header) = self.find_record(&seg, lsn)?;
@@ -111,22 +118,36 @@ impl Shared {
             rec[26..28].copy_from_slice(&flags.to_le_bytes());
             let crc = record_crc(&rec, &rec[RECORD_HEADER_BYTES..]);
             rec[0..4].copy_from_slice(&crc.to_le_bytes());
-            seg.file.write_all_at(&rec[..RECORD_HEADER_BYTES], offset).map_err(io_err("rewrite record", path))?;
+            seg.file
+                .write_all_at(&rec[..RECORD_HEADER_BYTES], offset)
+                .map_err(io_err("rewrite record", path))?;
             seg.file.sync_data().map_err(io_err("fdatasync", path))?;
         }
         seg.file.set_len(end).map_err(io_err("truncate segment", path))?;
         seg.file.sync_data().map_err(io_err("fdatasync", path))?;
-        Ok(Active { first_lsn: seg.first_lsn, path: seg.path.clone(), file: seg.file.clone(), offset: end })
+        Ok(Active {
+            first_lsn: seg.first_lsn,
+            path: seg.path.clone(),
+            file: seg.file.clone(),
+            offset: end,
+        })
     }
 
     fn find_record(&self, seg: &SegmentInfo, lsn: Lsn) -> Result<(u64, RecordHeader)> {
         let opts = &self.opts;
         let start = SEGMENT_HEADER_BYTES as u64;
-        let mut scanner =
-            Scanner::new(seg.file.clone(), start, opts.read_chunk_bytes, opts.record_bytes_max, Some(seg.first_lsn));
+        let mut scanner = Scanner::new(
+            seg.file.clone(),
+            start,
+            opts.read_chunk_bytes,
+            opts.record_bytes_max,
+            Some(seg.first_lsn),
+        );
         loop {
             match scanner.next_step().map_err(io_err("read segment", &seg.path))? {
-                Step::Record { offset, header } if header.lsn == lsn => return Ok((offset, header)),
+                Step::Record { offset, header } if header.lsn == lsn => {
+                    return Ok((offset, header))
+                }
                 Step::Record { .. } => {}
                 Step::End { offset } => {
                     let kind = crate::DamageKind::UnexpectedLsn { expected: lsn, found: Lsn(0) };

@@ -71,10 +71,12 @@ pub fn verify_dir(vfs: &dyn Vfs, dir: &Path, opts: &WalOptions) -> Result<Verify
             Err(e) => seg.problem = Some(e.to_string()),
             Ok(header) => {
                 if let Some(exp) = expected.filter(|e| *e != *first) {
-                    seg.problem = Some(format!("gap: LSN {exp} expected, segment starts at {first}"));
+                    seg.problem =
+                        Some(format!("gap: LSN {exp} expected, segment starts at {first}"));
                 }
-                let scan = scan_segment(&file, header, opts.read_chunk_bytes, opts.record_bytes_max)
-                    .map_err(io_err("scan segment", path))?;
+                let scan =
+                    scan_segment(&file, header, opts.read_chunk_bytes, opts.record_bytes_max)
+                        .map_err(io_err("scan segment", path))?;
                 seg.records = scan.records;
                 seg.last_lsn = scan.last_lsn;
                 expected = Some(scan.last_lsn.map_or(*first, Lsn::next));
@@ -92,11 +94,15 @@ fn classify(scan: &crate::scan::SegmentScan, newest: bool) -> (Option<String>, b
     match (scan.damage, scan.intact_after) {
         (None, None) => (None, false),
         (Some((off, kind)), None) => (Some(format!("{kind} at offset {off}")), newest),
-        (Some((off, kind)), Some((at, lsn))) => {
-            (Some(format!("{kind} at offset {off}, yet record LSN {lsn} is intact at offset {at}")), false)
-        }
+        (Some((off, kind)), Some((at, lsn))) => (
+            Some(format!("{kind} at offset {off}, yet record LSN {lsn} is intact at offset {at}")),
+            false,
+        ),
         (None, Some((at, lsn))) => (
-            Some(format!("data ends at offset {}, yet record LSN {lsn} is intact at offset {at}", scan.valid_end)),
+            Some(format!(
+                "data ends at offset {}, yet record LSN {lsn} is intact at offset {at}",
+                scan.valid_end
+            )),
             false,
         ),
     }
@@ -134,7 +140,13 @@ pub fn inspect_segment(
         problem: format!("{p:?}"),
     })?;
     let opts = WalOptions::default();
-    let mut scanner = Scanner::new(file, SEGMENT_HEADER_BYTES as u64, opts.read_chunk_bytes, opts.record_bytes_max, Some(header.first_lsn));
+    let mut scanner = Scanner::new(
+        file,
+        SEGMENT_HEADER_BYTES as u64,
+        opts.read_chunk_bytes,
+        opts.record_bytes_max,
+        Some(header.first_lsn),
+    );
     loop {
         match scanner.next_step().map_err(io_err("read segment", path))? {
             Step::Record { offset, header: h } => f(&InspectedRecord {

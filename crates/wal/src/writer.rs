@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bourse_fs::{FileRef, OpenMode, Vfs};
+use bourse_fs::{FileRef, Vfs};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
-use crate::format::{self, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::{self, SEGMENT_HEADER_BYTES};
 use crate::options::Preallocate;
 use crate::{io_err, Durability, Error, Lsn, LsnRange, Result, WalOptions};
 
@@ -86,13 +86,13 @@ pub struct WalStats {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
-    batches: AtomicU64,
-    records: AtomicU64,
-    bytes: AtomicU64,
-    writes: AtomicU64,
-    syncs: AtomicU64,
-    rotations: AtomicU64,
+pub(crate) struct Counters {
+    pub batches: AtomicU64,
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub writes: AtomicU64,
+    pub syncs: AtomicU64,
+    pub rotations: AtomicU64,
 }
 
 /// A segment as readers see it.
@@ -164,10 +164,10 @@ impl State {
 }
 
 #[derive(Debug, Default)]
-struct Spare {
-    ready: bool,
-    needed: bool,
-    shutdown: bool,
+pub(crate) struct Spare {
+    pub ready: bool,
+    pub needed: bool,
+    pub shutdown: bool,
 }
 
 /// State shared by the WAL handle, its readers and its background thread.
@@ -182,12 +182,10 @@ pub(crate) struct Shared {
     /// Last LSN handed to the OS; readers never read past it.
     pub written: AtomicU64,
     durable: AtomicU64,
-    counters: Counters,
-    spare: Mutex<Spare>,
-    spare_cond: Condvar,
+    pub counters: Counters,
+    pub spare: Mutex<Spare>,
+    pub spare_cond: Condvar,
 }
-
-const SPARE_NAME: &str = "spare.wal.tmp";
 
 /// The write-ahead log. Shareable across threads (`&self` methods); appends from many
 /// threads are group-committed.
@@ -276,7 +274,10 @@ impl Wal {
         let mut bytes = 0usize;
         for e in entries {
             if e.payload.len() > opts.record_bytes_max {
-                return Err(Error::RecordTooLarge { bytes: e.payload.len(), max: opts.record_bytes_max });
+                return Err(Error::RecordTooLarge {
+                    bytes: e.payload.len(),
+                    max: opts.record_bytes_max,
+                });
             }
             bytes += format::record_bytes(e.payload.len());
         }
@@ -373,7 +374,14 @@ impl Shared {
         let mut lsn = first;
         if let Some(chunk) = st.pending.last_mut() {
             for (i, e) in entries.iter().enumerate() {
-                format::encode_record(&mut chunk.bytes, lsn, e.timestamp, e.kind, i == last_index, e.payload);
+                format::encode_record(
+                    &mut chunk.bytes,
+                    lsn,
+                    e.timestamp,
+                    e.kind,
+                    i == last_index,
+                    e.payload,
+                );
                 lsn = lsn.next();
             }
             chunk.last_lsn = Lsn(lsn.0 - 1);
@@ -460,7 +468,9 @@ impl Shared {
             }
         }
         for mut chunk in chunks {
-            if st.free_bufs.len() < 4 && chunk.bytes.capacity() <= self.opts.group_commit_bytes_max * 2 {
+            if st.free_bufs.len() < 4
+                && chunk.bytes.capacity() <= self.opts.group_commit_bytes_max * 2
+            {
                 chunk.bytes.clear();
                 st.free_bufs.push(chunk.bytes);
             }
@@ -487,10 +497,17 @@ impl Shared {
                 synced = written;
                 *active = self.create_segment(first)?;
                 self.counters.rotations.fetch_add(1, Ordering::Relaxed);
-                let info = SegmentInfo { first_lsn: first, path: active.path.clone(), file: active.file.clone() };
+                let info = SegmentInfo {
+                    first_lsn: first,
+                    path: active.path.clone(),
+                    file: active.file.clone(),
+                };
                 self.segments.write().push(info);
             }
-            active.file.write_all_at(&chunk.bytes, active.offset).map_err(io_err("write", &active.path))?;
+            active
+                .file
+                .write_all_at(&chunk.bytes, active.offset)
+                .map_err(io_err("write", &active.path))?;
             active.offset += chunk.bytes.len() as u64;
             written = chunk.last_lsn;
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
@@ -520,107 +537,6 @@ impl Shared {
     }
 
     pub(crate) fn sync_dir(&self) -> Result<()> {
-        sync_dir(&*self.vfs, &self.dir, &self.opts)
+        crate::segment::sync_dir(&*self.vfs, &self.dir, &self.opts)
     }
-
-    /// Creates and publishes the segment that starts at `first`, from the spare when
-    /// one is ready.
-    pub(crate) fn create_segment(&self, first: Lsn) -> Result<Active> {
-        let spare = std::mem::take(&mut self.spare.lock().ready);
-        let spare_path = spare.then(|| self.dir.join(SPARE_NAME));
-        let active = create_segment_file(&*self.vfs, &self.dir, &self.opts, first, spare_path)?;
-        if spare {
-            self.spare.lock().needed = true;
-            self.spare_cond.notify_all();
-        }
-        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        Ok(active)
-    }
-
-    /// The background thread of `Preallocate::PreWrite`: keeps one zero-filled, synced
-    /// spare segment ready for the next rotation.
-    fn prepare_spares(&self) {
-        loop {
-            {
-                let mut s = self.spare.lock();
-                while !s.shutdown && !s.needed {
-                    self.spare_cond.wait(&mut s);
-                }
-                if s.shutdown {
-                    return;
-                }
-                s.needed = false;
-            }
-            match self.build_spare() {
-                Ok(()) => self.spare.lock().ready = true,
-                Err(e) => tracing::warn!(error = %e, "could not pre-write a spare WAL segment"),
-            }
-        }
-    }
-
-    fn build_spare(&self) -> Result<()> {
-        let path = self.dir.join(SPARE_NAME);
-        if self.vfs.exists(&path).map_err(io_err("stat spare", &path))? {
-            self.vfs.remove_file(&path).map_err(io_err("remove spare", &path))?;
-        }
-        let file = self.vfs.open(&path, OpenMode::CreateNew).map_err(io_err("create spare", &path))?;
-        zero_fill(&file, &path, self.opts.segment_bytes)?;
-        file.sync_data().map_err(io_err("fdatasync spare", &path))
-    }
-}
-
-/// `fsync`s the WAL directory (unless a canary skips it).
-pub(crate) fn sync_dir(vfs: &dyn Vfs, dir: &Path, opts: &WalOptions) -> Result<()> {
-    if opts.canary.skip_dir_sync {
-        return Ok(());
-    }
-    vfs.sync_dir(dir).map_err(io_err("fsync directory", dir))
-}
-
-/// Creates the segment file that starts at `first` and publishes it:
-/// (pre-write) → header → fdatasync → rename into place → fsync the directory.
-/// `spare` is a zero-filled, synced file to use instead of a new one.
-pub(crate) fn create_segment_file(
-    vfs: &dyn Vfs,
-    dir: &Path,
-    opts: &WalOptions,
-    first: Lsn,
-    spare: Option<PathBuf>,
-) -> Result<Active> {
-    let name = format::segment_file_name(first);
-    let path = dir.join(&name);
-    let (tmp, file) = match spare {
-        Some(tmp) => {
-            let file = vfs.open(&tmp, OpenMode::ReadWrite).map_err(io_err("open spare", &tmp))?;
-            (tmp, file)
-        }
-        None => {
-            let tmp = dir.join(format!("{name}.tmp"));
-            let file = vfs.open(&tmp, OpenMode::CreateNew).map_err(io_err("create segment", &tmp))?;
-            if opts.preallocate == Preallocate::PreWriteInline {
-                zero_fill(&file, &tmp, opts.segment_bytes)?;
-            }
-            (tmp, file)
-        }
-    };
-    let header = SegmentHeader { first_lsn: first }.encode();
-    file.write_all_at(&header, 0).map_err(io_err("write segment header", &tmp))?;
-    file.sync_data().map_err(io_err("fdatasync", &tmp))?;
-    vfs.rename(&tmp, &path).map_err(io_err("rename segment", &path))?;
-    // IMPORTANT: the new name must be durable before any record in it is acknowledged.
-    sync_dir(vfs, dir, opts)?;
-    Ok(Active { first_lsn: first, path, file, offset: SEGMENT_HEADER_BYTES as u64 })
-}
-
-/// Writes `len` zero bytes from the start of `file` (pre-writing a segment).
-pub(crate) fn zero_fill(file: &FileRef, path: &Path, len: u64) -> Result<()> {
-    const STEP: usize = 1 << 20;
-    let zeros = vec![0u8; STEP];
-    let mut off = 0u64;
-    while off < len {
-        let n = usize::try_from((len - off).min(STEP as u64)).unwrap_or(STEP);
-        file.write_all_at(&zeros[..n], off).map_err(io_err("pre-write segment", path))?;
-        off += n as u64;
-    }
-    Ok(())
 }

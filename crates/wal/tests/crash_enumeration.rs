@@ -16,14 +16,21 @@ fn enumerate(pre: Preallocate) -> usize {
     let mut runs = 0;
     let mut failures = Vec::new();
     for crash_at in 0..=total {
-        for fate in [CrashFate::LoseUnsynced, CrashFate::Torn { seed: crash_at }, CrashFate::KeepAll] {
+        for fate in
+            [CrashFate::LoseUnsynced, CrashFate::Torn { seed: crash_at }, CrashFate::KeepAll]
+        {
             runs += 1;
             if let Err(e) = crash_run(&opts, BATCHES, crash_at, fate) {
                 failures.push(format!("crash after op {crash_at} ({fate:?}): {e}"));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {runs} crash runs failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {runs} crash runs failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     runs
 }
 

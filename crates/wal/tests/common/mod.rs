@@ -58,7 +58,12 @@ pub fn dir() -> PathBuf {
 /// Small segments and a small read buffer so that rotation and buffer refills happen
 /// within a few records.
 pub fn small_opts(pre: Preallocate) -> WalOptions {
-    WalOptions { segment_bytes: 640, preallocate: pre, read_chunk_bytes: 96, ..WalOptions::default() }
+    WalOptions {
+        segment_bytes: 640,
+        preallocate: pre,
+        read_chunk_bytes: 96,
+        ..WalOptions::default()
+    }
 }
 
 pub fn rec(i: usize, j: usize) -> Rec {
@@ -72,8 +77,10 @@ pub fn workload(wal: &Wal, n: usize, log: &mut Log) {
     for i in 0..n {
         let size = [1, 3, 1, 2, 5, 1][i % 6];
         let batch: Vec<Rec> = (0..size).map(|j| rec(i, j)).collect();
-        let entries: Vec<Entry<'_>> =
-            batch.iter().map(|r| Entry { kind: r.kind, timestamp: r.ts, payload: &r.payload }).collect();
+        let entries: Vec<Entry<'_>> = batch
+            .iter()
+            .map(|r| Entry { kind: r.kind, timestamp: r.ts, payload: &r.payload })
+            .collect();
         let durability = if i % 3 == 0 { Durability::Buffered } else { Durability::Durable };
         log.batches.push(batch.clone());
         let Ok(range) = wal.append_batch(&entries, durability) else { return };
@@ -98,14 +105,22 @@ pub fn read_all(wal: &Wal) -> Result<Vec<(Lsn, Rec, bool)>, bourse_wal::Error> {
     let mut reader = wal.read_from(wal.first_lsn())?;
     let mut out = Vec::new();
     while let Some(r) = reader.next_record()? {
-        out.push((r.lsn, Rec { kind: r.kind, ts: r.timestamp, payload: r.payload.to_vec() }, r.batch_end));
+        out.push((
+            r.lsn,
+            Rec { kind: r.kind, ts: r.timestamp, payload: r.payload.to_vec() },
+            r.batch_end,
+        ));
     }
     Ok(out)
 }
 
 /// The oracle: the recovered log must be a batch-aligned prefix of what was submitted,
 /// with contiguous LSNs from 1, at least as long as what was required to survive.
-pub fn check_recovered(log: &Log, got: &[(Lsn, Rec, bool)], required: usize) -> Result<usize, String> {
+pub fn check_recovered(
+    log: &Log,
+    got: &[(Lsn, Rec, bool)],
+    required: usize,
+) -> Result<usize, String> {
     let model = log.records();
     let k = got.len();
     if k > model.len() {
@@ -129,7 +144,12 @@ pub fn check_recovered(log: &Log, got: &[(Lsn, Rec, bool)], required: usize) -> 
 }
 
 /// Crash after `crash_at` file-system operations, reboot with `fate`, recover and check.
-pub fn crash_run(opts: &WalOptions, batches: usize, crash_at: u64, fate: CrashFate) -> Result<(), String> {
+pub fn crash_run(
+    opts: &WalOptions,
+    batches: usize,
+    crash_at: u64,
+    fate: CrashFate,
+) -> Result<(), String> {
     let fs = SimFs::new();
     let vfs: Arc<dyn Vfs> = fs.shared();
     fs.crash_after(crash_at);

@@ -1,0 +1,119 @@
+//! Creating segment files, and the background thread that pre-writes the next one.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use bourse_fs::{FileRef, OpenMode, Vfs};
+
+use crate::format::{self, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::options::Preallocate;
+use crate::writer::{Active, Shared};
+use crate::{io_err, Lsn, Result, WalOptions};
+
+/// The zero-filled file kept ready for the next rotation (`Preallocate::PreWrite`).
+pub(crate) const SPARE_NAME: &str = "spare.wal.tmp";
+
+impl Shared {
+    /// Creates and publishes the segment that starts at `first`, from the spare when
+    /// one is ready.
+    pub(crate) fn create_segment(&self, first: Lsn) -> Result<Active> {
+        let spare = std::mem::take(&mut self.spare.lock().ready);
+        let spare_path = spare.then(|| self.dir.join(SPARE_NAME));
+        let active = create_segment_file(&*self.vfs, &self.dir, &self.opts, first, spare_path)?;
+        if spare {
+            self.spare.lock().needed = true;
+            self.spare_cond.notify_all();
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(active)
+    }
+
+    /// The background thread of `Preallocate::PreWrite`: keeps one zero-filled, synced
+    /// spare segment ready for the next rotation.
+    pub(crate) fn prepare_spares(&self) {
+        loop {
+            {
+                let mut s = self.spare.lock();
+                while !s.shutdown && !s.needed {
+                    self.spare_cond.wait(&mut s);
+                }
+                if s.shutdown {
+                    return;
+                }
+                s.needed = false;
+            }
+            match self.build_spare() {
+                Ok(()) => self.spare.lock().ready = true,
+                Err(e) => tracing::warn!(error = %e, "could not pre-write a spare WAL segment"),
+            }
+        }
+    }
+
+    fn build_spare(&self) -> Result<()> {
+        let path = self.dir.join(SPARE_NAME);
+        if self.vfs.exists(&path).map_err(io_err("stat spare", &path))? {
+            self.vfs.remove_file(&path).map_err(io_err("remove spare", &path))?;
+        }
+        let file =
+            self.vfs.open(&path, OpenMode::CreateNew).map_err(io_err("create spare", &path))?;
+        zero_fill(&file, &path, self.opts.segment_bytes)?;
+        file.sync_data().map_err(io_err("fdatasync spare", &path))
+    }
+}
+
+/// `fsync`s the WAL directory (unless a canary skips it).
+pub(crate) fn sync_dir(vfs: &dyn Vfs, dir: &Path, opts: &WalOptions) -> Result<()> {
+    if opts.canary.skip_dir_sync {
+        return Ok(());
+    }
+    vfs.sync_dir(dir).map_err(io_err("fsync directory", dir))
+}
+
+/// Creates the segment file that starts at `first` and publishes it:
+/// (pre-write) → header → fdatasync → rename into place → fsync the directory.
+/// `spare` is a zero-filled, synced file to use instead of a new one.
+pub(crate) fn create_segment_file(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    opts: &WalOptions,
+    first: Lsn,
+    spare: Option<PathBuf>,
+) -> Result<Active> {
+    let name = format::segment_file_name(first);
+    let path = dir.join(&name);
+    let (tmp, file) = match spare {
+        Some(tmp) => {
+            let file = vfs.open(&tmp, OpenMode::ReadWrite).map_err(io_err("open spare", &tmp))?;
+            (tmp, file)
+        }
+        None => {
+            let tmp = dir.join(format!("{name}.tmp"));
+            let file =
+                vfs.open(&tmp, OpenMode::CreateNew).map_err(io_err("create segment", &tmp))?;
+            if opts.preallocate == Preallocate::PreWriteInline {
+                zero_fill(&file, &tmp, opts.segment_bytes)?;
+            }
+            (tmp, file)
+        }
+    };
+    let header = SegmentHeader { first_lsn: first }.encode();
+    file.write_all_at(&header, 0).map_err(io_err("write segment header", &tmp))?;
+    file.sync_data().map_err(io_err("fdatasync", &tmp))?;
+    vfs.rename(&tmp, &path).map_err(io_err("rename segment", &path))?;
+    // IMPORTANT: the new name must be durable before any record in it is acknowledged.
+    sync_dir(vfs, dir, opts)?;
+    Ok(Active { first_lsn: first, path, file, offset: SEGMENT_HEADER_BYTES as u64 })
+}
+
+/// Writes `len` zero bytes from the start of `file` (pre-writing a segment).
+pub(crate) fn zero_fill(file: &FileRef, path: &Path, len: u64) -> Result<()> {
+    const STEP: usize = 1 << 20;
+    let zeros = vec![0u8; STEP];
+    let mut off = 0u64;
+    while off < len {
+        let n = usize::try_from((len - off).min(STEP as u64)).unwrap_or(STEP);
+        file.write_all_at(&zeros[..n], off).map_err(io_err("pre-write segment", path))?;
+        off += n as u64;
+    }
+    Ok(())
+}

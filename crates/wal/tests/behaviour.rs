@@ -1,0 +1,276 @@
+//! The WAL's API behaviour: LSNs, batches, limits, rotation, replay, truncation,
+//! recovery reports, and group commit across threads on the real file system.
+
+mod common;
+
+use std::sync::Arc;
+
+use bourse_fs::{OpenMode, RealFs, SimFs, Vfs};
+use bourse_wal::{
+    verify_dir, DamageKind, Durability, Entry, Error, Lsn, Preallocate, RecoveryMode, Wal,
+    WalOptions,
+};
+use common::{dir, read_all, small_opts};
+
+fn entry(payload: &[u8]) -> Entry<'_> {
+    Entry { kind: 9, timestamp: 77, payload }
+}
+
+fn open(fs: &SimFs, opts: &WalOptions) -> Wal {
+    Wal::open(fs.shared(), dir(), opts.clone()).unwrap()
+}
+
+#[test]
+fn lsns_continue_across_reopen_and_rotation() {
+    let fs = SimFs::new();
+    let opts = small_opts(Preallocate::None);
+    {
+        let wal = open(&fs, &opts);
+        for i in 0..40u8 {
+            let r = wal.append(entry(&[i; 50]), Durability::Buffered).unwrap();
+            assert_eq!(r.first, Lsn(u64::from(i) + 1));
+        }
+        assert!(wal.segment_files().len() > 3, "small segments rotate");
+        assert!(wal.stats().rotations >= 3);
+    }
+    let wal = open(&fs, &opts);
+    assert_eq!(wal.last_lsn(), Lsn(40));
+    assert!(wal.recovery().cuts.is_empty());
+    let files = wal.segment_files();
+    for (first, path) in &files {
+        assert!(path.ends_with(format!("{:020}.wal", first.0)));
+    }
+    let r = wal.append_batch(&[entry(b"a"), entry(b"b")], Durability::Durable).unwrap();
+    assert_eq!((r.first, r.last), (Lsn(41), Lsn(42)));
+    let all = read_all(&wal).unwrap();
+    assert_eq!(all.len(), 42);
+    assert_eq!(all[10].1.payload, vec![10u8; 50]);
+    assert!(verify_dir(&fs, &dir(), &opts).unwrap().is_clean());
+}
+
+#[test]
+fn bad_appends_are_refused_and_change_nothing() {
+    let fs = SimFs::new();
+    let mut opts = small_opts(Preallocate::None);
+    opts.record_bytes_max = 100;
+    opts.batch_records_max = 4;
+    opts.segment_bytes = 400;
+    let wal = open(&fs, &opts);
+    wal.append(entry(b"ok"), Durability::Durable).unwrap();
+    assert!(matches!(wal.append_batch(&[], Durability::Durable), Err(Error::EmptyBatch)));
+    let big = [0u8; 101];
+    assert!(matches!(
+        wal.append(entry(&big), Durability::Durable),
+        Err(Error::RecordTooLarge { bytes: 101, max: 100 })
+    ));
+    let many = vec![entry(b"x"); 5];
+    assert!(matches!(
+        wal.append_batch(&many, Durability::Durable),
+        Err(Error::BatchTooLarge { records: 5, .. })
+    ));
+    let wide = vec![entry(&[1u8; 100]); 4];
+    assert!(
+        matches!(wal.append_batch(&wide, Durability::Durable), Err(Error::BatchTooLarge { .. })),
+        "must fit a segment"
+    );
+    assert_eq!(wal.last_lsn(), Lsn(1));
+    assert!(!wal.is_poisoned());
+    assert_eq!(wal.append(entry(b"next"), Durability::Durable).unwrap().first, Lsn(2));
+}
+
+#[test]
+fn invalid_options_are_rejected() {
+    let fs = SimFs::new();
+    let opts = WalOptions { segment_bytes: 10, ..WalOptions::default() };
+    assert!(matches!(Wal::open(fs.shared(), dir(), opts), Err(Error::InvalidOptions(_))));
+    let opts = WalOptions { first_lsn: Lsn(0), ..WalOptions::default() };
+    assert!(matches!(Wal::open(fs.shared(), dir(), opts), Err(Error::InvalidOptions(_))));
+}
+
+#[test]
+fn replay_from_any_lsn_and_follow_new_appends() {
+    let fs = SimFs::new();
+    let opts = small_opts(Preallocate::PreWriteInline);
+    let wal = open(&fs, &opts);
+    for i in 0..30u8 {
+        wal.append(entry(&[i; 20]), Durability::Buffered).unwrap();
+    }
+    for from in [1u64, 2, 15, 30, 31] {
+        let mut r = wal.read_from(Lsn(from)).unwrap();
+        let mut n = from;
+        while let Some(rec) = r.next_record().unwrap() {
+            assert_eq!(rec.lsn, Lsn(n));
+            assert_eq!(rec.payload, &[(n - 1) as u8; 20]);
+            n += 1;
+        }
+        assert_eq!(n, 31);
+    }
+    assert!(matches!(wal.read_from(Lsn(0)), Err(Error::OutOfRange { .. })));
+    assert!(matches!(wal.read_from(Lsn(32)), Err(Error::OutOfRange { .. })));
+    // A caught-up reader sees later appends, across rotations.
+    let mut r = wal.read_from(Lsn(31)).unwrap();
+    assert!(r.next_record().unwrap().is_none());
+    for i in 30..60u8 {
+        wal.append(entry(&[i; 20]), Durability::Buffered).unwrap();
+        let rec = r.next_record().unwrap().unwrap();
+        assert_eq!((rec.lsn, rec.payload[0]), (Lsn(u64::from(i) + 1), i));
+    }
+}
+
+#[test]
+fn truncate_before_keeps_the_active_segment_and_every_later_record() {
+    let fs = SimFs::new();
+    let opts = small_opts(Preallocate::None);
+    let wal = open(&fs, &opts);
+    for i in 0..50u8 {
+        wal.append(entry(&[i; 40]), Durability::Buffered).unwrap();
+    }
+    let before = wal.segment_files().len();
+    let removed = wal.truncate_before(Lsn(25)).unwrap();
+    assert!(removed > 0 && removed < before);
+    assert!(wal.first_lsn() <= Lsn(25));
+    let mut r = wal.read_from(Lsn(25)).unwrap();
+    assert_eq!(r.next_record().unwrap().unwrap().lsn, Lsn(25));
+    // Even a checkpoint past the end keeps the active segment.
+    wal.truncate_before(Lsn(1000)).unwrap();
+    assert_eq!(wal.segment_files().len(), 1);
+    assert!(wal.first_lsn() <= Lsn(50));
+    drop(wal);
+    let wal = open(&fs, &opts);
+    assert_eq!(wal.last_lsn(), Lsn(50));
+}
+
+#[test]
+fn truncate_after_cuts_mid_batch_durably() {
+    let fs = SimFs::new();
+    let opts = small_opts(Preallocate::None);
+    let wal = open(&fs, &opts);
+    for i in 0..10u8 {
+        let (a, b, c) = ([i; 30], [i; 31], [i; 32]);
+        wal.append_batch(&[entry(&a), entry(&b), entry(&c)], Durability::Buffered).unwrap();
+    }
+    wal.truncate_after(Lsn(20)).unwrap(); // LSN 20 is the middle of batch 7 (19..=21)
+    assert_eq!(wal.last_lsn(), Lsn(20));
+    assert_eq!(wal.append(entry(b"new"), Durability::Buffered).unwrap().first, Lsn(21));
+    wal.truncate_after(Lsn(20)).unwrap();
+    drop(wal);
+    fs.crash(bourse_fs::CrashFate::LoseUnsynced);
+    let wal = open(&fs, &opts);
+    let all = read_all(&wal).unwrap();
+    assert_eq!(all.len(), 20);
+    assert!(all[19].2, "LSN 20 now ends its batch");
+    // Truncating to just before the first record leaves an empty log at that LSN.
+    wal.truncate_after(Lsn(0)).unwrap();
+    assert_eq!(wal.append(entry(b"a"), Durability::Durable).unwrap().first, Lsn(1));
+}
+
+fn newest_segment(fs: &SimFs) -> std::path::PathBuf {
+    let names = fs.list_dir(&dir()).unwrap();
+    dir().join(names.iter().filter(|n| n.ends_with(".wal")).next_back().unwrap())
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_reported() {
+    let fs = SimFs::new();
+    let opts = small_opts(Preallocate::None);
+    {
+        let wal = open(&fs, &opts);
+        for i in 0..5u8 {
+            wal.append(entry(&[i; 30]), Durability::Durable).unwrap();
+        }
+    }
+    let path = newest_segment(&fs);
+    let f = fs.open(&path, OpenMode::ReadWrite).unwrap();
+    let len = f.len().unwrap();
+    f.write_all_at(&[0xAB; 17], len).unwrap(); // half a record header
+    let report = verify_dir(&fs, &dir(), &opts).unwrap();
+    assert!(report.is_clean(), "a torn tail is tolerated");
+    assert!(report.segments.last().unwrap().tolerated);
+    let wal = open(&fs, &opts);
+    assert_eq!(wal.last_lsn(), Lsn(5));
+    let cut = &wal.recovery().cuts[0];
+    assert_eq!((cut.offset, cut.bytes), (len, 17));
+    assert!(cut.reason.contains("truncated record header"), "{}", cut.reason);
+}
+
+#[test]
+fn damage_followed_by_an_intact_record_is_corruption_unless_salvaging() {
+    let fs = SimFs::new();
+    let opts = small_opts(Preallocate::None);
+    {
+        let wal = open(&fs, &opts);
+        wal.append(entry(&[1; 30]), Durability::Durable).unwrap();
+        wal.append(entry(&[2; 30]), Durability::Durable).unwrap();
+    }
+    let path = newest_segment(&fs);
+    let first_payload_byte = 32 + 28;
+    fs.flip_bit(&path, first_payload_byte, 3).unwrap();
+    match Wal::open(fs.shared(), dir(), opts.clone()) {
+        Err(Error::Corrupt { segment, offset, kind }) => {
+            assert_eq!(segment, path);
+            assert_eq!(offset, 32);
+            assert!(matches!(kind, DamageKind::BadChecksum { .. }));
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    assert!(!verify_dir(&fs, &dir(), &opts).unwrap().is_clean());
+    let salvage = WalOptions { recovery: RecoveryMode::Salvage, ..opts };
+    let wal = Wal::open(fs.shared(), dir(), salvage).unwrap();
+    assert_eq!(wal.last_lsn(), Lsn(0));
+    assert_eq!(wal.recovery().cuts.len(), 1);
+}
+
+#[test]
+fn a_torn_segment_creation_is_removed() {
+    let fs = SimFs::new();
+    let opts = small_opts(Preallocate::None);
+    drop(open(&fs, &opts));
+    let stray = dir().join(format!("{:020}.wal", 1_000));
+    let f = fs.open(&stray, OpenMode::CreateNew).unwrap();
+    f.write_all_at(b"BOURS", 0).unwrap();
+    let wal = open(&fs, &opts);
+    assert_eq!(wal.recovery().cuts.len(), 1);
+    assert!(!fs.exists(&stray).unwrap());
+}
+
+#[test]
+fn concurrent_durable_appenders_share_fsyncs_on_a_real_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = WalOptions { segment_bytes: 256 << 10, ..WalOptions::default() };
+    let wal = Arc::new(Wal::open(RealFs::shared(), tmp.path(), opts.clone()).unwrap());
+    const THREADS: usize = 8;
+    const PER: usize = 100;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                (0..PER)
+                    .map(|i| {
+                        let payload = format!("t{t}-{i}").repeat(10);
+                        (
+                            wal.append(entry(payload.as_bytes()), Durability::Durable)
+                                .unwrap()
+                                .first,
+                            payload,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut acked: Vec<(Lsn, String)> =
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    acked.sort();
+    let lsns: Vec<u64> = acked.iter().map(|(l, _)| l.0).collect();
+    assert_eq!(lsns, (1..=(THREADS * PER) as u64).collect::<Vec<_>>(), "every LSN assigned once");
+    let stats = wal.stats();
+    assert!(stats.syncs < stats.batches, "group commit coalesces fsyncs: {stats:?}");
+    assert_eq!(wal.durable_lsn(), Lsn((THREADS * PER) as u64));
+    drop(wal);
+    // The background pre-writer and rotation leave a log that replays exactly.
+    let wal = Wal::open(RealFs::shared(), tmp.path(), opts).unwrap();
+    let all = read_all(&wal).unwrap();
+    for ((lsn, payload), (got_lsn, rec, _)) in acked.iter().zip(&all) {
+        assert_eq!((lsn, payload.as_bytes()), (got_lsn, rec.payload.as_slice()));
+    }
+}
