@@ -1,0 +1,222 @@
+//! Realistic example events of every kind, for documentation, tests and benchmarks.
+//! `sample(kind, n)` varies ids, prices and volumes with `n`, deterministically.
+
+use crate::*;
+
+fn ins(n: u64) -> InstrumentId {
+    const SET: [&str; 5] =
+        ["SHFE.cu2512", "SHFE.rb2601", "DCE.m2601", "CZCE.SR601", "CFFEX.IF2512"];
+    // The set holds valid ids, so `new` cannot fail; fall back to the default anyway.
+    InstrumentId::new(SET[(n % 5) as usize]).unwrap_or_default()
+}
+
+fn ts(n: u64) -> i64 {
+    1_763_800_000_000_000_000 + (n as i64) * 500_000_000
+}
+
+/// An example event of `kind`; `n` varies its ids and numbers.
+pub fn sample(kind: EventKind, n: u64) -> Event {
+    let n = n % 1_000_000_000;
+    let p = 70_000.0 + (n % 400) as f64 * 10.0;
+    let v = (n % 50) as i64 + 1;
+    let user = format!("acct{:04}", n % 1000);
+    let order = format!("ord{n}");
+    match kind {
+        EventKind::OrderRequested => Event::OrderRequested(OrderRequested {
+            user_id: user,
+            order_id: order,
+            instrument_id: ins(n),
+            direction: if n % 2 == 0 { Direction::Buy } else { Direction::Sell },
+            offset: Offset::Open,
+            volume: v,
+            price_type: PriceType::Limit,
+            limit_price: p,
+            volume_condition: VolumeCondition::Any,
+            time_condition: TimeCondition::Gfd,
+            hedge_flag: HedgeFlag::Speculation,
+            datetime: ts(n),
+        }),
+        EventKind::OrderAccepted | EventKind::OrderUpdated => {
+            let o = Order {
+                seqno: n as i64,
+                user_id: user,
+                order_id: order,
+                instrument_id: ins(n),
+                volume_orign: v,
+                limit_price: p,
+                insert_date_time: ts(n),
+                exchange_order_id: format!("X{n}"),
+                volume_left: v,
+                frozen_margin: p * v as f64 * 0.1,
+                last_msg: "已报".into(),
+                ..Order::default()
+            };
+            if kind == EventKind::OrderAccepted {
+                Event::OrderAccepted(o)
+            } else {
+                Event::OrderUpdated(o)
+            }
+        }
+        EventKind::OrderRejected => Event::OrderRejected(OrderRejected {
+            user_id: user,
+            order_id: order,
+            instrument_id: ins(n),
+            error_id: 30,
+            last_msg: "price is not a multiple of the tick".into(),
+            datetime: ts(n),
+        }),
+        EventKind::CancelRequested => Event::CancelRequested(CancelRequested {
+            user_id: user,
+            order_id: order,
+            datetime: ts(n),
+        }),
+        EventKind::OrderCancelled => Event::OrderCancelled(OrderCancelled {
+            user_id: user,
+            order_id: order,
+            instrument_id: ins(n),
+            volume_left: v,
+            last_msg: "cancelled".into(),
+            datetime: ts(n),
+        }),
+        EventKind::TradeExecuted => Event::TradeExecuted(Trade {
+            seqno: n as i64,
+            user_id: user,
+            trade_id: format!("{order}|1"),
+            order_id: order,
+            instrument_id: ins(n),
+            exchange_trade_id: format!("T{n}"),
+            direction: Direction::Buy,
+            offset: Offset::Open,
+            volume: v,
+            price: p,
+            trade_date_time: ts(n),
+            commission: 3.2 * v as f64,
+        }),
+        EventKind::AccountUpdated => Event::AccountUpdated(Account {
+            user_id: user,
+            currency: "CNY".into(),
+            pre_balance: 1e6,
+            static_balance: 1e6,
+            balance: 1e6 + p,
+            margin: p * 0.1,
+            available: 1e6 + p * 0.9,
+            risk_ratio: 0.007,
+            ..Account::default()
+        }),
+        EventKind::PositionUpdated => Event::PositionUpdated(Position {
+            user_id: user,
+            instrument_id: ins(n),
+            volume_long_today: v,
+            volume_long: v,
+            pos_long_today: v,
+            pos: v,
+            pos_long: v,
+            open_price_long: p,
+            open_cost_long: p * v as f64 * 5.0,
+            position_price_long: p,
+            position_cost_long: p * v as f64 * 5.0,
+            last_price: p + 10.0,
+            float_profit_long: 50.0 * v as f64,
+            float_profit: 50.0 * v as f64,
+            margin_long: p * v as f64 * 0.5,
+            margin: p * v as f64 * 0.5,
+            ..Position::default()
+        }),
+        EventKind::Tick => Event::Tick(tick(n, p)),
+        EventKind::BookSnapshot => Event::BookSnapshot(BookSnapshot {
+            instrument_id: ins(n),
+            datetime: ts(n),
+            bids: (0..10)
+                .map(|i| Level { price: p - 10.0 * f64::from(i), volume: v + i64::from(i) })
+                .collect(),
+            asks: (0..10)
+                .map(|i| Level { price: p + 10.0 * f64::from(i + 1), volume: v + i64::from(i) })
+                .collect(),
+        }),
+        EventKind::BookDelta => Event::BookDelta(BookDelta {
+            instrument_id: ins(n),
+            datetime: ts(n),
+            changes: vec![
+                LevelChange { side: Side::Bid, price: p, volume: v },
+                LevelChange { side: Side::Ask, price: p + 10.0, volume: 0 },
+            ],
+        }),
+        EventKind::UserRegistered => Event::UserRegistered(UserRegistered {
+            user_id: format!("user{n}"),
+            user_name: format!("Trader {n}"),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+                .into(),
+            phone: "13800000000".into(),
+            email: format!("user{n}@example.com"),
+            datetime: ts(n),
+        }),
+        EventKind::UserUpdated => Event::UserUpdated(UserUpdated {
+            user_id: format!("user{n}"),
+            frozen: n % 2 == 0,
+            datetime: ts(n),
+        }),
+        EventKind::AccountBound | EventKind::AccountUnbound => {
+            let b =
+                AccountBinding { user_id: format!("user{n}"), account_id: user, datetime: ts(n) };
+            if kind == EventKind::AccountBound {
+                Event::AccountBound(b)
+            } else {
+                Event::AccountUnbound(b)
+            }
+        }
+        EventKind::Transfer => Event::Transfer(Transfer {
+            user_id: user,
+            kind: TransferKind::Deposit,
+            currency: "CNY".into(),
+            amount: 100_000.0,
+            datetime: ts(n),
+            error_id: 0,
+            error_msg: String::new(),
+        }),
+        EventKind::Extension => Event::Extension(Extension { kind: 7, data: vec![0xAB; 32] }),
+    }
+}
+
+fn tick(n: u64, p: f64) -> Tick {
+    let n = n % 1_000_000_000;
+    let v = (n % 50) as i64 + 1;
+    Tick {
+        instrument_id: ins(n),
+        datetime: ts(n),
+        last_price: p,
+        average: p - 3.0,
+        highest: p + 100.0,
+        lowest: p - 100.0,
+        open: p - 20.0,
+        close: None,
+        settlement: None,
+        pre_close: p - 50.0,
+        pre_settlement: p - 40.0,
+        upper_limit: p * 1.08,
+        lower_limit: p * 0.92,
+        volume: 120_000 + n as i64,
+        amount: p * 5.0 * 120_000.0,
+        open_interest: 300_000,
+        pre_open_interest: 299_000,
+        bid_price1: p - 10.0,
+        bid_volume1: v,
+        ask_price1: p,
+        ask_volume1: v + 1,
+        bid_price2: p - 20.0,
+        bid_volume2: v + 2,
+        ask_price2: p + 10.0,
+        ask_volume2: v + 3,
+        bid_price3: p - 30.0,
+        bid_volume3: v + 4,
+        ask_price3: p + 20.0,
+        ask_volume3: v + 5,
+        bid_price4: p - 40.0,
+        bid_volume4: v + 6,
+        ask_price4: p + 30.0,
+        ask_volume4: v + 7,
+        bid_price5: p - 50.0,
+        bid_volume5: v + 8,
+        ask_price5: p + 40.0,
+        ask_volume5: v + 9,
+    }
+}

@@ -1,0 +1,53 @@
+//! The binary decoder never panics and never accepts what it should not: random bytes,
+//! truncations, bit flips, trailing bytes, unknown versions and kinds. (The fuzz target
+//! `fuzz/fuzz_targets/decode_event.rs` explores the same surface with coverage.)
+
+use bourse_model::samples::sample;
+use bourse_model::{Error, Event, EventKind};
+use proptest::prelude::*;
+
+#[test]
+fn header_errors_are_specific() {
+    assert!(matches!(Event::decode(&[]), Err(Error::Decode { kind: None, .. })));
+    assert!(matches!(Event::decode(&[2, 7, 0]), Err(Error::UnsupportedVersion { version: 2 })));
+    assert!(matches!(Event::decode(&[1, 99, 0]), Err(Error::UnknownKind { kind: 99 })));
+    let mut trade = sample(EventKind::TradeExecuted, 3).encode().unwrap();
+    trade.push(0);
+    assert!(matches!(
+        Event::decode(&trade),
+        Err(Error::Decode { kind: Some("trade_executed"), .. })
+    ));
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    for kind in EventKind::ALL {
+        let bytes = sample(kind, 11).encode().unwrap();
+        for cut in 0..bytes.len() {
+            assert!(Event::decode(&bytes[..cut]).is_err(), "{kind:?} cut at {cut} decoded");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(mut bytes in prop::collection::vec(any::<u8>(), 0..400), kind in 1u16..19) {
+        if bytes.len() >= 3 {
+            bytes[0] = 1;
+            bytes[1..3].copy_from_slice(&kind.to_le_bytes());
+        }
+        let _ = Event::decode(&bytes);
+    }
+
+    #[test]
+    fn bit_flips_never_panic_and_decoded_events_are_valid(k in 0usize..18, n in any::<u64>(), pos in any::<usize>(), bit in 0u8..8) {
+        let mut bytes = sample(EventKind::ALL[k], n).encode().unwrap();
+        let i = pos % bytes.len();
+        bytes[i] ^= 1 << bit;
+        if let Ok(event) = Event::decode(&bytes) {
+            prop_assert!(event.validate().is_ok());
+        }
+    }
+}
