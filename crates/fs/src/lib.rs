@@ -54,6 +54,11 @@ pub trait VfsFile: Send + Sync + Debug {
     /// The current length of the file in bytes.
     fn len(&self) -> io::Result<u64>;
 
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
         while !buf.is_empty() {

@@ -1,6 +1,7 @@
 //! The binary decoder never panics and never accepts what it should not: random bytes,
 //! truncations, bit flips, trailing bytes, unknown versions and kinds. (The fuzz target
 //! `fuzz/fuzz_targets/decode_event.rs` explores the same surface with coverage.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bourse_model::samples::sample;
 use bourse_model::{Error, Event, EventKind};

@@ -1,5 +1,6 @@
 //! The JSON form is strict: every malformed document is refused with an error that
 //! names the offending type or field.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bourse_model::{Error, Event, EventKind};
 

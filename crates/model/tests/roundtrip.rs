@@ -1,5 +1,6 @@
 //! Round-trip properties of both encodings, over every event kind with randomized
 //! field values.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bourse_model::samples::sample;
 use bourse_model::{Event, EventKind};

@@ -1,5 +1,6 @@
 //! Encoded sizes: an event costs about its fields. The size table in
 //! `docs/format-event.md` is checked against the encoder so it cannot go stale.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bourse_model::samples::sample;
 use bourse_model::{Event, EventKind, Extension};

@@ -68,7 +68,10 @@ pub fn verify_dir(vfs: &dyn Vfs, dir: &Path, opts: &WalOptions) -> Result<Verify
             tolerated: false,
         };
         match read_header(&file, path, *first) {
-            Err(e) => seg.problem = Some(e.to_string()),
+            Err(e) => {
+                seg.problem = Some(e.to_string());
+                expected = None;
+            }
             Ok(header) => {
                 if let Some(exp) = expected.filter(|e| *e != *first) {
                     seg.problem =
@@ -79,10 +82,11 @@ pub fn verify_dir(vfs: &dyn Vfs, dir: &Path, opts: &WalOptions) -> Result<Verify
                         .map_err(io_err("scan segment", path))?;
                 seg.records = scan.records;
                 seg.last_lsn = scan.last_lsn;
-                expected = Some(scan.last_lsn.map_or(*first, Lsn::next));
                 if seg.problem.is_none() {
                     (seg.problem, seg.tolerated) = classify(&scan, newest);
                 }
+                // NOTE: after a damaged segment the next one is not also reported as a gap.
+                expected = seg.problem.is_none().then(|| scan.last_lsn.map_or(*first, Lsn::next));
             }
         }
         report.segments.push(seg);

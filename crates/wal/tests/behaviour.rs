@@ -1,5 +1,6 @@
 //! The WAL's API behaviour: LSNs, batches, limits, rotation, replay, truncation,
 //! recovery reports, and group commit across threads on the real file system.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

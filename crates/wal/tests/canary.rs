@@ -1,5 +1,6 @@
 //! Canaries (RELIABILITY.md, harness 8): deliberately broken WALs that the crash
 //! enumeration must catch. If one of these tests fails, the harness has a gap.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Corruption sweep (RELIABILITY.md, harness 4; P5): flip random bits in the WAL's
 //! files. Every flip must yield an error (at open, at replay, or from `verify_dir`) or a
 //! cut of the newest segment's tail — never a wrong record.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Crash enumeration (RELIABILITY.md, harness 2): run a fixed workload, crash after each
 //! file-system call in turn with each of three fates, recover, and check P1, P2 and P4.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

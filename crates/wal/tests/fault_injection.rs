@@ -2,6 +2,7 @@
 //! with EIO or ENOSPC. After the failure the WAL must refuse every later write, must
 //! not acknowledge anything written after the failure, and a reopen must recover a
 //! prefix holding every acknowledged batch.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Model test (RELIABILITY.md, harness 6): random sequences of appends, syncs, reopens,
 //! crashes, truncations and reads against a plain `Vec` model.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

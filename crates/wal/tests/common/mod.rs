@@ -1,6 +1,7 @@
 //! Shared pieces of the WAL reliability tests: a deterministic workload that records
 //! what was submitted and acknowledged, and the oracle that checks P1, P2 and P4
 //! (`RELIABILITY.md`) against what recovery returns.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::path::PathBuf;
