@@ -1,1 +1,53 @@
-fn main() {}
+//! `bourse-bench`: Bourse side by side with its peers and the physical floor.
+//!
+//! One runner, one output shape (`BENCH.md`): every result is a JSON object on its own
+//! line on stdout; human text goes to stderr. Peers (RocksDB) are compiled only with the
+//! `peers` feature, so the default build and the tests never compile them. A comparison
+//! is made only between runs in the same invocation, interleaved, on the same disk.
+//!
+//! This crate is **not** compiled into Bourse and is not a test: it asserts nothing.
+
+mod report;
+mod wal;
+
+#[cfg(feature = "peers")]
+mod rocks;
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Benchmarks of Bourse, with peers and physical floors.
+#[derive(Debug, Parser)]
+#[command(name = "bourse-bench", about)]
+struct Cli {
+    /// Which suite to run.
+    suite: Suite,
+    /// Finish each suite in under 60 seconds (what reviewers run).
+    #[arg(long)]
+    quick: bool,
+    /// Directory on the disk to measure (a temporary directory is made inside it).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Suite {
+    /// The write-ahead log.
+    Wal,
+    /// Every suite.
+    All,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let tmp = tempfile::Builder::new().prefix("bourse-bench-").tempdir_in(&cli.dir)?;
+    eprintln!("bourse-bench: measuring in {}", tmp.path().display());
+    if !cfg!(feature = "peers") {
+        eprintln!("bourse-bench: built without the `peers` feature: peers are skipped");
+    }
+    match cli.suite {
+        Suite::Wal | Suite::All => wal::run(tmp.path(), cli.quick)?,
+    }
+    Ok(())
+}

@@ -83,9 +83,7 @@ fn corruption_in_an_older_segment_fails_naming_segment_and_offset() {
     let (code, out) = bourse(&["verify", "--data", tmp.path().to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains(name)
-            && out.contains("CORRUPT")
-            && out.contains("checksum mismatch"),
+        out.contains(name) && out.contains("CORRUPT") && out.contains("checksum mismatch"),
         "{out}"
     );
     assert!(out.contains("at offset 32"), "{out}");

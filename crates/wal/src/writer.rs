@@ -307,6 +307,12 @@ impl Wal {
         self.shared.segments.read().first().map(|s| s.first_lsn).unwrap_or_default()
     }
 
+    /// Whether the next segment is ready: with `Preallocate::PreWrite`, whether the
+    /// background thread has finished pre-writing the spare; always true otherwise.
+    pub fn preallocation_ready(&self) -> bool {
+        self.preparer.is_none() || self.shared.spare.lock().ready
+    }
+
     /// Whether an earlier failure poisoned the WAL.
     pub fn is_poisoned(&self) -> bool {
         self.shared.state.lock().poisoned.is_some()
