@@ -11,6 +11,30 @@
 //! The format is in [`format`] (and `docs/format-wal.md`); the crash and corruption rules
 //! are in [`Wal::open`].
 //!
+//! ```
+//! use bourse_fs::RealFs;
+//! use bourse_wal::{Durability, Entry, Lsn, Wal, WalOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let opts = WalOptions { segment_bytes: 1 << 20, ..WalOptions::default() };
+//! let wal = Wal::open(RealFs::shared(), dir.path(), opts)?;
+//! let batch = [
+//!     Entry { kind: 7, timestamp: 1_700_000_000_000_000_000, payload: b"trade 1" },
+//!     Entry { kind: 7, timestamp: 1_700_000_000_000_000_001, payload: b"trade 2" },
+//! ];
+//! // Returns once an fdatasync covering both records has returned.
+//! let range = wal.append_batch(&batch, Durability::Durable)?;
+//! assert_eq!((range.first, range.last), (Lsn(1), Lsn(2)));
+//!
+//! let mut reader = wal.read_from(Lsn(1))?;
+//! while let Some(record) = reader.next_record()? {
+//!     println!("{} kind {} {:?}", record.lsn, record.kind, record.payload);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! This crate is **not** aware of events, keys or partitions: the engine encodes events
 //! (see `bourse-model`) into payloads and decides what a kind means. All file access goes
 //! through [`bourse_fs::Vfs`], so the crash and fault tests run against the simulated file

@@ -40,6 +40,7 @@ fn run(pre: Preallocate, kind: FaultKind, fate: CrashFate) -> usize {
         check_recovered(&log, &got, log.required(fate))
             .unwrap_or_else(|e| panic!("fault at op {at} ({kind:?}): {e}"));
     }
+    eprintln!("{pre:?} {kind:?} {fate:?}: a fault at each of {total} operations");
     total as usize
 }
 

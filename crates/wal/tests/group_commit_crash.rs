@@ -36,9 +36,12 @@ fn run(seed: u64, pre: Preallocate) {
                 for b in 0..BATCHES {
                     let size = 1 + (t + b) % 4;
                     let payloads: Vec<Vec<u8>> = (0..size).map(|r| payload(t, b, r)).collect();
-                    let entries: Vec<Entry<'_>> =
-                        payloads.iter().map(|p| Entry { kind: t as u16, timestamp: b as i64, payload: p }).collect();
-                    let d = if (t + b) % 3 == 0 { Durability::Buffered } else { Durability::Durable };
+                    let entries: Vec<Entry<'_>> = payloads
+                        .iter()
+                        .map(|p| Entry { kind: t as u16, timestamp: b as i64, payload: p })
+                        .collect();
+                    let d =
+                        if (t + b) % 3 == 0 { Durability::Buffered } else { Durability::Durable };
                     match wal.append_batch(&entries, d) {
                         Ok(range) => acked.push((range, d, payloads)),
                         Err(_) => break,
@@ -51,9 +54,11 @@ fn run(seed: u64, pre: Preallocate) {
     let acked: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
     drop(wal);
     fs.crash(CrashFate::Torn { seed });
-    let wal = Wal::open(fs.shared(), dir(), opts).unwrap_or_else(|e| panic!("seed {seed}: recovery failed: {e}"));
+    let wal = Wal::open(fs.shared(), dir(), opts)
+        .unwrap_or_else(|e| panic!("seed {seed}: recovery failed: {e}"));
     let got = read_all(&wal).unwrap_or_else(|e| panic!("seed {seed}: replay failed: {e}"));
-    let by_lsn: HashMap<Lsn, &[u8]> = got.iter().map(|(l, r, _)| (*l, r.payload.as_slice())).collect();
+    let by_lsn: HashMap<Lsn, &[u8]> =
+        got.iter().map(|(l, r, _)| (*l, r.payload.as_slice())).collect();
     for (i, (lsn, rec, _)) in got.iter().enumerate() {
         assert_eq!(*lsn, Lsn(i as u64 + 1), "seed {seed}: P2");
         let text = String::from_utf8_lossy(&rec.payload);
@@ -72,7 +77,11 @@ fn run(seed: u64, pre: Preallocate) {
         }
         if present {
             for (i, p) in payloads.iter().enumerate() {
-                assert_eq!(by_lsn.get(&Lsn(range.first.0 + i as u64)).copied(), Some(p.as_slice()), "seed {seed}: P4");
+                assert_eq!(
+                    by_lsn.get(&Lsn(range.first.0 + i as u64)).copied(),
+                    Some(p.as_slice()),
+                    "seed {seed}: P4"
+                );
             }
         }
     }
