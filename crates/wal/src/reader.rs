@@ -120,10 +120,16 @@ impl WalReader {
         Ok(n)
     }
 
-    /// The scanner stopped although `self.next` is written: move to the next segment,
-    /// or re-read the active one (its buffer may hold bytes from before the last write),
-    /// or report corruption.
+    /// The scanner stopped although `self.next` is written. First re-read the current
+    /// segment from here: its buffer may hold bytes from before the latest writes (even if
+    /// the log has rotated since). If it stops at the same place again, move to the next
+    /// segment when it continues the sequence, or report corruption.
     fn at_end(&mut self, offset: u64, damage: Option<crate::DamageKind>) -> Result<()> {
+        if !self.retried {
+            self.retried = true;
+            self.scanner = new_scanner(&self.shared, &self.segment, offset, self.next);
+            return Ok(());
+        }
         let next_segment = {
             let segs = self.shared.segments.read();
             segs.iter().find(|s| s.first_lsn > self.segment.first_lsn).cloned()
@@ -140,11 +146,7 @@ impl WalReader {
                 self.scanner =
                     new_scanner(&self.shared, &seg, SEGMENT_HEADER_BYTES as u64, seg.first_lsn);
                 self.segment = seg;
-                Ok(())
-            }
-            None if !self.retried => {
-                self.retried = true;
-                self.scanner = new_scanner(&self.shared, &self.segment, offset, self.next);
+                self.retried = false;
                 Ok(())
             }
             _ => Err(Error::Corrupt {

@@ -66,29 +66,28 @@ impl Wal {
             segments.push(SegmentInfo { first_lsn: lsn, path, file });
         }
         // A torn creation of the newest segment leaves a bad header and nothing intact.
-        while let Some(newest) = segments.last() {
-            match read_header(&newest.file, &newest.path, newest.first_lsn) {
-                Ok(_) => break,
-                Err(e) => {
-                    let max = opts.record_bytes_max;
-                    if find_intact_record(&newest.file, 0, Lsn(0), max)
-                        .map_err(io_err("scan", &newest.path))?
-                        .is_some()
-                    {
-                        return Err(e);
-                    }
-                    let bytes = newest.file.len().map_err(io_err("stat", &newest.path))?;
-                    vfs.remove_file(&newest.path)
-                        .map_err(io_err("remove torn segment", &newest.path))?;
-                    vfs.sync_dir(&dir).map_err(io_err("fsync directory", &dir))?;
-                    report.cuts.push(TailCut {
-                        segment: newest.path.clone(),
-                        offset: 0,
-                        bytes,
-                        reason: e.to_string(),
-                    });
-                    segments.pop();
+        // Only the newest may be removed; its first LSN is kept as the next LSN.
+        let mut resume_at = opts.first_lsn;
+        if let Some(newest) = segments.last() {
+            if let Err(e) = read_header(&newest.file, &newest.path, newest.first_lsn) {
+                let max = opts.record_bytes_max;
+                let intact = find_intact_record(&newest.file, 0, Lsn(0), max)
+                    .map_err(io_err("scan", &newest.path))?;
+                if intact.is_some() {
+                    return Err(e);
                 }
+                let bytes = newest.file.len().map_err(io_err("stat", &newest.path))?;
+                vfs.remove_file(&newest.path)
+                    .map_err(io_err("remove torn segment", &newest.path))?;
+                vfs.sync_dir(&dir).map_err(io_err("fsync directory", &dir))?;
+                report.cuts.push(TailCut {
+                    segment: newest.path.clone(),
+                    offset: 0,
+                    bytes,
+                    reason: e.to_string(),
+                });
+                resume_at = newest.first_lsn;
+                segments.pop();
             }
         }
         for s in segments.iter().rev().skip(1) {
@@ -98,7 +97,7 @@ impl Wal {
         let (active, last) = match segments.last() {
             Some(newest) => recover_newest(newest, &shared_opts, &mut report)?,
             None => {
-                let first = opts.first_lsn;
+                let first = resume_at;
                 let active = create_first_segment(&*vfs, &dir, &opts, first)?;
                 segments.push(SegmentInfo {
                     first_lsn: first,

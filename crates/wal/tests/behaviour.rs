@@ -275,3 +275,44 @@ fn concurrent_durable_appenders_share_fsyncs_on_a_real_disk() {
         assert_eq!((lsn, payload.as_bytes()), (got_lsn, rec.payload.as_slice()));
     }
 }
+
+/// Regression: a reader that caught up in the middle of a segment had buffered the zero
+/// bytes after the data. When the writer then filled that segment and rotated, the reader
+/// took the stale zeros for the segment's end and reported a false gap before the next
+/// segment. A reader now re-reads its segment before moving on.
+#[test]
+fn a_caught_up_reader_survives_rotation_past_its_buffer() {
+    for pre in [Preallocate::None, Preallocate::PreWriteInline] {
+        let fs = SimFs::new();
+        let mut opts = small_opts(pre);
+        opts.read_chunk_bytes = 4096;
+        let wal = open(&fs, &opts);
+        wal.append(entry(&[0; 20]), Durability::Buffered).unwrap();
+        let mut r = wal.read_from(Lsn(1)).unwrap();
+        assert_eq!(r.next_record().unwrap().unwrap().lsn, Lsn(1));
+        assert!(r.next_record().unwrap().is_none());
+        for i in 1..40u8 {
+            wal.append(entry(&[i; 20]), Durability::Buffered).unwrap();
+        }
+        assert!(wal.segment_files().len() >= 3, "the writer rotated past the reader");
+        for i in 1..40u64 {
+            let rec = r
+                .next_record()
+                .unwrap()
+                .unwrap_or_else(|| panic!("{pre:?}: record {} missing", i + 1));
+            assert_eq!(rec.lsn, Lsn(i + 1));
+            assert_eq!(rec.payload, &[i as u8; 20]);
+        }
+    }
+}
+
+#[test]
+fn a_lone_torn_segment_keeps_the_log_position() {
+    let fs = SimFs::new();
+    fs.create_dir_all(&dir()).unwrap();
+    let lone = dir().join(format!("{:020}.wal", 500));
+    fs.open(&lone, OpenMode::CreateNew).unwrap().write_all_at(b"BOURSWAL\x01", 0).unwrap();
+    let wal = open(&fs, &small_opts(Preallocate::None));
+    assert_eq!(wal.recovery().cuts.len(), 1);
+    assert_eq!(wal.append(entry(b"x"), Durability::Durable).unwrap().first, Lsn(500));
+}

@@ -51,7 +51,7 @@ fn every_crash_point_recovers_a_prefix_with_every_ack_prewritten_segments() {
 fn torn_crashes_with_many_seeds_recover() {
     let opts = small_opts(Preallocate::PreWriteInline);
     let total = count_ops(&opts, BATCHES);
-    for seed in 0..400u64 {
+    for seed in 0..1000u64 {
         let crash_at = seed * 7919 % (total + 1);
         crash_run(&opts, BATCHES, crash_at, CrashFate::Torn { seed })
             .unwrap_or_else(|e| panic!("seed {seed}, crash after op {crash_at}: {e}"));

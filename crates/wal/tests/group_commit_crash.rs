@@ -89,7 +89,7 @@ fn run(seed: u64, pre: Preallocate) {
 
 #[test]
 fn crashes_during_concurrent_group_commit_lose_no_durable_batch() {
-    for seed in 0..150 {
+    for seed in 0..400 {
         run(seed, if seed % 2 == 0 { Preallocate::None } else { Preallocate::PreWriteInline });
     }
 }

@@ -142,7 +142,7 @@ fn run(ops: Vec<Op>, pre: Preallocate) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
 
     #[test]
     fn wal_matches_model_growing(ops in prop::collection::vec(op(), 1..60)) {
