@@ -21,6 +21,7 @@
 pub mod codec;
 mod enums;
 mod event;
+mod finite;
 mod ids;
 mod market;
 pub mod samples;
@@ -134,8 +135,8 @@ impl Event {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Checks the limits and identities that types alone do not: required ids are
-    /// non-empty and bounded, texts bounded, books and extensions bounded.
+    /// Checks the limits and identities that types alone do not: every float is finite,
+    /// required ids are non-empty and bounded, texts bounded, books and extensions bounded.
     pub fn validate(&self) -> Result<(), Error> {
         let kind = self.kind().name();
         let invalid = |field: &'static str, reason: String| Error::Invalid { kind, field, reason };
@@ -153,6 +154,9 @@ impl Event {
                 invalid(field, format!("is {} bytes, over {TEXT_BYTES_MAX}", v.len()))
             })
         };
+        if let Some(field) = finite::first_non_finite(self) {
+            return Err(invalid(field, "is not a finite number".into()));
+        }
         if let Some(ins) = self.instrument() {
             if ins.as_str().is_empty() {
                 return Err(invalid("instrument_id", "is missing".into()));

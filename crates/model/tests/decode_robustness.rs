@@ -52,3 +52,18 @@ proptest! {
         }
     }
 }
+
+/// Regression (found by the `decode_event` fuzz target): the decoder accepted NaN and
+/// infinite floats, which JSON cannot carry and which never equal themselves.
+#[test]
+fn non_finite_floats_are_refused_and_named() {
+    let mut tick = sample(EventKind::Tick, 5);
+    if let Event::Tick(t) = &mut tick {
+        t.bid_price2 = f64::NAN;
+    }
+    let bytes = tick.encode().unwrap();
+    match Event::decode(&bytes) {
+        Err(Error::Invalid { field: "bid_price2", .. }) => {}
+        other => panic!("expected bid_price2 to be refused, got {other:?}"),
+    }
+}
