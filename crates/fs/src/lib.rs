@@ -94,6 +94,26 @@ pub trait Vfs: Send + Sync + Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Whether a file or directory exists.
     fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Takes an exclusive lock named by `path` (creating the file if needed), held until
+    /// the returned guard is dropped. Fails with `ErrorKind::WouldBlock` when another
+    /// holder (another process, or another handle in this one) has it.
+    fn lock(&self, path: &Path) -> io::Result<LockGuard>;
+}
+
+/// Something that holds a lock until it is dropped.
+pub trait LockHolder: Send + Sync + Debug {}
+
+impl<T: Send + Sync + Debug> LockHolder for T {}
+
+/// An exclusive lock taken by [`Vfs::lock`]; dropping it releases the lock.
+#[derive(Debug)]
+pub struct LockGuard(#[allow(dead_code)] Box<dyn LockHolder>);
+
+impl LockGuard {
+    /// Wraps whatever holds a lock until it is dropped.
+    pub fn new(holder: impl LockHolder + 'static) -> Self {
+        Self(Box::new(holder))
+    }
 }
 
 /// Publishes `bytes` as `dir/name` atomically: write a temporary file, `fsync` it,

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::{FileRef, OpenMode, Vfs, VfsFile};
+use crate::{FileRef, LockGuard, OpenMode, Vfs, VfsFile};
 
 /// The real file system (`std::fs` with positional I/O and `fdatasync`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -80,5 +80,17 @@ impl Vfs for RealFs {
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {
         path.try_exists()
+    }
+    fn lock(&self, path: &Path) -> io::Result<LockGuard> {
+        let file =
+            OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(LockGuard::new(file)),
+            Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked", path.display()),
+            )),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 }

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{FileRef, OpenMode, Vfs, VfsFile};
+use crate::{FileRef, LockGuard, OpenMode, Vfs, VfsFile};
 
 /// What survives a simulated crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +92,8 @@ struct State {
     crash_after: Option<u64>,
     crashed: bool,
     fault: Option<(u64, FaultKind)>,
+    /// Locks held, with the epoch that took them (a crash releases them).
+    locks: std::collections::HashSet<PathBuf>,
 }
 
 impl State {
@@ -213,6 +215,7 @@ impl SimFs {
         let live: std::collections::HashSet<u64> = s.names.values().copied().collect();
         s.inodes.retain(|ino, _| live.contains(ino));
         s.epoch += 1;
+        s.locks.clear();
         s.crashed = false;
         s.crash_after = None;
         s.fault = None;
@@ -241,6 +244,23 @@ impl SimFs {
 
     fn handle(&self, ino: u64, epoch: u64, writable: bool) -> FileRef {
         Arc::new(SimFile { fs: self.clone(), ino, epoch, writable })
+    }
+}
+
+/// Releases a simulated lock when dropped (unless a crash already did).
+#[derive(Debug)]
+struct SimLock {
+    fs: SimFs,
+    path: PathBuf,
+    epoch: u64,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut s = self.fs.state.lock();
+        if s.epoch == self.epoch {
+            s.locks.remove(&self.path);
+        }
     }
 }
 
@@ -388,6 +408,18 @@ impl Vfs for SimFs {
         s.check_alive(s.epoch)?;
         Ok(s.names.contains_key(path) || s.dirs.iter().any(|d| d == path))
     }
+    fn lock(&self, path: &Path) -> io::Result<LockGuard> {
+        let mut s = self.state.lock();
+        let epoch = s.epoch;
+        s.check_alive(epoch)?;
+        if !s.locks.insert(path.to_path_buf()) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked", path.display()),
+            ));
+        }
+        Ok(LockGuard::new(SimLock { fs: self.clone(), path: path.to_path_buf(), epoch }))
+    }
 }
 
 #[cfg(test)]
@@ -459,6 +491,17 @@ mod tests {
         assert!(f.write_all_at(b"z", 2).is_err());
         assert!(fs.has_crashed());
         assert!(f.len().is_err(), "a dead process reads nothing");
+    }
+
+    #[test]
+    fn locks_are_exclusive_and_released_by_drop_or_crash() {
+        let fs = SimFs::new();
+        let guard = fs.lock(Path::new("/LOCK")).unwrap();
+        assert_eq!(fs.lock(Path::new("/LOCK")).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(guard);
+        let _held = fs.lock(Path::new("/LOCK")).unwrap();
+        fs.crash(CrashFate::KeepAll);
+        assert!(fs.lock(Path::new("/LOCK")).is_ok(), "a crash releases the dead process's locks");
     }
 
     #[test]

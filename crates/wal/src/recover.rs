@@ -12,6 +12,9 @@ use crate::segment::create_segment_file;
 use crate::writer::{Active, RecoveryReport, SegmentInfo, State, TailCut};
 use crate::{io_err, DamageKind, Error, Lsn, Result, Wal, WalOptions};
 
+/// The lock file that keeps a second writer out of the directory.
+pub(crate) const LOCK_NAME: &str = "LOCK";
+
 /// The segment files of a directory, oldest first.
 pub(crate) fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
     let names = vfs.list_dir(dir).map_err(io_err("list directory", dir))?;
@@ -57,6 +60,10 @@ impl Wal {
         opts.validate()?;
         let dir = dir.into();
         vfs.create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let lock = vfs.lock(&dir.join(LOCK_NAME)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
+            _ => Error::Io { op: "lock directory", path: dir.join(LOCK_NAME), source: e },
+        })?;
         remove_temporaries(&*vfs, &dir, &opts)?;
         let mut report = RecoveryReport::default();
         let mut segments = Vec::new();
@@ -115,7 +122,7 @@ impl Wal {
         }
         tracing::info!(dir = %dir.display(), segments = report.segments, first = %report.first_lsn, last = %last, "WAL opened");
         let state = State::new(last.next(), active);
-        Ok(Wal::from_parts(vfs, dir, opts, state, segments, report))
+        Ok(Wal::from_parts(vfs, dir, opts, state, segments, report, lock))
     }
 }
 

@@ -194,6 +194,8 @@ pub struct Wal {
     pub(crate) shared: Arc<Shared>,
     recovery: RecoveryReport,
     preparer: Option<JoinHandle<()>>,
+    /// Held for the lifetime of the handle; dropped last.
+    _lock: bourse_fs::LockGuard,
 }
 
 impl Wal {
@@ -204,6 +206,7 @@ impl Wal {
         state: State,
         segments: Vec<SegmentInfo>,
         recovery: RecoveryReport,
+        lock: bourse_fs::LockGuard,
     ) -> Self {
         let last = state.written.0;
         let background = opts.preallocate == Preallocate::PreWrite;
@@ -227,7 +230,7 @@ impl Wal {
                 .spawn(move || s.prepare_spares())
                 .ok()
         });
-        Self { shared, recovery: recovery.clone(), preparer: preparer.flatten() }
+        Self { shared, recovery, preparer: preparer.flatten(), _lock: lock }
     }
 
     /// Appends one record as a batch of one.

@@ -316,3 +316,24 @@ fn a_lone_torn_segment_keeps_the_log_position() {
     assert_eq!(wal.recovery().cuts.len(), 1);
     assert_eq!(wal.append(entry(b"x"), Durability::Durable).unwrap().first, Lsn(500));
 }
+
+#[test]
+fn a_second_writer_is_locked_out() {
+    let fs = SimFs::new();
+    let opts = small_opts(Preallocate::None);
+    let first = open(&fs, &opts);
+    assert!(matches!(Wal::open(fs.shared(), dir(), opts.clone()), Err(Error::Locked { .. })));
+    drop(first);
+    let again = open(&fs, &opts);
+    drop(again);
+    let tmp = tempfile::tempdir().unwrap();
+    let real = Wal::open(
+        RealFs::shared(),
+        tmp.path(),
+        WalOptions { segment_bytes: 1 << 20, ..WalOptions::default() },
+    )
+    .unwrap();
+    let second = Wal::open(RealFs::shared(), tmp.path(), WalOptions::default());
+    assert!(matches!(second, Err(Error::Locked { .. })), "{second:?}");
+    drop(real);
+}
