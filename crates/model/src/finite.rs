@@ -47,7 +47,7 @@ impl Check {
     }
 }
 
-impl<'a> ser::Serializer for &'a mut Check {
+impl ser::Serializer for &mut Check {
     type Ok = ();
     type Error = Found;
     type SerializeSeq = Self;

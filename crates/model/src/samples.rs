@@ -26,7 +26,7 @@ pub fn sample(kind: EventKind, n: u64) -> Event {
             user_id: user,
             order_id: order,
             instrument_id: ins(n),
-            direction: if n % 2 == 0 { Direction::Buy } else { Direction::Sell },
+            direction: if n.is_multiple_of(2) { Direction::Buy } else { Direction::Sell },
             offset: Offset::Open,
             volume: v,
             price_type: PriceType::Limit,
@@ -152,7 +152,7 @@ pub fn sample(kind: EventKind, n: u64) -> Event {
         }),
         EventKind::UserUpdated => Event::UserUpdated(UserUpdated {
             user_id: format!("user{n}"),
-            frozen: n % 2 == 0,
+            frozen: n.is_multiple_of(2),
             datetime: ts(n),
         }),
         EventKind::AccountBound | EventKind::AccountUnbound => {

@@ -167,7 +167,7 @@ fn truncate_after_cuts_mid_batch_durably() {
 
 fn newest_segment(fs: &SimFs) -> std::path::PathBuf {
     let names = fs.list_dir(&dir()).unwrap();
-    dir().join(names.iter().filter(|n| n.ends_with(".wal")).next_back().unwrap())
+    dir().join(names.iter().rfind(|n| n.ends_with(".wal")).unwrap())
 }
 
 #[test]

@@ -64,7 +64,7 @@ fn sweep(pre: Preallocate, flips: u64) -> Outcomes {
                         !wal.recovery().cuts.is_empty(),
                         "{what}: records lost without a reported cut"
                     );
-                    let newest = files.iter().filter(|f| f.ends_with(".wal")).next_back().unwrap();
+                    let newest = files.iter().rfind(|f| f.ends_with(".wal")).unwrap();
                     assert_eq!(name, newest, "{what}: only the newest segment's tail may be cut");
                     out.tail_cut += 1;
                 } else {
