@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let opts = WalOptions {
         record_bytes_max: 1 << 16,
         segment_bytes: 1 << 20,
+        read_chunk_bytes: 4096,
         preallocate: Preallocate::None,
         ..WalOptions::default()
     };

@@ -147,7 +147,8 @@ pub(crate) fn find_intact_record(
     const CHUNK: usize = 1 << 20;
     let len = file.len()?;
     let mut base = from;
-    let mut buf = vec![0u8; CHUNK + RECORD_HEADER_BYTES];
+    let span = usize::try_from(len.saturating_sub(from)).unwrap_or(CHUNK);
+    let mut buf = vec![0u8; span.min(CHUNK + RECORD_HEADER_BYTES)];
     while base < len {
         let want = usize::try_from((len - base).min(buf.len() as u64)).unwrap_or(buf.len());
         file.read_exact_at(&mut buf[..want], base)?;
