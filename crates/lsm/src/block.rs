@@ -1,0 +1,231 @@
+//! Blocks: sorted entries with prefix-compressed keys and restart points.
+//!
+//! | part     | layout                                                                 |
+//! |----------|------------------------------------------------------------------------|
+//! | entry    | shared: varint, unshared: varint, value length: varint, trailer: u64 LE (seq << 8 \| kind), key suffix, value |
+//! | restarts | u32 LE offset of every `RESTART_INTERVAL`-th entry (its `shared` is 0) |
+//! | count    | u32 LE number of restarts                                              |
+//!
+//! Decoding is bounds-checked throughout: a malformed block yields `None` (reported by
+//! the caller as corruption), never a panic or an out-of-range read.
+
+use crate::key::{cmp_internal, untrailer, Kind, SeqNo};
+
+/// Entries between restart points.
+pub const RESTART_INTERVAL: usize = 16;
+
+/// Appends a LEB128 varint.
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 varint at `*pos`, advancing it.
+pub(crate) fn get_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Builds one block.
+#[derive(Debug, Default)]
+pub struct BlockBuilder {
+    buf: Vec<u8>,
+    restarts: Vec<u32>,
+    last_key: Vec<u8>,
+    count: usize,
+}
+
+impl BlockBuilder {
+    /// Appends an entry; entries must come in internal-key order.
+    pub fn add(&mut self, key: &[u8], trailer: u64, value: &[u8]) {
+        let shared = if self.count % RESTART_INTERVAL == 0 {
+            self.restarts.push(self.buf.len() as u32);
+            0
+        } else {
+            self.last_key.iter().zip(key).take_while(|(a, b)| a == b).count()
+        };
+        put_varint(&mut self.buf, shared as u64);
+        put_varint(&mut self.buf, (key.len() - shared) as u64);
+        put_varint(&mut self.buf, value.len() as u64);
+        self.buf.extend_from_slice(&trailer.to_le_bytes());
+        self.buf.extend_from_slice(&key[shared..]);
+        self.buf.extend_from_slice(value);
+        self.last_key.clear();
+        self.last_key.extend_from_slice(key);
+        self.count += 1;
+    }
+
+    /// Bytes the block will take when finished.
+    pub fn estimated_bytes(&self) -> usize {
+        self.buf.len() + 4 * self.restarts.len() + 4
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Finishes the block and resets the builder.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.buf);
+        for r in &self.restarts {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.restarts.len() as u32).to_le_bytes());
+        self.restarts.clear();
+        self.last_key.clear();
+        self.count = 0;
+        out
+    }
+}
+
+/// A decoded view of a block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    data: Vec<u8>,
+    /// End of the entries (start of the restart array).
+    entries_end: usize,
+    restarts: Vec<u32>,
+}
+
+/// One entry read from a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// User key.
+    pub key: Vec<u8>,
+    /// Sequence number.
+    pub seq: SeqNo,
+    /// Kind.
+    pub kind: Kind,
+    /// Value.
+    pub value: Vec<u8>,
+}
+
+impl Block {
+    /// Checks the restart array; `None` if it is malformed.
+    pub fn new(data: Vec<u8>) -> Option<Block> {
+        let n = data.len().checked_sub(4)?;
+        let count = u32::from_le_bytes(data.get(n..n + 4)?.try_into().ok()?) as usize;
+        let entries_end = n.checked_sub(count.checked_mul(4)?)?;
+        let restarts: Vec<u32> = data[entries_end..n]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if restarts.iter().any(|r| *r as usize >= entries_end.max(1))
+            || (count == 0 && entries_end != 0)
+        {
+            return None;
+        }
+        Some(Block { data, entries_end, restarts })
+    }
+
+    /// Decodes the entry at `*pos` given the previous key; advances `*pos`.
+    fn decode_at(&self, pos: &mut usize, prev: &[u8]) -> Option<BlockEntry> {
+        let b = &self.data[..self.entries_end];
+        let shared = usize::try_from(get_varint(b, pos)?).ok()?;
+        let unshared = usize::try_from(get_varint(b, pos)?).ok()?;
+        let vlen = usize::try_from(get_varint(b, pos)?).ok()?;
+        let t = u64::from_le_bytes(b.get(*pos..*pos + 8)?.try_into().ok()?);
+        *pos += 8;
+        if shared > prev.len() {
+            return None;
+        }
+        let suffix = b.get(*pos..pos.checked_add(unshared)?)?;
+        *pos += unshared;
+        let value = b.get(*pos..pos.checked_add(vlen)?)?;
+        *pos += vlen;
+        let (seq, kind) = untrailer(t);
+        let mut key = prev[..shared].to_vec();
+        key.extend_from_slice(suffix);
+        Some(BlockEntry { key, seq, kind: kind?, value: value.to_vec() })
+    }
+
+    /// Every entry in order; `None` if the block is malformed.
+    pub fn entries(&self) -> Option<Vec<BlockEntry>> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let mut prev = Vec::new();
+        while pos < self.entries_end {
+            let e = self.decode_at(&mut pos, &prev)?;
+            prev.clone_from(&e.key);
+            out.push(e);
+        }
+        Some(out)
+    }
+
+    /// Entries from the first whose internal key is at or after `(key, seq)`; `None` if
+    /// the block is malformed.
+    pub fn seek(&self, key: &[u8], seq: SeqNo) -> Option<Vec<BlockEntry>> {
+        // Binary search the restart points for the last one whose key is before target.
+        let (mut lo, mut hi) = (0usize, self.restarts.len());
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            let mut pos = self.restarts[mid] as usize;
+            let e = self.decode_at(&mut pos, &[])?;
+            if cmp_internal(&e.key, e.seq, key, seq).is_lt() {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut pos = self.restarts.get(lo).map_or(0, |r| *r as usize);
+        let mut prev = Vec::new();
+        let mut out = Vec::new();
+        while pos < self.entries_end {
+            let e = self.decode_at(&mut pos, &prev)?;
+            prev.clone_from(&e.key);
+            if !out.is_empty() || !cmp_internal(&e.key, e.seq, key, seq).is_lt() {
+                out.push(e);
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::trailer;
+
+    #[test]
+    fn round_trip_and_seek() {
+        let mut b = BlockBuilder::default();
+        let keys: Vec<Vec<u8>> = (0..100u32).map(|i| format!("key{i:04}").into_bytes()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            b.add(k, trailer(1000 - i as u64, Kind::Put), format!("v{i}").as_bytes());
+        }
+        let block = Block::new(b.finish()).unwrap();
+        let all = block.entries().unwrap();
+        assert_eq!(all.len(), 100);
+        assert_eq!(all[42].key, keys[42]);
+        let from = block.seek(b"key0042", u64::MAX >> 8).unwrap();
+        assert_eq!(from[0].key, b"key0042");
+        assert_eq!(from.len(), 58);
+        assert!(block.seek(b"zzz", 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_blocks_are_refused_not_panicking() {
+        assert!(Block::new(vec![]).is_none());
+        assert!(Block::new(vec![9, 9, 9, 9]).is_none());
+        let mut b = BlockBuilder::default();
+        b.add(b"abc", trailer(1, Kind::Put), b"value");
+        let good = b.finish();
+        for cut in 0..good.len() {
+            if let Some(block) = Block::new(good[..cut].to_vec()) {
+                let _ = block.entries();
+            }
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! SSTables: immutable sorted files of internal keys (format version 1).
+//!
+//! | part        | content                                                             |
+//! |-------------|---------------------------------------------------------------------|
+//! | data blocks | [`crate::block`] blocks of about `block_bytes`, each followed by a block trailer |
+//! | filter      | bloom filter over the user keys ([`crate::bloom`]) + block trailer   |
+//! | properties  | entry count, tombstone count, min and max sequence, smallest and largest user key + block trailer |
+//! | index       | a block with one entry per data block: its last internal key → handle (offset varint, size varint) + block trailer |
+//! | footer      | 64 bytes, below                                                     |
+//!
+//! Block trailer (5 bytes): compression u8 (0 = none), CRC32C u32 of the block and that
+//! byte.
+//!
+//! Footer:
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0  | 16 | filter handle (offset u64, size u64) |
+//! | 16 | 16 | properties handle |
+//! | 32 | 16 | index handle |
+//! | 48 | 4  | format version (`1`) |
+//! | 52 | 8  | magic `BOURSSST` |
+//! | 60 | 4  | CRC32C of bytes 0..60 |
+//!
+//! Every read is bounds-checked and checksummed: a damaged table yields
+//! [`Error::Corrupt`], never a panic or a wrong value.
+
+use std::path::{Path, PathBuf};
+
+use bourse_fs::{FileRef, OpenMode, Vfs};
+
+use crate::block::{get_varint, put_varint, Block, BlockBuilder, BlockEntry};
+use crate::bloom;
+use crate::key::{cmp_internal, trailer, Entry, Kind, SeqNo};
+use crate::{Error, Result};
+
+/// Footer size in bytes.
+pub const FOOTER_BYTES: usize = 64;
+/// Table magic.
+pub const TABLE_MAGIC: [u8; 8] = *b"BOURSSST";
+/// Table format version.
+pub const TABLE_VERSION: u32 = 1;
+const TRAILER_BYTES: usize = 5;
+
+/// A table's identity: the number in its file name, never reused.
+pub type TableId = u64;
+
+/// The file name of table `id`.
+pub fn table_file_name(id: TableId) -> String {
+    format!("{id:010}.sst")
+}
+
+/// What is known about a table without reading its blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableMeta {
+    /// File number.
+    pub id: TableId,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Smallest user key.
+    pub smallest: Vec<u8>,
+    /// Largest user key.
+    pub largest: Vec<u8>,
+    /// Lowest sequence.
+    pub min_seq: SeqNo,
+    /// Highest sequence.
+    pub max_seq: SeqNo,
+    /// Entries (versions).
+    pub entries: u64,
+    /// Tombstones among them.
+    pub tombstones: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Handle {
+    offset: u64,
+    size: u64,
+}
+
+/// Writes one table. Entries must be added in internal-key order.
+#[derive(Debug)]
+pub struct TableWriter {
+    file: FileRef,
+    path: PathBuf,
+    offset: u64,
+    block_bytes: usize,
+    bits_per_key: usize,
+    block: BlockBuilder,
+    index: BlockBuilder,
+    last: Option<(Vec<u8>, SeqNo, Kind)>,
+    hashes: Vec<u64>,
+    meta: TableMeta,
+}
+
+impl TableWriter {
+    /// Creates `dir/{id}.sst`.
+    pub fn create(
+        vfs: &dyn Vfs,
+        dir: &Path,
+        id: TableId,
+        block_bytes: usize,
+        bits_per_key: usize,
+    ) -> Result<Self> {
+        let path = dir.join(table_file_name(id));
+        let file =
+            vfs.open(&path, OpenMode::CreateNew).map_err(Error::io("create table", &path))?;
+        let meta = TableMeta {
+            id,
+            bytes: 0,
+            smallest: Vec::new(),
+            largest: Vec::new(),
+            min_seq: SeqNo::MAX,
+            max_seq: 0,
+            entries: 0,
+            tombstones: 0,
+        };
+        Ok(Self {
+            file,
+            path,
+            offset: 0,
+            block_bytes,
+            bits_per_key,
+            block: BlockBuilder::default(),
+            index: BlockBuilder::default(),
+            last: None,
+            hashes: Vec::new(),
+            meta,
+        })
+    }
+
+    /// Adds one version.
+    pub fn add(&mut self, key: &[u8], seq: SeqNo, kind: Kind, value: &[u8]) -> Result<()> {
+        if self.meta.entries == 0 {
+            self.meta.smallest = key.to_vec();
+        }
+        if self.last.as_ref().is_none_or(|(k, _, _)| k != key) {
+            self.hashes.push(bloom::hash(key));
+        }
+        self.block.add(key, trailer(seq, kind), value);
+        self.meta.entries += 1;
+        self.meta.tombstones += u64::from(kind == Kind::Delete);
+        self.meta.min_seq = self.meta.min_seq.min(seq);
+        self.meta.max_seq = self.meta.max_seq.max(seq);
+        self.last = Some((key.to_vec(), seq, kind));
+        if self.block.estimated_bytes() >= self.block_bytes {
+            self.flush_block()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far (for splitting compaction output).
+    pub fn bytes(&self) -> u64 {
+        self.offset + self.block.estimated_bytes() as u64
+    }
+
+    fn write_block(&mut self, data: &[u8]) -> Result<Handle> {
+        let mut buf = Vec::with_capacity(data.len() + TRAILER_BYTES);
+        buf.extend_from_slice(data);
+        buf.push(0);
+        let crc = crc32c::crc32c(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        self.file.write_all_at(&buf, self.offset).map_err(Error::io("write table", &self.path))?;
+        let handle = Handle { offset: self.offset, size: data.len() as u64 };
+        self.offset += buf.len() as u64;
+        Ok(handle)
+    }
+
+    fn flush_block(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let data = self.block.finish();
+        let handle = self.write_block(&data)?;
+        if let Some((key, seq, kind)) = self.last.clone() {
+            let mut v = Vec::new();
+            put_varint(&mut v, handle.offset);
+            put_varint(&mut v, handle.size);
+            self.index.add(&key, trailer(seq, kind), &v);
+        }
+        Ok(())
+    }
+
+    /// Writes filter, properties, index and footer, then `fdatasync`s the file.
+    pub fn finish(mut self) -> Result<TableMeta> {
+        self.flush_block()?;
+        if let Some((k, _, _)) = &self.last {
+            self.meta.largest.clone_from(k);
+        }
+        let filter = bloom::build(&self.hashes, self.bits_per_key);
+        let filter_h = self.write_block(&filter)?;
+        let props = encode_props(&self.meta);
+        let props_h = self.write_block(&props)?;
+        let index = self.index.finish();
+        let index_h = self.write_block(&index)?;
+        let mut footer = Vec::with_capacity(FOOTER_BYTES);
+        for h in [filter_h, props_h, index_h] {
+            footer.extend_from_slice(&h.offset.to_le_bytes());
+            footer.extend_from_slice(&h.size.to_le_bytes());
+        }
+        footer.extend_from_slice(&TABLE_VERSION.to_le_bytes());
+        footer.extend_from_slice(&TABLE_MAGIC);
+        let crc = crc32c::crc32c(&footer);
+        footer.extend_from_slice(&crc.to_le_bytes());
+        self.file
+            .write_all_at(&footer, self.offset)
+            .map_err(Error::io("write table", &self.path))?;
+        self.offset += footer.len() as u64;
+        self.file.sync_data().map_err(Error::io("fdatasync table", &self.path))?;
+        self.meta.bytes = self.offset;
+        if self.meta.entries == 0 {
+            self.meta.min_seq = 0;
+        }
+        Ok(self.meta)
+    }
+}
+
+fn encode_props(m: &TableMeta) -> Vec<u8> {
+    let mut v = Vec::new();
+    for x in [m.entries, m.tombstones, m.min_seq, m.max_seq] {
+        put_varint(&mut v, x);
+    }
+    for k in [&m.smallest, &m.largest] {
+        put_varint(&mut v, k.len() as u64);
+        v.extend_from_slice(k);
+    }
+    v
+}
+
+fn decode_props(b: &[u8], id: TableId, bytes: u64) -> Option<TableMeta> {
+    let mut pos = 0;
+    let mut n = [0u64; 4];
+    for x in &mut n {
+        *x = get_varint(b, &mut pos)?;
+    }
+    let mut keys = [Vec::new(), Vec::new()];
+    for k in &mut keys {
+        let len = usize::try_from(get_varint(b, &mut pos)?).ok()?;
+        *k = b.get(pos..pos.checked_add(len)?)?.to_vec();
+        pos += len;
+    }
+    let [smallest, largest] = keys;
+    Some(TableMeta {
+        id,
+        bytes,
+        smallest,
+        largest,
+        min_seq: n[2],
+        max_seq: n[3],
+        entries: n[0],
+        tombstones: n[1],
+    })
+}
+
+/// An open table: index, filter and properties in memory; data blocks read on demand.
+#[derive(Debug)]
+pub struct Table {
+    file: FileRef,
+    path: PathBuf,
+    meta: TableMeta,
+    filter: Vec<u8>,
+    /// (last user key, last seq, handle) of every data block.
+    index: Vec<(Vec<u8>, SeqNo, Handle)>,
+}
+
+impl Table {
+    /// Opens and checks footer, index, filter and properties.
+    pub fn open(vfs: &dyn Vfs, dir: &Path, id: TableId) -> Result<Table> {
+        let path = dir.join(table_file_name(id));
+        let file = vfs.open(&path, OpenMode::Read).map_err(Error::io("open table", &path))?;
+        let len = file.len().map_err(Error::io("stat table", &path))?;
+        let corrupt = |what: &str| Error::Corrupt { path: path.clone(), what: what.to_string() };
+        if len < FOOTER_BYTES as u64 {
+            return Err(corrupt("shorter than a footer"));
+        }
+        let mut footer = [0u8; FOOTER_BYTES];
+        file.read_exact_at(&mut footer, len - FOOTER_BYTES as u64)
+            .map_err(Error::io("read footer", &path))?;
+        if footer[52..60] != TABLE_MAGIC {
+            return Err(corrupt("bad footer magic"));
+        }
+        if u32::from_le_bytes([footer[60], footer[61], footer[62], footer[63]])
+            != crc32c::crc32c(&footer[..60])
+        {
+            return Err(corrupt("footer checksum mismatch"));
+        }
+        let version = u32::from_le_bytes([footer[48], footer[49], footer[50], footer[51]]);
+        if version != TABLE_VERSION {
+            return Err(corrupt(&format!("unsupported table version {version}")));
+        }
+        let handle = |i: usize| Handle {
+            offset: u64::from_le_bytes(footer[i * 16..i * 16 + 8].try_into().unwrap_or_default()),
+            size: u64::from_le_bytes(
+                footer[i * 16 + 8..i * 16 + 16].try_into().unwrap_or_default(),
+            ),
+        };
+        let mut t = Table {
+            file,
+            path: path.clone(),
+            meta: TableMeta { id, bytes: len, ..empty_meta() },
+            filter: Vec::new(),
+            index: Vec::new(),
+        };
+        t.filter = t.read_block(handle(0))?;
+        let props = t.read_block(handle(1))?;
+        t.meta = decode_props(&props, id, len).ok_or_else(|| corrupt("bad properties block"))?;
+        let index = Block::new(t.read_block(handle(2))?)
+            .and_then(|b| b.entries())
+            .ok_or_else(|| corrupt("bad index block"))?;
+        for e in index {
+            let mut pos = 0;
+            let h = (|| {
+                Some(Handle {
+                    offset: get_varint(&e.value, &mut pos)?,
+                    size: get_varint(&e.value, &mut pos)?,
+                })
+            })()
+            .ok_or_else(|| corrupt("bad index entry"))?;
+            t.index.push((e.key, e.seq, h));
+        }
+        Ok(t)
+    }
+
+    /// The table's properties.
+    pub fn meta(&self) -> &TableMeta {
+        &self.meta
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read_block(&self, h: Handle) -> Result<Vec<u8>> {
+        let corrupt = |what: String| Error::Corrupt { path: self.path.clone(), what };
+        let size = usize::try_from(h.size).map_err(|_| corrupt("block size".into()))?;
+        let end = h.offset.checked_add(h.size + TRAILER_BYTES as u64);
+        if end.is_none_or(|e| e > self.meta.bytes) {
+            return Err(corrupt(format!(
+                "block at {} of {} bytes is outside the file",
+                h.offset, h.size
+            )));
+        }
+        let mut buf = vec![0u8; size + TRAILER_BYTES];
+        self.file.read_exact_at(&mut buf, h.offset).map_err(Error::io("read block", &self.path))?;
+        let crc = u32::from_le_bytes([buf[size + 1], buf[size + 2], buf[size + 3], buf[size + 4]]);
+        if crc != crc32c::crc32c(&buf[..size + 1]) {
+            return Err(corrupt(format!("block checksum mismatch at offset {}", h.offset)));
+        }
+        if buf[size] != 0 {
+            return Err(corrupt(format!(
+                "unknown compression {} at offset {}",
+                buf[size], h.offset
+            )));
+        }
+        buf.truncate(size);
+        Ok(buf)
+    }
+
+    fn data_block(&self, i: usize) -> Result<Block> {
+        let data = self.read_block(self.index[i].2)?;
+        Block::new(data).ok_or_else(|| Error::Corrupt {
+            path: self.path.clone(),
+            what: format!("malformed data block {i}"),
+        })
+    }
+
+    /// Whether the bloom filter admits `key`.
+    pub fn may_contain(&self, key: &[u8]) -> bool {
+        bloom::may_contain(&self.filter, bloom::hash(key))
+    }
+
+    /// The newest version of `key` at or below `snapshot`.
+    pub fn get(&self, key: &[u8], snapshot: SeqNo) -> Result<Option<(SeqNo, Kind, Vec<u8>)>> {
+        if key < self.meta.smallest.as_slice()
+            || key > self.meta.largest.as_slice()
+            || !self.may_contain(key)
+        {
+            return Ok(None);
+        }
+        let i = self.index.partition_point(|(k, s, _)| cmp_internal(k, *s, key, snapshot).is_lt());
+        if i == self.index.len() {
+            return Ok(None);
+        }
+        let found = self.data_block(i)?.seek(key, snapshot).ok_or_else(|| self.malformed(i))?;
+        Ok(found.into_iter().next().filter(|e| e.key == key).map(|e| (e.seq, e.kind, e.value)))
+    }
+
+    fn malformed(&self, i: usize) -> Error {
+        Error::Corrupt { path: self.path.clone(), what: format!("malformed data block {i}") }
+    }
+
+    /// Entries at or after `(key, seq)` (or from the start), block by block.
+    pub fn iter_from(&self, from: Option<(&[u8], SeqNo)>) -> TableIter<'_> {
+        let block = match from {
+            Some((k, s)) => {
+                self.index.partition_point(|(ik, is, _)| cmp_internal(ik, *is, k, s).is_lt())
+            }
+            None => 0,
+        };
+        TableIter {
+            table: self,
+            block,
+            from: from.map(|(k, s)| (k.to_vec(), s)),
+            pending: Vec::new().into_iter(),
+        }
+    }
+
+    /// Reads every block and checks every checksum and the key order (for `verify`).
+    pub fn verify(&self) -> Result<u64> {
+        let mut n = 0;
+        let mut prev: Option<(Vec<u8>, SeqNo)> = None;
+        for e in self.iter_from(None) {
+            let e = e?;
+            if let Some((k, s)) = &prev {
+                if !cmp_internal(k, *s, &e.key, e.seq).is_lt() {
+                    return Err(Error::Corrupt {
+                        path: self.path.clone(),
+                        what: "keys out of order".into(),
+                    });
+                }
+            }
+            prev = Some((e.key, e.seq));
+            n += 1;
+        }
+        if n != self.meta.entries {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                what: format!("{n} entries, properties say {}", self.meta.entries),
+            });
+        }
+        Ok(n)
+    }
+}
+
+fn empty_meta() -> TableMeta {
+    TableMeta {
+        id: 0,
+        bytes: 0,
+        smallest: Vec::new(),
+        largest: Vec::new(),
+        min_seq: 0,
+        max_seq: 0,
+        entries: 0,
+        tombstones: 0,
+    }
+}
+
+/// Iterates a table's entries in internal-key order.
+#[derive(Debug)]
+pub struct TableIter<'a> {
+    table: &'a Table,
+    block: usize,
+    from: Option<(Vec<u8>, SeqNo)>,
+    pending: std::vec::IntoIter<BlockEntry>,
+}
+
+impl Iterator for TableIter<'_> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        loop {
+            if let Some(e) = self.pending.next() {
+                return Some(Ok(Entry { key: e.key, seq: e.seq, kind: e.kind, value: e.value }));
+            }
+            if self.block >= self.table.index.len() {
+                return None;
+            }
+            let block = match self.table.data_block(self.block) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.block = usize::MAX;
+                    return Some(Err(e));
+                }
+            };
+            let entries = match self.from.take() {
+                Some((k, s)) => block.seek(&k, s),
+                None => block.entries(),
+            };
+            let Some(entries) = entries else {
+                let err = self.table.malformed(self.block);
+                self.block = usize::MAX;
+                return Some(Err(err));
+            };
+            self.block += 1;
+            self.pending = entries.into_iter();
+        }
+    }
+}
