@@ -49,7 +49,7 @@ pub struct BlockBuilder {
 impl BlockBuilder {
     /// Appends an entry; entries must come in internal-key order.
     pub fn add(&mut self, key: &[u8], trailer: u64, value: &[u8]) {
-        let shared = if self.count % RESTART_INTERVAL == 0 {
+        let shared = if self.count.is_multiple_of(RESTART_INTERVAL) {
             self.restarts.push(self.buf.len() as u32);
             0
         } else {
