@@ -12,6 +12,7 @@
 pub mod block;
 pub mod bloom;
 mod key;
+pub mod manifest;
 mod memtable;
 pub mod table;
 
