@@ -11,17 +11,26 @@
 
 pub mod block;
 pub mod bloom;
+mod compaction;
 mod key;
 pub mod manifest;
 mod memtable;
+mod scan;
 pub mod table;
+mod tree;
+mod version;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use key::{Entry, InternalKey, Kind, SeqNo, MAX_SEQ};
 pub use memtable::Memtable;
+pub use scan::Scan;
 pub use table::{Table, TableId, TableMeta, TableWriter};
+pub use tree::{Snapshot, Tree, TreeOptions, TreeStats};
+
+#[doc(hidden)]
+pub use tree::Canary;
 
 /// Errors of the LSM tree.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +45,26 @@ pub enum Error {
         path: PathBuf,
         /// The underlying error.
         source: io::Error,
+    },
+    /// An earlier flush or compaction failed; the tree refuses writes until reopened.
+    #[error("LSM tree is poisoned by an earlier failure ({cause}); reopen to recover")]
+    Poisoned {
+        /// What failed first.
+        cause: String,
+    },
+    /// A key or value is over its limit.
+    #[error("key of {key} bytes or value of {value} bytes exceeds the configured limit")]
+    TooLarge {
+        /// Key length.
+        key: usize,
+        /// Value length.
+        value: usize,
+    },
+    /// A sequence number above `MAX_SEQ`.
+    #[error("sequence number {seq} exceeds the maximum")]
+    BadSequence {
+        /// The sequence given.
+        seq: SeqNo,
     },
     /// A file is damaged.
     #[error("LSM corruption in {path}: {what}")]

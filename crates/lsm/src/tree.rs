@@ -1,0 +1,531 @@
+//! The tree: writes into the memtable, flushes to level 0, compacts down the levels,
+//! and reads at snapshots across all of them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bourse_fs::{LockGuard, Vfs};
+use parking_lot::{Condvar, Mutex};
+
+use crate::key::{Kind, SeqNo};
+use crate::manifest::{Change, Manifest, Shape};
+use crate::memtable::Memtable;
+use crate::table::{Table, TableWriter};
+use crate::version::{TableRef, Version};
+use crate::{Error, Result};
+
+/// Deliberately broken behaviours the harness must catch. Never set outside tests.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Canary {
+    /// Delete compaction inputs before the manifest edit that removes them is durable.
+    pub delete_inputs_before_manifest: bool,
+    /// Skip the directory fsync after writing a table.
+    pub skip_dir_sync: bool,
+}
+
+/// Tree configuration; every limit carries its unit in its name.
+#[derive(Debug, Clone)]
+pub struct TreeOptions {
+    /// Rotate the memtable at this size (default 64 MiB; the origin documents used 128).
+    pub memtable_bytes: usize,
+    /// Immutable memtables waiting for flush before writers stall (default 2).
+    pub immutables_max: usize,
+    /// Target data-block size (default 4 KiB).
+    pub block_bytes: usize,
+    /// Bloom filter bits per key (default 10, about 1% false positives).
+    pub bloom_bits_per_key: usize,
+    /// Level-0 tables that trigger a compaction into level 1 (default 4).
+    pub l0_compaction_trigger: usize,
+    /// Target size of level 1 (default 256 MiB); each level below is 10x larger.
+    pub level1_bytes: u64,
+    /// Number of levels (default 7).
+    pub levels: usize,
+    /// Target size of one compaction output table (default 64 MiB).
+    pub table_bytes: u64,
+    /// Rewrite the manifest when its log passes this size (default 4 MiB).
+    pub manifest_bytes_max: u64,
+    /// Longest key accepted (default 64 KiB).
+    pub key_bytes_max: usize,
+    /// Longest value accepted (default 16 MiB).
+    pub value_bytes_max: usize,
+    /// Run flushes and compactions on a background thread (default true). When false,
+    /// they run only in [`Tree::maintain`] and [`Tree::flush`] (deterministic tests).
+    pub background: bool,
+    #[doc(hidden)]
+    pub canary: Canary,
+}
+
+impl Default for TreeOptions {
+    fn default() -> Self {
+        Self {
+            memtable_bytes: 64 << 20,
+            immutables_max: 2,
+            block_bytes: 4096,
+            bloom_bits_per_key: 10,
+            l0_compaction_trigger: 4,
+            level1_bytes: 256 << 20,
+            levels: 7,
+            table_bytes: 64 << 20,
+            manifest_bytes_max: 4 << 20,
+            key_bytes_max: 64 << 10,
+            value_bytes_max: 16 << 20,
+            background: true,
+            canary: Canary::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub active: Arc<Memtable>,
+    /// Oldest first.
+    pub immutables: Vec<Arc<Memtable>>,
+    pub version: Arc<Version>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub flushed_bytes: AtomicU64,
+    pub compacted_read_bytes: AtomicU64,
+    pub compacted_written_bytes: AtomicU64,
+    pub user_bytes: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub vfs: Arc<dyn Vfs>,
+    pub dir: PathBuf,
+    pub opts: TreeOptions,
+    pub state: Mutex<State>,
+    pub changed: Condvar,
+    pub manifest: Mutex<Manifest>,
+    pub next_id: AtomicU64,
+    pub flushed_seq: AtomicU64,
+    pub snapshots: Mutex<BTreeMap<SeqNo, usize>>,
+    pub poisoned: Mutex<Option<String>>,
+    pub shutdown: Mutex<bool>,
+    pub counters: Counters,
+    pub compact_cursor: Mutex<Vec<Vec<u8>>>,
+}
+
+/// A key-value LSM tree. See the crate documentation.
+#[derive(Debug)]
+pub struct Tree {
+    pub(crate) inner: Arc<Inner>,
+    worker: Option<JoinHandle<()>>,
+    _lock: LockGuard,
+}
+
+/// A registered read point: compaction keeps every version it can see until it is
+/// dropped.
+#[derive(Debug)]
+pub struct Snapshot {
+    inner: Arc<Inner>,
+    seq: SeqNo,
+}
+
+impl Snapshot {
+    /// The sequence this snapshot reads at.
+    pub fn seq(&self) -> SeqNo {
+        self.seq
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let mut snaps = self.inner.snapshots.lock();
+        if let Some(n) = snaps.get_mut(&self.seq) {
+            *n -= 1;
+            if *n == 0 {
+                snaps.remove(&self.seq);
+            }
+        }
+    }
+}
+
+/// Size and shape metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TreeStats {
+    /// Tables per level.
+    pub tables_per_level: Vec<usize>,
+    /// Bytes per level.
+    pub bytes_per_level: Vec<u64>,
+    /// Bytes written to tables (flushes and compactions) per byte written by users.
+    pub write_amp: f64,
+    /// Bytes written by users since open.
+    pub user_bytes: u64,
+    /// Bytes over their level's target, waiting for compaction.
+    pub pending_compaction_bytes: u64,
+    /// The highest sequence known to be in tables.
+    pub flushed_seq: SeqNo,
+}
+
+impl Tree {
+    /// Opens (or creates) the tree in `dir`: loads the manifest, opens and checks every
+    /// table's footer, index, filter and properties, deletes files no manifest entry
+    /// refers to (outputs of a flush or compaction that did not commit). The engine then
+    /// replays its WAL after [`Tree::flushed_seq`].
+    pub fn open(vfs: Arc<dyn Vfs>, dir: impl Into<PathBuf>, opts: TreeOptions) -> Result<Tree> {
+        let dir = dir.into();
+        vfs.create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
+        let lock =
+            vfs.lock(&dir.join("LOCK")).map_err(Error::io("lock directory", dir.join("LOCK")))?;
+        let (shape, mut manifest) = match Manifest::load(&*vfs, &dir)? {
+            Some(loaded) => loaded,
+            None => {
+                let shape = Shape { next_id: 1, ..Shape::default() };
+                let m = Manifest::create(&*vfs, &dir, 1, &shape)?;
+                (shape, m)
+            }
+        };
+        let next_id = remove_orphans(&*vfs, &dir, &shape)?.max(shape.next_id);
+        if next_id > shape.next_id {
+            manifest.append(&[Change::NextId(next_id)])?;
+        }
+        let mut version = Version::with_levels(opts.levels.max(shape.levels.len()));
+        for (level, tables) in shape.levels.iter().enumerate() {
+            for id in tables.keys() {
+                version.levels[level]
+                    .push(TableRef::new(Table::open(&*vfs, &dir, *id)?, vfs.clone()));
+            }
+        }
+        version.levels[0].sort_by_key(|t| std::cmp::Reverse(t.table.meta().id));
+        version.sort();
+        tracing::info!(dir = %dir.display(), flushed_seq = shape.flushed_seq, tables = version.levels.iter().map(Vec::len).sum::<usize>(), "LSM tree opened");
+        let inner = Arc::new(Inner {
+            vfs,
+            dir,
+            state: Mutex::new(State {
+                active: Arc::new(Memtable::new()),
+                immutables: Vec::new(),
+                version: Arc::new(version),
+            }),
+            changed: Condvar::new(),
+            manifest: Mutex::new(manifest),
+            next_id: AtomicU64::new(next_id),
+            flushed_seq: AtomicU64::new(shape.flushed_seq),
+            snapshots: Mutex::new(BTreeMap::new()),
+            poisoned: Mutex::new(None),
+            shutdown: Mutex::new(false),
+            counters: Counters::default(),
+            compact_cursor: Mutex::new(vec![Vec::new(); opts.levels]),
+            opts,
+        });
+        let worker = if inner.opts.background {
+            let w = inner.clone();
+            let handle = std::thread::Builder::new()
+                .name("bourse-lsm-worker".into())
+                .spawn(move || w.work_loop())
+                .map_err(Error::io("spawn worker", "bourse-lsm-worker"))?;
+            Some(handle)
+        } else {
+            None
+        };
+        Ok(Tree { inner, worker, _lock: lock })
+    }
+
+    /// Writes `value` for `key` at sequence `seq`. Sequences must increase from write to
+    /// write for [`Tree::flushed_seq`] to mean "everything up to here is in tables".
+    pub fn put(&self, key: &[u8], value: &[u8], seq: SeqNo) -> Result<()> {
+        self.inner.write(key, seq, Kind::Put, value)
+    }
+
+    /// Deletes `key` at sequence `seq` (a tombstone).
+    pub fn delete(&self, key: &[u8], seq: SeqNo) -> Result<()> {
+        self.inner.write(key, seq, Kind::Delete, &[])
+    }
+
+    /// The value of `key` as of `snapshot` (use [`crate::MAX_SEQ`] for the latest).
+    pub fn get(&self, key: &[u8], snapshot: SeqNo) -> Result<Option<Vec<u8>>> {
+        self.inner.get(key, snapshot)
+    }
+
+    /// Registers a snapshot at `seq`: compaction keeps what it can see until it drops.
+    pub fn snapshot(&self, seq: SeqNo) -> Snapshot {
+        *self.inner.snapshots.lock().entry(seq).or_insert(0) += 1;
+        Snapshot { inner: self.inner.clone(), seq }
+    }
+
+    /// The highest sequence known to be durable in tables.
+    pub fn flushed_seq(&self) -> SeqNo {
+        self.inner.flushed_seq.load(Ordering::Acquire)
+    }
+
+    /// Flushes the memtable and every immutable memtable to tables, synchronously.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.check_poison()?;
+        {
+            let mut st = self.inner.state.lock();
+            if !st.active.is_empty() {
+                let full = std::mem::replace(&mut st.active, Arc::new(Memtable::new()));
+                st.immutables.push(full);
+            }
+        }
+        while self.inner.flush_one()? {}
+        Ok(())
+    }
+
+    /// Runs pending flushes and compactions until none is due (what the background
+    /// thread does); returns how many steps ran.
+    pub fn maintain(&self) -> Result<usize> {
+        let mut steps = 0;
+        while self.inner.flush_one()? || self.inner.compact_once()? {
+            steps += 1;
+        }
+        Ok(steps)
+    }
+
+    /// Size and shape metrics.
+    pub fn stats(&self) -> TreeStats {
+        let version = self.inner.state.lock().version.clone();
+        let c = &self.inner.counters;
+        let user = c.user_bytes.load(Ordering::Relaxed);
+        let written = c.flushed_bytes.load(Ordering::Relaxed)
+            + c.compacted_written_bytes.load(Ordering::Relaxed);
+        let pending = (1..version.levels.len())
+            .map(|l| version.level_bytes(l).saturating_sub(self.inner.level_target(l)))
+            .sum::<u64>();
+        TreeStats {
+            tables_per_level: version.levels.iter().map(Vec::len).collect(),
+            bytes_per_level: (0..version.levels.len()).map(|l| version.level_bytes(l)).collect(),
+            write_amp: if user == 0 { 0.0 } else { written as f64 / user as f64 },
+            user_bytes: user,
+            pending_compaction_bytes: pending,
+            flushed_seq: self.flushed_seq(),
+        }
+    }
+
+    /// The directory of this tree.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        *self.inner.shutdown.lock() = true;
+        self.inner.changed.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Removes table and temporary files the manifest does not know; returns one past the
+/// highest table id seen on disk.
+fn remove_orphans(vfs: &dyn Vfs, dir: &Path, shape: &Shape) -> Result<u64> {
+    let mut next = 0;
+    let mut removed = false;
+    for name in vfs.list_dir(dir).map_err(Error::io("list directory", dir))? {
+        let Some(id) = name.strip_suffix(".sst").and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        next = next.max(id + 1);
+        if !shape.levels.iter().any(|l| l.contains_key(&id)) {
+            let path = dir.join(&name);
+            tracing::info!(table = %path.display(), "removing a table no manifest entry refers to");
+            vfs.remove_file(&path).map_err(Error::io("remove orphan table", &path))?;
+            removed = true;
+        }
+    }
+    if removed {
+        vfs.sync_dir(dir).map_err(Error::io("fsync directory", dir))?;
+    }
+    Ok(next)
+}
+
+impl Inner {
+    pub(crate) fn check_poison(&self) -> Result<()> {
+        match &*self.poisoned.lock() {
+            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    fn write(&self, key: &[u8], seq: SeqNo, kind: Kind, value: &[u8]) -> Result<()> {
+        self.check_poison()?;
+        if key.len() > self.opts.key_bytes_max || value.len() > self.opts.value_bytes_max {
+            return Err(Error::TooLarge { key: key.len(), value: value.len() });
+        }
+        if seq > crate::MAX_SEQ {
+            return Err(Error::BadSequence { seq });
+        }
+        let mut st = self.state.lock();
+        // NOTE: the insert happens under the state lock so that a rotation (and the flush
+        // that follows) can never miss a write that is still going into the old memtable.
+        st.active.insert(key, seq, kind, value);
+        self.counters.user_bytes.fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+        if st.active.bytes() >= self.opts.memtable_bytes {
+            while st.immutables.len() >= self.opts.immutables_max {
+                if self.opts.background {
+                    // Write stall: wait for the worker to flush.
+                    self.changed.notify_all();
+                    self.changed.wait(&mut st);
+                    self.check_poison()?;
+                } else {
+                    drop(st);
+                    self.flush_one()?;
+                    st = self.state.lock();
+                }
+            }
+            let full = std::mem::replace(&mut st.active, Arc::new(Memtable::new()));
+            st.immutables.push(full);
+            self.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8], snapshot: SeqNo) -> Result<Option<Vec<u8>>> {
+        let (active, imms, version) = {
+            let st = self.state.lock();
+            (st.active.clone(), st.immutables.clone(), st.version.clone())
+        };
+        let found = |(_, kind, value): (SeqNo, Kind, Vec<u8>)| (kind == Kind::Put).then_some(value);
+        for m in std::iter::once(&active).chain(imms.iter().rev()) {
+            if let Some(v) = m.get(key, snapshot) {
+                return Ok(found(v));
+            }
+        }
+        for t in &version.levels[0] {
+            if let Some(v) = t.table.get(key, snapshot)? {
+                return Ok(found(v));
+            }
+        }
+        for level in version.levels.iter().skip(1) {
+            let i = level.partition_point(|t| t.table.meta().largest.as_slice() < key);
+            if let Some(t) = level.get(i) {
+                if let Some(v) = t.table.get(key, snapshot)? {
+                    return Ok(found(v));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Flushes the oldest immutable memtable to a level-0 table; false if none waits.
+    pub(crate) fn flush_one(&self) -> Result<bool> {
+        let Some(imm) = self.state.lock().immutables.first().cloned() else { return Ok(false) };
+        let result = self.flush_memtable(&imm);
+        self.poison_on_error(result).map(|()| true)
+    }
+
+    fn flush_memtable(&self, imm: &Arc<Memtable>) -> Result<()> {
+        let mut changes = Vec::new();
+        let mut table = None;
+        if !imm.is_empty() {
+            let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+            let mut w = TableWriter::create(
+                &*self.vfs,
+                &self.dir,
+                id,
+                self.opts.block_bytes,
+                self.opts.bloom_bits_per_key,
+            )?;
+            for e in imm.iter_from(None) {
+                w.add(&e.key, e.seq, e.kind, &e.value)?;
+            }
+            let meta = w.finish()?;
+            self.sync_dir()?;
+            self.counters.flushed_bytes.fetch_add(meta.bytes, Ordering::Relaxed);
+            changes.push(Change::Add { level: 0, meta });
+            table = Some(TableRef::new(Table::open(&*self.vfs, &self.dir, id)?, self.vfs.clone()));
+        }
+        changes.push(Change::FlushedSeq(imm.max_seq()));
+        changes.push(Change::NextId(self.next_id.load(Ordering::Acquire)));
+        self.commit(&changes)?;
+        let mut st = self.state.lock();
+        let mut version = (*st.version).clone();
+        if let Some(t) = table {
+            version.levels[0].insert(0, t);
+        }
+        st.version = Arc::new(version);
+        st.immutables.retain(|m| !Arc::ptr_eq(m, imm));
+        self.flushed_seq.fetch_max(imm.max_seq(), Ordering::AcqRel);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Appends an edit to the manifest (durably), rotating it when it has grown.
+    pub(crate) fn commit(&self, changes: &[Change]) -> Result<()> {
+        let mut m = self.manifest.lock();
+        m.append(changes)?;
+        if m.bytes() > self.opts.manifest_bytes_max {
+            let shape = self.shape_after(changes);
+            *m = Manifest::create(&*self.vfs, &self.dir, m.number() + 1, &shape)?;
+        }
+        Ok(())
+    }
+
+    /// The manifest shape of the current version with `changes` applied.
+    fn shape_after(&self, changes: &[Change]) -> Shape {
+        let version = self.state.lock().version.clone();
+        let mut shape = Shape {
+            flushed_seq: self.flushed_seq.load(Ordering::Acquire),
+            next_id: self.next_id.load(Ordering::Acquire),
+            ..Shape::default()
+        };
+        for (level, tables) in version.levels.iter().enumerate() {
+            for t in tables {
+                shape.apply(&Change::Add { level: level as u8, meta: t.table.meta().clone() });
+            }
+        }
+        for c in changes {
+            shape.apply(c);
+        }
+        shape
+    }
+
+    pub(crate) fn sync_dir(&self) -> Result<()> {
+        if self.opts.canary.skip_dir_sync {
+            return Ok(());
+        }
+        self.vfs.sync_dir(&self.dir).map_err(Error::io("fsync directory", &self.dir))
+    }
+
+    pub(crate) fn poison_on_error(&self, r: Result<()>) -> Result<()> {
+        if let Err(e) = &r {
+            tracing::error!(error = %e, dir = %self.dir.display(), "LSM tree poisoned");
+            self.poisoned.lock().get_or_insert_with(|| e.to_string());
+            self.changed.notify_all();
+        }
+        r
+    }
+
+    /// The target size of a level (level 1 = `level1_bytes`, x10 per level).
+    pub(crate) fn level_target(&self, level: usize) -> u64 {
+        let exp = u32::try_from(level.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.opts.level1_bytes.saturating_mul(10u64.saturating_pow(exp))
+    }
+
+    /// The oldest sequence any live snapshot reads at (`MAX_SEQ` when none).
+    pub(crate) fn oldest_snapshot(&self) -> SeqNo {
+        self.snapshots.lock().keys().next().copied().unwrap_or(crate::MAX_SEQ)
+    }
+
+    fn work_loop(&self) {
+        loop {
+            {
+                let mut st = self.state.lock();
+                loop {
+                    if *self.shutdown.lock() {
+                        return;
+                    }
+                    let due = !st.immutables.is_empty() || self.compaction_due(&st.version);
+                    if due && self.poisoned.lock().is_none() {
+                        break;
+                    }
+                    self.changed.wait_for(&mut st, std::time::Duration::from_millis(200));
+                }
+            }
+            let step =
+                self.flush_one().and_then(|f| if f { Ok(true) } else { self.compact_once() });
+            if let Err(e) = step {
+                tracing::error!(error = %e, "background flush/compaction failed");
+            }
+        }
+    }
+}
