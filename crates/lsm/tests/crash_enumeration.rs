@@ -31,7 +31,7 @@ fn opts(canary: Canary) -> TreeOptions {
 
 fn write(seq: u64) -> (Vec<u8>, Option<Vec<u8>>) {
     let key = format!("key{:03}", seq * 7 % 61).into_bytes();
-    if seq % 9 == 0 {
+    if seq.is_multiple_of(9) {
         (key, None)
     } else {
         (key, Some(vec![(seq % 250) as u8; (seq * 13 % 90) as usize]))
