@@ -18,6 +18,7 @@ mod memtable;
 mod scan;
 pub mod table;
 mod tree;
+mod verify;
 mod version;
 
 use std::io;
@@ -28,6 +29,7 @@ pub use memtable::Memtable;
 pub use scan::Scan;
 pub use table::{Table, TableId, TableMeta, TableWriter};
 pub use tree::{Snapshot, Tree, TreeOptions, TreeStats};
+pub use verify::{is_tree_dir, verify_tree, TreeReport};
 
 #[doc(hidden)]
 pub use tree::Canary;

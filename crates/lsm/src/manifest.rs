@@ -251,9 +251,18 @@ impl Manifest {
         &self.dir
     }
 
-    /// Reads `CURRENT` and replays the manifest it names. `Ok(None)` when there is no
-    /// `CURRENT` (a new tree).
-    pub fn load(vfs: &dyn Vfs, dir: &Path) -> Result<Option<(Shape, Manifest)>> {
+    /// Reads `CURRENT` and replays the manifest it names without changing anything:
+    /// the shape, the manifest's path, and the offset of a torn tail if there is one.
+    /// `Ok(None)` when there is no `CURRENT`.
+    pub fn read(vfs: &dyn Vfs, dir: &Path) -> Result<Option<(Shape, PathBuf, Option<u64>)>> {
+        let Some((shape, path, _, valid_end, len)) = Self::read_current(vfs, dir)? else {
+            return Ok(None);
+        };
+        Ok(Some((shape, path, (valid_end < len).then_some(valid_end))))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn read_current(vfs: &dyn Vfs, dir: &Path) -> Result<Option<(Shape, PathBuf, u64, u64, u64)>> {
         let current = dir.join("CURRENT");
         if !vfs.exists(&current).map_err(Error::io("stat CURRENT", &current))? {
             return Ok(None);
@@ -271,9 +280,18 @@ impl Manifest {
             path: path.clone(),
             what: format!("{what} at offset {offset}"),
         })?;
+        Ok(Some((shape, path, number, valid_end, bytes.len() as u64)))
+    }
+
+    /// Reads `CURRENT` and replays the manifest it names, cutting a torn last record.
+    /// `Ok(None)` when there is no `CURRENT` (a new tree).
+    pub fn load(vfs: &dyn Vfs, dir: &Path) -> Result<Option<(Shape, Manifest)>> {
+        let Some((shape, path, number, valid_end, len)) = Self::read_current(vfs, dir)? else {
+            return Ok(None);
+        };
         let file =
             vfs.open(&path, OpenMode::ReadWrite).map_err(Error::io("open manifest", &path))?;
-        if valid_end < bytes.len() as u64 {
+        if valid_end < len {
             tracing::warn!(manifest = %path.display(), offset = valid_end, "cutting a torn manifest record");
             file.set_len(valid_end).map_err(Error::io("truncate manifest", &path))?;
             file.sync_data().map_err(Error::io("fdatasync manifest", &path))?;

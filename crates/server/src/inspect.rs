@@ -69,3 +69,99 @@ pub(crate) fn wal(path: &Path, limit: Option<u64>) -> anyhow::Result<ExitCode> {
     );
     Ok(if damaged { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
+
+/// Printable form of a key: UTF-8 as is, other bytes escaped.
+fn show(bytes: &[u8]) -> String {
+    bytes.escape_ascii().to_string()
+}
+
+/// Dumps one SSTable.
+pub(crate) fn sst(path: &Path, limit: Option<u64>) -> anyhow::Result<ExitCode> {
+    let (dir, id) = table_location(path)?;
+    let table = bourse_lsm::Table::open(&RealFs, &dir, id)?;
+    let m = table.meta();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = writeln!(
+        out,
+        "== table {} ({} bytes): {} entries, {} tombstones, sequences {}..={}, keys {:?}..={:?}",
+        path.display(),
+        m.bytes,
+        m.entries,
+        m.tombstones,
+        m.min_seq,
+        m.max_seq,
+        show(&m.smallest),
+        show(&m.largest)
+    );
+    for e in
+        table.iter_from(None).take(usize::try_from(limit.unwrap_or(u64::MAX)).unwrap_or(usize::MAX))
+    {
+        match e {
+            Ok(e) => {
+                if writeln!(
+                    out,
+                    "{:>12} {:<6} {:>8}  {}",
+                    e.seq,
+                    format!("{:?}", e.kind),
+                    e.value.len(),
+                    show(&e.key)
+                )
+                .is_err()
+                {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            Err(err) => {
+                let _ = writeln!(out, "-- stopped: {err}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    let _ = writeln!(out, "-- columns: sequence, kind, value bytes, key");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table_location(path: &Path) -> anyhow::Result<(PathBuf, u64)> {
+    let id = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".sst"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .with_context(|| format!("{} is not a table file (NNNNNNNNNN.sst)", path.display()))?;
+    let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    Ok((dir, id))
+}
+
+/// Dumps the manifest of a tree directory.
+pub(crate) fn manifest(dir: &Path) -> anyhow::Result<ExitCode> {
+    let Some((shape, path, torn)) = bourse_lsm::manifest::Manifest::read(&RealFs, dir)? else {
+        anyhow::bail!("no CURRENT in {}: not an LSM tree directory", dir.display());
+    };
+    println!(
+        "== manifest {}: flushed sequence {}, next table id {}",
+        path.display(),
+        shape.flushed_seq,
+        shape.next_id
+    );
+    if let Some(offset) = torn {
+        println!("-- torn record at offset {offset} (open cuts it)");
+    }
+    for (level, tables) in shape.levels.iter().enumerate() {
+        let bytes: u64 = tables.values().map(|m| m.bytes).sum();
+        println!("L{level}: {} tables, {bytes} bytes", tables.len());
+        for m in tables.values() {
+            println!(
+                "  {:010}.sst {:>10} bytes {:>8} entries  seq {}..={}  keys {:?}..={:?}",
+                m.id,
+                m.bytes,
+                m.entries,
+                m.min_seq,
+                m.max_seq,
+                show(&m.smallest),
+                show(&m.largest)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -39,8 +39,9 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch: usize,
     },
-    /// Check every WAL segment of a data directory; exit 0 only when it is clean (a torn
-    /// tail of the newest segment, which recovery cuts, is reported and tolerated).
+    /// Check every WAL segment and every LSM tree (manifest, every table block by block)
+    /// of a data directory; exit 0 only when it is clean (a torn tail of the newest WAL
+    /// segment or of a manifest, which recovery cuts, is reported and tolerated).
     Verify {
         /// Data directory.
         #[arg(long)]
@@ -64,6 +65,19 @@ enum Inspect {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Dump an SSTable: properties, then every entry (key, sequence, kind, value size).
+    Sst {
+        /// The `.sst` file.
+        path: PathBuf,
+        /// Stop after this many entries.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Dump the manifest of an LSM tree directory: flushed sequence and tables per level.
+    Manifest {
+        /// The tree directory (holding `CURRENT`).
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +92,8 @@ fn main() -> ExitCode {
         Command::Demo { data, events, writers, batch } => demo::run(&data, events, writers, batch),
         Command::Verify { data } => verify::run(&data),
         Command::Inspect { what: Inspect::Wal { path, limit } } => inspect::wal(&path, limit),
+        Command::Inspect { what: Inspect::Sst { path, limit } } => inspect::sst(&path, limit),
+        Command::Inspect { what: Inspect::Manifest { dir } } => inspect::manifest(&dir),
     };
     match result {
         Ok(code) => code,

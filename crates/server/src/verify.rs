@@ -7,13 +7,67 @@ use anyhow::{bail, Context};
 use bourse_fs::RealFs;
 use bourse_wal::{verify_dir, WalOptions};
 
-/// Verifies the WAL of a data directory; exit 1 on any problem recovery would not
-/// tolerate.
+/// Verifies the WAL and every LSM tree of a data directory; exit 1 on any problem
+/// recovery would not tolerate.
 pub(crate) fn run(data: &Path) -> anyhow::Result<ExitCode> {
     let dir = crate::wal_dir(data);
-    if !dir.is_dir() {
-        bail!("no WAL at {} (is {} a Bourse data directory?)", dir.display(), data.display());
+    let trees = tree_dirs(data, 3);
+    if !dir.is_dir() && trees.is_empty() {
+        bail!("no WAL and no LSM tree under {} (is it a Bourse data directory?)", data.display());
     }
+    let wal_clean = !dir.is_dir() || verify_wal(&dir)?;
+    let mut trees_clean = true;
+    for t in &trees {
+        trees_clean &= verify_tree(t)?;
+    }
+    if wal_clean && trees_clean {
+        println!("verify: clean");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("verify: FAILED");
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// Directories (up to `depth` below `root`) that hold an LSM tree.
+fn tree_dirs(root: &Path, depth: usize) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if bourse_lsm::is_tree_dir(&RealFs, root) {
+        out.push(root.to_path_buf());
+    }
+    if depth > 0 {
+        if let Ok(entries) = std::fs::read_dir(root) {
+            let mut dirs: Vec<_> =
+                entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+            dirs.sort();
+            for d in dirs {
+                out.extend(tree_dirs(&d, depth - 1));
+            }
+        }
+    }
+    out
+}
+
+fn verify_tree(dir: &Path) -> anyhow::Result<bool> {
+    let report = bourse_lsm::verify_tree(&RealFs, dir)
+        .with_context(|| format!("reading {}", dir.display()))?;
+    let entries: u64 = report.tables.iter().map(|t| t.2).sum();
+    println!(
+        "LSM tree {}: {} tables, {entries} entries, flushed to sequence {}",
+        dir.display(),
+        report.tables.len(),
+        report.flushed_seq
+    );
+    for t in &report.tolerated {
+        println!("  tolerated (open repairs it): {t}");
+    }
+    for p in &report.problems {
+        println!("  CORRUPT: {p}");
+    }
+    Ok(report.is_clean())
+}
+
+fn verify_wal(dir: &Path) -> anyhow::Result<bool> {
     let report = verify_dir(&RealFs, &dir, &WalOptions::default())
         .with_context(|| format!("reading {}", dir.display()))?;
     let bytes: u64 = report.segments.iter().map(|s| s.bytes).sum();
@@ -39,11 +93,5 @@ pub(crate) fn run(data: &Path) -> anyhow::Result<ExitCode> {
         };
         println!("  {name}  {range}  {} records  {status}", s.records);
     }
-    if report.is_clean() {
-        println!("verify: clean");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("verify: FAILED");
-        Ok(ExitCode::from(1))
-    }
+    Ok(report.is_clean())
 }
