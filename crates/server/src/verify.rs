@@ -68,7 +68,7 @@ fn verify_tree(dir: &Path) -> anyhow::Result<bool> {
 }
 
 fn verify_wal(dir: &Path) -> anyhow::Result<bool> {
-    let report = verify_dir(&RealFs, &dir, &WalOptions::default())
+    let report = verify_dir(&RealFs, dir, &WalOptions::default())
         .with_context(|| format!("reading {}", dir.display()))?;
     let bytes: u64 = report.segments.iter().map(|s| s.bytes).sum();
     let first = report.segments.first().map(|s| s.first_lsn.0).unwrap_or(0);
