@@ -59,6 +59,29 @@ impl Memtable {
         })
     }
 
+    /// Up to `n` versions strictly before `bound` (or before the end), in descending
+    /// internal order.
+    pub fn before(&self, bound: Option<&InternalKey>, n: usize) -> Vec<Entry> {
+        let end = match bound {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Unbounded,
+        };
+        self.map
+            .range((Bound::Unbounded, end))
+            .rev()
+            .take(n)
+            .map(|e| {
+                let (kind, value) = e.value();
+                Entry {
+                    key: e.key().user_key.clone(),
+                    seq: e.key().seq,
+                    kind: *kind,
+                    value: value.clone(),
+                }
+            })
+            .collect()
+    }
+
     /// Accounted size in bytes.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)

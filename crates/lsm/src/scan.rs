@@ -23,16 +23,21 @@ enum Source {
     Table(Arc<TableRef>),
 }
 
-/// A source read in chunks from a moving internal-key position.
+/// A source read in chunks from a moving internal-key position: forward from `from`
+/// (inclusive), or, reversed, backward from `from` (exclusive).
 struct Cursor {
     source: Source,
     buf: VecDeque<Entry>,
     from: Option<(Vec<u8>, SeqNo)>,
     done: bool,
+    reverse: bool,
 }
 
 impl Cursor {
     fn refill(&mut self) -> Result<()> {
+        if self.reverse {
+            return self.refill_reverse();
+        }
         let from = self.from.as_ref().map(|(k, s)| (k.as_slice(), *s));
         let chunk: Vec<Entry> = match &self.source {
             Source::Mem(m) => {
@@ -51,6 +56,23 @@ impl Cursor {
                 k.push(0);
                 (k, MAX_SEQ)
             });
+        }
+        self.buf.extend(chunk);
+        Ok(())
+    }
+
+    fn refill_reverse(&mut self) -> Result<()> {
+        let bound = self.from.as_ref().map(|(k, s)| (k.as_slice(), *s));
+        let chunk = match &self.source {
+            Source::Mem(m) => {
+                let key = bound.map(|(k, s)| InternalKey { user_key: k.to_vec(), seq: s });
+                m.before(key.as_ref(), CHUNK)
+            }
+            Source::Table(t) => t.table.before(bound, CHUNK)?,
+        };
+        self.done = chunk.len() < CHUNK;
+        if let Some(last) = chunk.last() {
+            self.from = Some((last.key.clone(), last.seq));
         }
         self.buf.extend(chunk);
         Ok(())
@@ -119,26 +141,19 @@ impl Iterator for Scan {
 }
 
 impl Tree {
-    /// The pairs with keys in `range`, newest version at or below `snapshot`, in key
-    /// order. Streams: memory stays bounded however large the range.
-    pub fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, snapshot: SeqNo) -> Scan {
+    /// The memtables and the tables whose key range intersects `[start, end]`.
+    fn sources(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Vec<Source> {
         let (active, imms, version) = {
             let st = self.inner.state.lock();
             (st.active.clone(), st.immutables.clone(), st.version.clone())
         };
-        let from = match start {
-            Bound::Included(k) => Some((k.to_vec(), MAX_SEQ)),
-            Bound::Excluded(k) => {
-                let mut k = k.to_vec();
-                k.push(0);
-                Some((k, MAX_SEQ))
-            }
-            Bound::Unbounded => None,
+        let lo: &[u8] = match start {
+            Bound::Included(k) | Bound::Excluded(k) => k,
+            Bound::Unbounded => &[],
         };
-        let lo = from.as_ref().map(|(k, _)| k.clone()).unwrap_or_default();
         let in_range = |t: &TableRef| {
             let m = t.table.meta();
-            m.largest >= lo
+            m.largest.as_slice() >= lo
                 && match end {
                     Bound::Included(e) => m.smallest.as_slice() <= e,
                     Bound::Excluded(e) => m.smallest.as_slice() < e,
@@ -150,11 +165,32 @@ impl Tree {
         for level in &version.levels {
             sources.extend(level.iter().filter(|t| in_range(t)).cloned().map(Source::Table));
         }
+        sources
+    }
+
+    /// The pairs with keys in `range`, newest version at or below `snapshot`, in key
+    /// order. Streams: memory stays bounded however large the range.
+    pub fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, snapshot: SeqNo) -> Scan {
+        let from = match start {
+            Bound::Included(k) => Some((k.to_vec(), MAX_SEQ)),
+            Bound::Excluded(k) => {
+                let mut k = k.to_vec();
+                k.push(0);
+                Some((k, MAX_SEQ))
+            }
+            Bound::Unbounded => None,
+        };
+        let sources = self.sources(start, end);
         let cursors = sources
             .into_iter()
             .map(|source| {
-                Box::new(Cursor { source, buf: VecDeque::new(), from: from.clone(), done: false })
-                    as Box<dyn Iterator<Item = Result<Entry>>>
+                Box::new(Cursor {
+                    source,
+                    buf: VecDeque::new(),
+                    from: from.clone(),
+                    done: false,
+                    reverse: false,
+                }) as Box<dyn Iterator<Item = Result<Entry>>>
             })
             .collect();
         Scan {
@@ -185,4 +221,110 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// The visible key-value pairs of a range, in descending key order.
+pub struct ScanRev {
+    merge: Merge<'static>,
+    start: Bound<Vec<u8>>,
+    snapshot: SeqNo,
+    /// The newest visible version seen so far of the key being assembled.
+    candidate: Option<Entry>,
+    current: Option<Vec<u8>>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for ScanRev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanRev")
+            .field("snapshot", &self.snapshot)
+            .field("start", &self.start)
+            .finish()
+    }
+}
+
+impl ScanRev {
+    fn before_start(&self, key: &[u8]) -> bool {
+        match &self.start {
+            Bound::Included(s) => key < s.as_slice(),
+            Bound::Excluded(s) => key <= s.as_slice(),
+            Bound::Unbounded => false,
+        }
+    }
+}
+
+impl Iterator for ScanRev {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    // Descending internal order delivers each key's versions oldest first, so a key is
+    // complete only when the next key (or the end) arrives.
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let next = if self.finished { None } else { self.merge.next() };
+            let e = match next {
+                Some(Ok(e)) if !self.before_start(&e.key) => e,
+                Some(Err(err)) => {
+                    self.finished = true;
+                    return Some(Err(err));
+                }
+                _ => {
+                    self.finished = true;
+                    let done = self.candidate.take()?;
+                    if done.kind == Kind::Put {
+                        return Some(Ok((done.key, done.value)));
+                    }
+                    continue;
+                }
+            };
+            let ready = if self.current.as_deref() != Some(e.key.as_slice()) {
+                self.current = Some(e.key.clone());
+                self.candidate.take()
+            } else {
+                None
+            };
+            if e.seq <= self.snapshot {
+                self.candidate = Some(e);
+            }
+            if let Some(done) = ready.filter(|d| d.kind == Kind::Put) {
+                return Some(Ok((done.key, done.value)));
+            }
+        }
+    }
+}
+
+impl Tree {
+    /// Like [`Tree::range`], in descending key order.
+    pub fn range_rev(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, snapshot: SeqNo) -> ScanRev {
+        // Everything strictly before this internal key is at most `end`.
+        let from = match end {
+            Bound::Included(k) => {
+                let mut k = k.to_vec();
+                k.push(0);
+                Some((k, MAX_SEQ))
+            }
+            Bound::Excluded(k) => Some((k.to_vec(), MAX_SEQ)),
+            Bound::Unbounded => None,
+        };
+        let cursors = self
+            .sources(start, end)
+            .into_iter()
+            .map(|source| {
+                Box::new(Cursor {
+                    source,
+                    buf: VecDeque::new(),
+                    from: from.clone(),
+                    done: false,
+                    reverse: true,
+                }) as Box<dyn Iterator<Item = Result<Entry>>>
+            })
+            .collect();
+        ScanRev {
+            merge: Merge::new_reverse(cursors),
+            start: start.map(<[u8]>::to_vec),
+            snapshot,
+            candidate: None,
+            current: None,
+            finished: false,
+        }
+    }
 }

@@ -405,6 +405,37 @@ impl Table {
         }
     }
 
+    /// Up to `n` entries strictly before `(key, seq)` (or before the end), newest key
+    /// last: returned in descending internal order.
+    pub fn before(&self, bound: Option<(&[u8], SeqNo)>, n: usize) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        if self.index.is_empty() || n == 0 {
+            return Ok(out);
+        }
+        let mut i = match bound {
+            Some((k, s)) => {
+                self.index.partition_point(|(ik, is, _)| cmp_internal(ik, *is, k, s).is_lt())
+            }
+            None => self.index.len() - 1,
+        }
+        .min(self.index.len() - 1);
+        loop {
+            let entries = self.data_block(i)?.entries().ok_or_else(|| self.malformed(i))?;
+            for e in entries.into_iter().rev() {
+                if bound.is_none_or(|(k, s)| cmp_internal(&e.key, e.seq, k, s).is_lt()) {
+                    out.push(Entry { key: e.key, seq: e.seq, kind: e.kind, value: e.value });
+                    if out.len() == n {
+                        return Ok(out);
+                    }
+                }
+            }
+            if i == 0 {
+                return Ok(out);
+            }
+            i -= 1;
+        }
+    }
+
     /// Reads every block and checks every checksum and the key order (for `verify`).
     pub fn verify(&self) -> Result<u64> {
         let mut n = 0;

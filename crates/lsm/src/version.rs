@@ -86,6 +86,7 @@ impl Version {
 struct Head {
     entry: Entry,
     source: usize,
+    reverse: bool,
 }
 
 impl PartialEq for Head {
@@ -103,26 +104,34 @@ impl Ord for Head {
     // BinaryHeap is a max-heap: reverse so the smallest internal key pops first; ties
     // (the same version in two sources) go to the lower source index (newer data).
     fn cmp(&self, other: &Self) -> Ordering {
-        cmp_internal(&other.entry.key, other.entry.seq, &self.entry.key, self.entry.seq)
-            .then(other.source.cmp(&self.source))
+        let by_key =
+            cmp_internal(&other.entry.key, other.entry.seq, &self.entry.key, self.entry.seq);
+        let by_key = if self.reverse { by_key.reverse() } else { by_key };
+        by_key.then(other.source.cmp(&self.source))
     }
 }
 
-/// Merges sorted sources into one stream in internal-key order.
+/// Merges sorted sources into one stream in internal-key order (or, reversed, in
+/// descending order from sources that are each descending).
 pub(crate) struct Merge<'a> {
     sources: Vec<Box<dyn Iterator<Item = Result<Entry>> + 'a>>,
     heap: BinaryHeap<Head>,
     started: bool,
+    reverse: bool,
 }
 
 impl<'a> Merge<'a> {
     pub(crate) fn new(sources: Vec<Box<dyn Iterator<Item = Result<Entry>> + 'a>>) -> Self {
-        Self { sources, heap: BinaryHeap::new(), started: false }
+        Self { sources, heap: BinaryHeap::new(), started: false, reverse: false }
+    }
+
+    pub(crate) fn new_reverse(sources: Vec<Box<dyn Iterator<Item = Result<Entry>> + 'a>>) -> Self {
+        Self { reverse: true, ..Self::new(sources) }
     }
 
     fn pull(&mut self, source: usize) -> Result<()> {
         if let Some(next) = self.sources[source].next() {
-            self.heap.push(Head { entry: next?, source });
+            self.heap.push(Head { entry: next?, source, reverse: self.reverse });
         }
         Ok(())
     }

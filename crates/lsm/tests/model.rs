@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::path::Path;
 
 use bourse_fs::{CrashFate, SimFs};
 use bourse_lsm::{Snapshot, Tree, TreeOptions, MAX_SEQ};
@@ -139,7 +138,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .into_iter()
                     .filter(|(k, _)| *k >= lo && *k < hi)
                     .collect();
-                prop_assert_eq!(got, want);
+                prop_assert_eq!(&got, &want);
+                let back: Vec<_> = t
+                    .range_rev(Bound::Included(&lo), Bound::Excluded(&hi), snap)
+                    .map(|r| r.unwrap())
+                    .collect();
+                prop_assert_eq!(back, want.into_iter().rev().collect::<Vec<_>>(), "reverse");
             }
             Op::Prefix(p) => {
                 let prefix = format!("k{p}").into_bytes();
@@ -182,8 +186,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let t = tree.as_ref().unwrap();
     let all: Vec<_> =
         t.range(Bound::Unbounded, Bound::Unbounded, MAX_SEQ).map(|r| r.unwrap()).collect();
-    prop_assert_eq!(all, model_state(&log, MAX_SEQ).into_iter().collect::<Vec<_>>());
-    let _ = Path::new("/db");
+    prop_assert_eq!(&all, &model_state(&log, MAX_SEQ).into_iter().collect::<Vec<_>>());
+    let back: Vec<_> =
+        t.range_rev(Bound::Unbounded, Bound::Unbounded, MAX_SEQ).map(|r| r.unwrap()).collect();
+    prop_assert_eq!(back, all.into_iter().rev().collect::<Vec<_>>(), "full reverse scan");
     Ok(())
 }
 
