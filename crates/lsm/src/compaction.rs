@@ -62,6 +62,7 @@ impl Inner {
     /// Runs one compaction if one is due; false when none is.
     pub(crate) fn compact_once(&self) -> Result<bool> {
         self.check_poison()?;
+        let _work = self.work.lock();
         let version = self.state.lock().version.clone();
         let Some(job) = self.pick(&version) else { return Ok(false) };
         let result = self.run(&version, job);

@@ -110,6 +110,9 @@ pub(crate) struct Inner {
     pub shutdown: Mutex<bool>,
     pub counters: Counters,
     pub compact_cursor: Mutex<Vec<Vec<u8>>>,
+    /// Serializes flushes and compactions between the worker and callers of
+    /// `flush`/`maintain`, so no immutable is flushed twice and no table compacted twice.
+    pub work: Mutex<()>,
 }
 
 /// A key-value LSM tree. See the crate documentation.
@@ -213,6 +216,7 @@ impl Tree {
             shutdown: Mutex::new(false),
             counters: Counters::default(),
             compact_cursor: Mutex::new(vec![Vec::new(); opts.levels]),
+            work: Mutex::new(()),
             opts,
         });
         let worker = if inner.opts.background {
@@ -408,6 +412,8 @@ impl Inner {
 
     /// Flushes the oldest immutable memtable to a level-0 table; false if none waits.
     pub(crate) fn flush_one(&self) -> Result<bool> {
+        self.check_poison()?;
+        let _work = self.work.lock();
         let Some(imm) = self.state.lock().immutables.first().cloned() else { return Ok(false) };
         let result = self.flush_memtable(&imm);
         self.poison_on_error(result).map(|()| true)
