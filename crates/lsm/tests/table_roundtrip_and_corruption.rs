@@ -111,3 +111,24 @@ fn every_flipped_bit_is_detected_or_harmless() {
     }
     assert!(detected > harmless, "detected {detected}, harmless {harmless}");
 }
+
+/// Regression (found by the `sst_table` fuzz target): a block handle whose size is near
+/// `u64::MAX` wrapped the bounds check around and indexed out of bounds.
+#[test]
+fn a_huge_block_handle_is_corruption_not_a_panic() {
+    let fs = SimFs::new();
+    write(&fs);
+    let path = Path::new("/db").join("0000000007.sst");
+    let mut bytes = fs.contents(&path).unwrap();
+    let f = bytes.len() - bourse_lsm::table::FOOTER_BYTES;
+    bytes[f + 8..f + 16].copy_from_slice(&u64::MAX.to_le_bytes()); // filter handle size
+    let crc = crc32c::crc32c(&bytes[f..f + 60]);
+    bytes[f + 60..f + 64].copy_from_slice(&crc.to_le_bytes());
+    let fs2 = SimFs::new();
+    fs2.create_dir_all(Path::new("/db")).unwrap();
+    fs2.open(&path, OpenMode::CreateNew).unwrap().write_all_at(&bytes, 0).unwrap();
+    assert!(matches!(
+        Table::open(&fs2, Path::new("/db"), 7),
+        Err(bourse_lsm::Error::Corrupt { .. })
+    ));
+}
