@@ -7,6 +7,7 @@
 //!
 //! This crate is **not** compiled into Bourse and is not a test: it asserts nothing.
 
+mod lsm;
 mod report;
 mod wal;
 
@@ -35,6 +36,8 @@ struct Cli {
 enum Suite {
     /// The write-ahead log.
     Wal,
+    /// The LSM tree.
+    Lsm,
     /// Every suite.
     All,
 }
@@ -47,7 +50,12 @@ fn main() -> anyhow::Result<()> {
         eprintln!("bourse-bench: built without the `peers` feature: peers are skipped");
     }
     match cli.suite {
-        Suite::Wal | Suite::All => wal::run(tmp.path(), cli.quick)?,
+        Suite::Wal => wal::run(tmp.path(), cli.quick)?,
+        Suite::Lsm => lsm::run(tmp.path(), cli.quick)?,
+        Suite::All => {
+            wal::run(tmp.path(), cli.quick)?;
+            lsm::run(tmp.path(), cli.quick)?;
+        }
     }
     Ok(())
 }

@@ -90,6 +90,10 @@ impl BlockBuilder {
     }
 }
 
+/// A block whose bytes do not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
 /// A decoded view of a block.
 #[derive(Debug, Clone)]
 pub struct Block {
@@ -151,6 +155,11 @@ impl Block {
         Some(BlockEntry { key, seq, kind: kind?, value: value.to_vec() })
     }
 
+    /// Bytes the block occupies in memory (for the block cache's accounting).
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 4 * self.restarts.len()
+    }
+
     /// Every entry in order; `None` if the block is malformed.
     pub fn entries(&self) -> Option<Vec<BlockEntry>> {
         let mut out = Vec::new();
@@ -164,10 +173,9 @@ impl Block {
         Some(out)
     }
 
-    /// Entries from the first whose internal key is at or after `(key, seq)`; `None` if
-    /// the block is malformed.
-    pub fn seek(&self, key: &[u8], seq: SeqNo) -> Option<Vec<BlockEntry>> {
-        // Binary search the restart points for the last one whose key is before target.
+    /// The restart point to scan from for `(key, seq)`: the last one whose key is before
+    /// it (binary search); `None` if the block is malformed.
+    fn restart_for(&self, key: &[u8], seq: SeqNo) -> Option<usize> {
         let (mut lo, mut hi) = (0usize, self.restarts.len());
         while lo + 1 < hi {
             let mid = (lo + hi) / 2;
@@ -179,7 +187,28 @@ impl Block {
                 hi = mid;
             }
         }
-        let mut pos = self.restarts.get(lo).map_or(0, |r| *r as usize);
+        Some(self.restarts.get(lo).map_or(0, |r| *r as usize))
+    }
+
+    /// The first entry whose internal key is at or after `(key, seq)`, if any; `Malformed` if
+    /// the block is malformed. Decodes only up to that entry (point lookups).
+    pub fn seek_first(&self, key: &[u8], seq: SeqNo) -> Result<Option<BlockEntry>, Malformed> {
+        let mut pos = self.restart_for(key, seq).ok_or(Malformed)?;
+        let mut prev = Vec::new();
+        while pos < self.entries_end {
+            let e = self.decode_at(&mut pos, &prev).ok_or(Malformed)?;
+            if !cmp_internal(&e.key, e.seq, key, seq).is_lt() {
+                return Ok(Some(e));
+            }
+            prev = e.key;
+        }
+        Ok(None)
+    }
+
+    /// Entries from the first whose internal key is at or after `(key, seq)`; `None` if
+    /// the block is malformed.
+    pub fn seek(&self, key: &[u8], seq: SeqNo) -> Option<Vec<BlockEntry>> {
+        let mut pos = self.restart_for(key, seq)?;
         let mut prev = Vec::new();
         let mut out = Vec::new();
         while pos < self.entries_end {

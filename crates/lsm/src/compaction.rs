@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::key::{Entry, Kind, SeqNo};
 use crate::manifest::Change;
-use crate::table::{Table, TableMeta, TableWriter};
+use crate::table::{TableMeta, TableWriter};
 use crate::tree::Inner;
 use crate::version::{Merge, TableRef, Version};
 use crate::Result;
@@ -106,7 +106,7 @@ impl Inner {
         self.commit(&changes)?;
         let mut opened = Vec::new();
         for m in &outputs {
-            opened.push(TableRef::new(Table::open(&*self.vfs, &self.dir, m.id)?, self.vfs.clone()));
+            opened.push(self.open_table(m.id)?);
         }
         self.install(&job, out_level, opened);
         let written: u64 = outputs.iter().map(|m| m.bytes).sum();
@@ -153,14 +153,7 @@ impl Inner {
                 continue;
             }
             if writer.is_none() {
-                let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-                writer = Some(TableWriter::create(
-                    &*self.vfs,
-                    &self.dir,
-                    id,
-                    self.opts.block_bytes,
-                    self.opts.bloom_bits_per_key,
-                )?);
+                writer = Some(self.new_table_writer()?);
             }
             if let Some(w) = writer.as_mut() {
                 w.add(&e.key, e.seq, e.kind, &e.value)?;

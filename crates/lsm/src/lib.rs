@@ -27,7 +27,7 @@ use std::path::PathBuf;
 pub use key::{Entry, InternalKey, Kind, SeqNo, MAX_SEQ};
 pub use memtable::Memtable;
 pub use scan::{Scan, ScanRev};
-pub use table::{Table, TableId, TableMeta, TableWriter};
+pub use table::{BlockCache, Compression, Table, TableId, TableMeta, TableWriter};
 pub use tree::{Snapshot, Tree, TreeOptions, TreeStats};
 pub use verify::{is_tree_dir, verify_tree, TreeReport};
 

@@ -8,8 +8,9 @@
 //! | index       | a block with one entry per data block: its last internal key → handle (offset varint, size varint) + block trailer |
 //! | footer      | 64 bytes, below                                                     |
 //!
-//! Block trailer (5 bytes): compression u8 (0 = none), CRC32C u32 of the block and that
-//! byte.
+//! Block trailer (5 bytes): compression u8 (0 = none, 1 = LZ4 block format with the
+//! decompressed size prepended as u32 LE), CRC32C u32 of the stored block and that byte.
+//! Only data blocks are compressed, and only when that saves at least 1/8.
 //!
 //! Footer:
 //!
@@ -26,6 +27,7 @@
 //! [`Error::Corrupt`], never a panic or a wrong value.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bourse_fs::{FileRef, OpenMode, Vfs};
 
@@ -41,6 +43,18 @@ pub const TABLE_MAGIC: [u8; 8] = *b"BOURSSST";
 /// Table format version.
 pub const TABLE_VERSION: u32 = 1;
 const TRAILER_BYTES: usize = 5;
+/// Largest decompressed block accepted (a corrupt size prefix cannot make us allocate more).
+const BLOCK_BYTES_MAX: usize = 64 << 20;
+
+/// How data blocks are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// As is.
+    #[default]
+    None,
+    /// LZ4 (block format), when it saves at least 1/8.
+    Lz4,
+}
 
 /// A table's identity: the number in its file name, never reused.
 pub type TableId = u64;
@@ -90,9 +104,16 @@ pub struct TableWriter {
     last: Option<(Vec<u8>, SeqNo, Kind)>,
     hashes: Vec<u64>,
     meta: TableMeta,
+    compression: Compression,
 }
 
 impl TableWriter {
+    /// Stores data blocks with `compression` from now on.
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
     /// Creates `dir/{id}.sst`.
     pub fn create(
         vfs: &dyn Vfs,
@@ -125,6 +146,7 @@ impl TableWriter {
             last: None,
             hashes: Vec::new(),
             meta,
+            compression: Compression::None,
         })
     }
 
@@ -153,14 +175,21 @@ impl TableWriter {
         self.offset + self.block.estimated_bytes() as u64
     }
 
-    fn write_block(&mut self, data: &[u8]) -> Result<Handle> {
-        let mut buf = Vec::with_capacity(data.len() + TRAILER_BYTES);
-        buf.extend_from_slice(data);
-        buf.push(0);
+    fn write_block(&mut self, data: &[u8], compress: bool) -> Result<Handle> {
+        let packed = (compress && self.compression == Compression::Lz4)
+            .then(|| lz4_flex::block::compress_prepend_size(data))
+            .filter(|p| p.len() < data.len() - data.len() / 8);
+        let (stored, kind) = match &packed {
+            Some(p) => (p.as_slice(), 1u8),
+            None => (data, 0u8),
+        };
+        let mut buf = Vec::with_capacity(stored.len() + TRAILER_BYTES);
+        buf.extend_from_slice(stored);
+        buf.push(kind);
         let crc = crc32c::crc32c(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
         self.file.write_all_at(&buf, self.offset).map_err(Error::io("write table", &self.path))?;
-        let handle = Handle { offset: self.offset, size: data.len() as u64 };
+        let handle = Handle { offset: self.offset, size: stored.len() as u64 };
         self.offset += buf.len() as u64;
         Ok(handle)
     }
@@ -170,7 +199,7 @@ impl TableWriter {
             return Ok(());
         }
         let data = self.block.finish();
-        let handle = self.write_block(&data)?;
+        let handle = self.write_block(&data, true)?;
         if let Some((key, seq, kind)) = self.last.clone() {
             let mut v = Vec::new();
             put_varint(&mut v, handle.offset);
@@ -187,11 +216,11 @@ impl TableWriter {
             self.meta.largest.clone_from(k);
         }
         let filter = bloom::build(&self.hashes, self.bits_per_key);
-        let filter_h = self.write_block(&filter)?;
+        let filter_h = self.write_block(&filter, false)?;
         let props = encode_props(&self.meta);
-        let props_h = self.write_block(&props)?;
+        let props_h = self.write_block(&props, false)?;
         let index = self.index.finish();
-        let index_h = self.write_block(&index)?;
+        let index_h = self.write_block(&index, false)?;
         let mut footer = Vec::with_capacity(FOOTER_BYTES);
         for h in [filter_h, props_h, index_h] {
             footer.extend_from_slice(&h.offset.to_le_bytes());
@@ -251,7 +280,43 @@ fn decode_props(b: &[u8], id: TableId, bytes: u64) -> Option<TableMeta> {
     })
 }
 
-/// An open table: index, filter and properties in memory; data blocks read on demand.
+#[derive(Debug, Clone, Copy)]
+struct BlockWeight;
+
+impl quick_cache::Weighter<(TableId, u64), Arc<Block>> for BlockWeight {
+    fn weight(&self, _key: &(TableId, u64), block: &Arc<Block>) -> u64 {
+        block.bytes() as u64 + 64
+    }
+}
+
+/// A cache of decoded data blocks shared by the tables of a tree, bounded in bytes.
+#[derive(Debug)]
+pub struct BlockCache {
+    cache: quick_cache::sync::Cache<(TableId, u64), Arc<Block>, BlockWeight>,
+}
+
+impl BlockCache {
+    /// A cache holding at most `bytes` of blocks.
+    pub fn new(bytes: usize) -> Arc<Self> {
+        let items = (bytes / 4096).max(16);
+        Arc::new(Self {
+            cache: quick_cache::sync::Cache::with_weighter(items, bytes as u64, BlockWeight),
+        })
+    }
+
+    /// Blocks cached.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+}
+
+/// An open table: index, filter and properties in memory; data blocks read on demand
+/// (through the block cache when there is one).
 #[derive(Debug)]
 pub struct Table {
     file: FileRef,
@@ -260,11 +325,22 @@ pub struct Table {
     filter: Vec<u8>,
     /// (last user key, last seq, handle) of every data block.
     index: Vec<(Vec<u8>, SeqNo, Handle)>,
+    cache: Option<Arc<BlockCache>>,
 }
 
 impl Table {
-    /// Opens and checks footer, index, filter and properties.
+    /// Opens and checks footer, index, filter and properties (no block cache).
     pub fn open(vfs: &dyn Vfs, dir: &Path, id: TableId) -> Result<Table> {
+        Self::open_cached(vfs, dir, id, None)
+    }
+
+    /// Like [`Table::open`], reading data blocks through `cache`.
+    pub fn open_cached(
+        vfs: &dyn Vfs,
+        dir: &Path,
+        id: TableId,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Table> {
         let path = dir.join(table_file_name(id));
         let file = vfs.open(&path, OpenMode::Read).map_err(Error::io("open table", &path))?;
         let len = file.len().map_err(Error::io("stat table", &path))?;
@@ -299,6 +375,7 @@ impl Table {
             meta: TableMeta { id, bytes: len, ..empty_meta() },
             filter: Vec::new(),
             index: Vec::new(),
+            cache,
         };
         t.filter = t.read_block(handle(0))?;
         let props = t.read_block(handle(1))?;
@@ -348,22 +425,41 @@ impl Table {
         if crc != crc32c::crc32c(&buf[..size + 1]) {
             return Err(corrupt(format!("block checksum mismatch at offset {}", h.offset)));
         }
-        if buf[size] != 0 {
-            return Err(corrupt(format!(
-                "unknown compression {} at offset {}",
-                buf[size], h.offset
-            )));
+        match buf[size] {
+            0 => {
+                buf.truncate(size);
+                Ok(buf)
+            }
+            1 => {
+                let raw = buf
+                    .get(..4)
+                    .map_or(usize::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+                if raw > BLOCK_BYTES_MAX {
+                    return Err(corrupt(format!(
+                        "compressed block at offset {} claims {raw} bytes",
+                        h.offset
+                    )));
+                }
+                lz4_flex::block::decompress_size_prepended(&buf[..size]).map_err(|e| {
+                    corrupt(format!("LZ4 block at offset {} does not decompress: {e}", h.offset))
+                })
+            }
+            other => Err(corrupt(format!("unknown compression {other} at offset {}", h.offset))),
         }
-        buf.truncate(size);
-        Ok(buf)
     }
 
-    fn data_block(&self, i: usize) -> Result<Block> {
-        let data = self.read_block(self.index[i].2)?;
-        Block::new(data).ok_or_else(|| Error::Corrupt {
-            path: self.path.clone(),
-            what: format!("malformed data block {i}"),
-        })
+    fn data_block(&self, i: usize) -> Result<Arc<Block>> {
+        let handle = self.index[i].2;
+        let key = (self.meta.id, handle.offset);
+        if let Some(block) = self.cache.as_ref().and_then(|c| c.cache.get(&key)) {
+            return Ok(block);
+        }
+        let data = self.read_block(handle)?;
+        let block = Arc::new(Block::new(data).ok_or_else(|| self.malformed(i))?);
+        if let Some(c) = &self.cache {
+            c.cache.insert(key, block.clone());
+        }
+        Ok(block)
     }
 
     /// Whether the bloom filter admits `key`.
@@ -383,8 +479,8 @@ impl Table {
         if i == self.index.len() {
             return Ok(None);
         }
-        let found = self.data_block(i)?.seek(key, snapshot).ok_or_else(|| self.malformed(i))?;
-        Ok(found.into_iter().next().filter(|e| e.key == key).map(|e| (e.seq, e.kind, e.value)))
+        let found = self.data_block(i)?.seek_first(key, snapshot).map_err(|_| self.malformed(i))?;
+        Ok(found.filter(|e| e.key == key).map(|e| (e.seq, e.kind, e.value)))
     }
 
     fn malformed(&self, i: usize) -> Error {

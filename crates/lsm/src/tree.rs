@@ -48,6 +48,11 @@ pub struct TreeOptions {
     pub table_bytes: u64,
     /// Rewrite the manifest when its log passes this size (default 4 MiB).
     pub manifest_bytes_max: u64,
+    /// How data blocks are stored (default none; `Lz4` trades CPU for space).
+    pub compression: crate::table::Compression,
+    /// Bytes of decoded data blocks cached across the tree's tables (default 64 MiB; 0
+    /// turns the cache off).
+    pub block_cache_bytes: usize,
     /// Longest key accepted (default 64 KiB).
     pub key_bytes_max: usize,
     /// Longest value accepted (default 16 MiB).
@@ -71,6 +76,8 @@ impl Default for TreeOptions {
             levels: 7,
             table_bytes: 64 << 20,
             manifest_bytes_max: 4 << 20,
+            block_cache_bytes: 64 << 20,
+            compression: crate::table::Compression::None,
             key_bytes_max: 64 << 10,
             value_bytes_max: 16 << 20,
             background: true,
@@ -113,6 +120,7 @@ pub(crate) struct Inner {
     /// Serializes flushes and compactions between the worker and callers of
     /// `flush`/`maintain`, so no immutable is flushed twice and no table compacted twice.
     pub work: Mutex<()>,
+    pub cache: Option<Arc<crate::table::BlockCache>>,
 }
 
 /// A key-value LSM tree. See the crate documentation.
@@ -163,6 +171,10 @@ pub struct TreeStats {
     pub user_bytes: u64,
     /// Bytes over their level's target, waiting for compaction.
     pub pending_compaction_bytes: u64,
+    /// Space amplification estimate: all table bytes over the bytes of the deepest
+    /// non-empty level (which holds most live data once compaction settles); 1.0 when
+    /// there are no tables.
+    pub space_amp: f64,
     /// The highest sequence known to be in tables.
     pub flushed_seq: SeqNo,
 }
@@ -189,11 +201,13 @@ impl Tree {
         if next_id > shape.next_id {
             manifest.append(&[Change::NextId(next_id)])?;
         }
+        let cache = (opts.block_cache_bytes > 0)
+            .then(|| crate::table::BlockCache::new(opts.block_cache_bytes));
         let mut version = Version::with_levels(opts.levels.max(shape.levels.len()));
         for (level, tables) in shape.levels.iter().enumerate() {
             for id in tables.keys() {
-                version.levels[level]
-                    .push(TableRef::new(Table::open(&*vfs, &dir, *id)?, vfs.clone()));
+                let table = Table::open_cached(&*vfs, &dir, *id, cache.clone())?;
+                version.levels[level].push(TableRef::new(table, vfs.clone()));
             }
         }
         version.levels[0].sort_by_key(|t| std::cmp::Reverse(t.table.meta().id));
@@ -217,6 +231,7 @@ impl Tree {
             counters: Counters::default(),
             compact_cursor: Mutex::new(vec![Vec::new(); opts.levels]),
             work: Mutex::new(()),
+            cache,
             opts,
         });
         let worker = if inner.opts.background {
@@ -293,9 +308,14 @@ impl Tree {
         let pending = (1..version.levels.len())
             .map(|l| version.level_bytes(l).saturating_sub(self.inner.level_target(l)))
             .sum::<u64>();
+        let bytes_per_level: Vec<u64> =
+            (0..version.levels.len()).map(|l| version.level_bytes(l)).collect();
+        let total: u64 = bytes_per_level.iter().sum();
+        let deepest = bytes_per_level.iter().rev().find(|b| **b > 0).copied().unwrap_or(0);
         TreeStats {
             tables_per_level: version.levels.iter().map(Vec::len).collect(),
-            bytes_per_level: (0..version.levels.len()).map(|l| version.level_bytes(l)).collect(),
+            space_amp: if deepest == 0 { 1.0 } else { total as f64 / deepest as f64 },
+            bytes_per_level,
             write_amp: if user == 0 { 0.0 } else { written as f64 / user as f64 },
             user_bytes: user,
             pending_compaction_bytes: pending,
@@ -423,22 +443,15 @@ impl Inner {
         let mut changes = Vec::new();
         let mut table = None;
         if !imm.is_empty() {
-            let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-            let mut w = TableWriter::create(
-                &*self.vfs,
-                &self.dir,
-                id,
-                self.opts.block_bytes,
-                self.opts.bloom_bits_per_key,
-            )?;
+            let mut w = self.new_table_writer()?;
             for e in imm.iter_from(None) {
                 w.add(&e.key, e.seq, e.kind, &e.value)?;
             }
             let meta = w.finish()?;
             self.sync_dir()?;
             self.counters.flushed_bytes.fetch_add(meta.bytes, Ordering::Relaxed);
+            table = Some(self.open_table(meta.id)?);
             changes.push(Change::Add { level: 0, meta });
-            table = Some(TableRef::new(Table::open(&*self.vfs, &self.dir, id)?, self.vfs.clone()));
         }
         changes.push(Change::FlushedSeq(imm.max_seq()));
         changes.push(Change::NextId(self.next_id.load(Ordering::Acquire)));
@@ -453,6 +466,25 @@ impl Inner {
         self.flushed_seq.fetch_max(imm.max_seq(), Ordering::AcqRel);
         self.changed.notify_all();
         Ok(())
+    }
+
+    /// Creates the next table file (a fresh id, never reused) with the tree's options.
+    pub(crate) fn new_table_writer(&self) -> Result<TableWriter> {
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        let w = TableWriter::create(
+            &*self.vfs,
+            &self.dir,
+            id,
+            self.opts.block_bytes,
+            self.opts.bloom_bits_per_key,
+        )?;
+        Ok(w.with_compression(self.opts.compression))
+    }
+
+    /// Opens one of this tree's tables through its block cache.
+    pub(crate) fn open_table(&self, id: u64) -> Result<Arc<TableRef>> {
+        let table = Table::open_cached(&*self.vfs, &self.dir, id, self.cache.clone())?;
+        Ok(TableRef::new(table, self.vfs.clone()))
     }
 
     /// Appends an edit to the manifest (durably), rotating it when it has grown.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bourse_fs::{CrashFate, SimFs};
-use bourse_lsm::{Snapshot, Tree, TreeOptions, MAX_SEQ};
+use bourse_lsm::{Compression, Snapshot, Tree, TreeOptions, MAX_SEQ};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -47,8 +47,9 @@ fn key(k: u8) -> Vec<u8> {
     format!("k{}{:02}", k % 6, k).into_bytes()
 }
 
-fn opts() -> TreeOptions {
+fn opts(compression: Compression) -> TreeOptions {
     TreeOptions {
+        compression,
         memtable_bytes: 2048,
         immutables_max: 2,
         block_bytes: 256,
@@ -81,8 +82,8 @@ fn model_state(log: &Log, snap: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
     m
 }
 
-fn reopen(fs: &SimFs, log: &Log) -> Tree {
-    let tree = Tree::open(fs.shared(), "/db", opts()).unwrap();
+fn reopen(fs: &SimFs, log: &Log, c: Compression) -> Tree {
+    let tree = Tree::open(fs.shared(), "/db", opts(c)).unwrap();
     let flushed = tree.flushed_seq();
     for (s, k, v) in log.iter().filter(|(s, _, _)| *s > flushed) {
         match v {
@@ -93,9 +94,9 @@ fn reopen(fs: &SimFs, log: &Log) -> Tree {
     tree
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, c: Compression) -> Result<(), TestCaseError> {
     let fs = SimFs::new();
-    let mut tree = Some(Tree::open(fs.shared(), "/db", opts()).unwrap());
+    let mut tree = Some(Tree::open(fs.shared(), "/db", opts(c)).unwrap());
     let mut log: Log = Vec::new();
     let mut snaps: Vec<Snapshot> = Vec::new();
     let mut seq = 0u64;
@@ -170,7 +171,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Reopen => {
                 snaps.clear();
                 drop(tree.take());
-                tree = Some(reopen(&fs, &log));
+                tree = Some(reopen(&fs, &log, c));
             }
             Op::Crash(f, s) => {
                 snaps.clear();
@@ -179,7 +180,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     [CrashFate::LoseUnsynced, CrashFate::Torn { seed: s }, CrashFate::KeepAll]
                         [f as usize],
                 );
-                tree = Some(reopen(&fs, &log));
+                tree = Some(reopen(&fs, &log, c));
             }
         }
     }
@@ -198,6 +199,11 @@ proptest! {
 
     #[test]
     fn tree_matches_model(ops in prop::collection::vec(op(), 1..200)) {
-        run(ops)?;
+        run(ops, Compression::None)?;
+    }
+
+    #[test]
+    fn tree_matches_model_with_lz4_blocks(ops in prop::collection::vec(op(), 1..200)) {
+        run(ops, Compression::Lz4)?;
     }
 }

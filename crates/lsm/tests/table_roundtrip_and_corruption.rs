@@ -132,3 +132,47 @@ fn a_huge_block_handle_is_corruption_not_a_panic() {
         Err(bourse_lsm::Error::Corrupt { .. })
     ));
 }
+
+#[test]
+fn lz4_blocks_read_back_smaller_and_corruption_is_still_caught() {
+    use bourse_lsm::Compression;
+    let fs = SimFs::new();
+    let dir = Path::new("/db");
+    fs.create_dir_all(dir).unwrap();
+    let mut plain = TableWriter::create(&fs, dir, 1, 4096, 10).unwrap();
+    let mut packed =
+        TableWriter::create(&fs, dir, 2, 4096, 10).unwrap().with_compression(Compression::Lz4);
+    let es = entries();
+    for (k, s, kind, v) in &es {
+        plain.add(k, *s, *kind, v).unwrap();
+        packed.add(k, *s, *kind, v).unwrap();
+    }
+    let (a, b) = (plain.finish().unwrap(), packed.finish().unwrap());
+    assert!(
+        b.bytes * 10 < a.bytes * 9,
+        "LZ4 saves space on repetitive values: {} vs {}",
+        b.bytes,
+        a.bytes
+    );
+    let t = Table::open(&fs, dir, 2).unwrap();
+    assert_eq!(t.verify().unwrap(), es.len() as u64);
+    let all: Vec<_> =
+        t.iter_from(None).map(|e| e.unwrap()).map(|e| (e.key, e.seq, e.kind, e.value)).collect();
+    assert_eq!(all, es);
+    let path = dir.join("0000000002.sst");
+    let mut detected = 0;
+    for byte in (0..b.bytes / 2).step_by(97) {
+        let copy = SimFs::new();
+        copy.create_dir_all(dir).unwrap();
+        copy.open(&path, OpenMode::CreateNew)
+            .unwrap()
+            .write_all_at(&fs.contents(&path).unwrap(), 0)
+            .unwrap();
+        copy.flip_bit(&path, byte, 3).unwrap();
+        match Table::open(&copy, dir, 2).and_then(|t| t.verify()) {
+            Err(_) => detected += 1,
+            Ok(_) => panic!("flip at {byte} of a data block went unnoticed"),
+        }
+    }
+    assert!(detected > 0);
+}
