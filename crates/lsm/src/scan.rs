@@ -12,15 +12,52 @@ use std::sync::Arc;
 
 use crate::key::{Entry, InternalKey, Kind, SeqNo, MAX_SEQ};
 use crate::memtable::Memtable;
+use crate::table::TableIter;
 use crate::tree::Tree;
-use crate::version::{Merge, TableRef};
+use crate::version::{Merge, TableHandle, TableRef};
 use crate::Result;
 
-const CHUNK: usize = 256;
+/// First chunk read from a source; chunks double up to `CHUNK_MAX`, so a short scan reads
+/// little and a long one reads in large steps.
+const CHUNK_MIN: usize = 16;
+const CHUNK_MAX: usize = 512;
 
 enum Source {
     Mem(Arc<Memtable>),
+    /// One level-0 table.
     Table(Arc<TableRef>),
+    /// The disjoint, sorted tables of a level >= 1, read one after another (forward) or
+    /// from the last backwards (reverse); the index is the table being read.
+    Level(Vec<Arc<TableRef>>, usize),
+}
+
+/// A level read forward without re-seeking: one owning table iterator at a time.
+struct LevelIter {
+    tables: Vec<Arc<TableRef>>,
+    next: usize,
+    from: Option<(Vec<u8>, SeqNo)>,
+    current: Option<TableIter<TableHandle>>,
+}
+
+impl Iterator for LevelIter {
+    type Item = Result<Entry>;
+    fn next(&mut self) -> Option<Result<Entry>> {
+        loop {
+            if let Some(it) = &mut self.current {
+                if let Some(e) = it.next() {
+                    return Some(e);
+                }
+            }
+            let t = self.tables.get(self.next)?.clone();
+            self.next += 1;
+            // Only the first table needs the seek; later ones start at their beginning.
+            let from = self.from.take();
+            self.current = Some(TableIter::new(
+                TableHandle(t),
+                from.as_ref().map(|(k, s)| (k.as_slice(), *s)),
+            ));
+        }
+    }
 }
 
 /// A source read in chunks from a moving internal-key position: forward from `from`
@@ -31,6 +68,19 @@ struct Cursor {
     from: Option<(Vec<u8>, SeqNo)>,
     done: bool,
     reverse: bool,
+    chunk: usize,
+}
+
+impl Cursor {
+    fn new(source: Source, from: Option<(Vec<u8>, SeqNo)>, reverse: bool) -> Self {
+        Cursor { source, buf: VecDeque::new(), from, done: false, reverse, chunk: CHUNK_MIN }
+    }
+
+    fn grow(&mut self) -> usize {
+        let n = self.chunk;
+        self.chunk = (self.chunk * 2).min(CHUNK_MAX);
+        n
+    }
 }
 
 impl Cursor {
@@ -38,44 +88,75 @@ impl Cursor {
         if self.reverse {
             return self.refill_reverse();
         }
+        let n = self.grow();
         let from = self.from.as_ref().map(|(k, s)| (k.as_slice(), *s));
-        let chunk: Vec<Entry> = match &self.source {
+        let chunk: Vec<Entry> = match &mut self.source {
             Source::Mem(m) => {
                 let key = from.map(|(k, s)| InternalKey { user_key: k.to_vec(), seq: s });
-                m.iter_from(key.as_ref()).take(CHUNK).collect()
+                m.iter_from(key.as_ref()).take(n).collect()
             }
-            Source::Table(t) => t.table.iter_from(from).take(CHUNK).collect::<Result<_>>()?,
+            Source::Table(t) => t.table.iter_from(from).take(n).collect::<Result<_>>()?,
+            // NOTE: forward scans read levels through `LevelIter`, never through here.
+            Source::Level(..) => Vec::new(),
         };
-        self.done = chunk.len() < CHUNK;
+        self.done = chunk.len() < n;
         if let Some(last) = chunk.last() {
-            // The internal key right after the last one read.
-            self.from = Some(if last.seq > 0 {
-                (last.key.clone(), last.seq - 1)
-            } else {
-                let mut k = last.key.clone();
-                k.push(0);
-                (k, MAX_SEQ)
-            });
+            self.from = Some(next_key(last));
         }
         self.buf.extend(chunk);
         Ok(())
     }
 
     fn refill_reverse(&mut self) -> Result<()> {
+        let n = self.grow();
         let bound = self.from.as_ref().map(|(k, s)| (k.as_slice(), *s));
-        let chunk = match &self.source {
+        let chunk = match &mut self.source {
             Source::Mem(m) => {
                 let key = bound.map(|(k, s)| InternalKey { user_key: k.to_vec(), seq: s });
-                m.before(key.as_ref(), CHUNK)
+                m.before(key.as_ref(), n)
             }
-            Source::Table(t) => t.table.before(bound, CHUNK)?,
+            Source::Table(t) => t.table.before(bound, n)?,
+            Source::Level(tables, i) => {
+                let mut out: Vec<Entry> = Vec::new();
+                loop {
+                    let Some(t) = tables.get(*i) else { break };
+                    let b = out
+                        .last()
+                        .map(|e| (e.key.clone(), e.seq))
+                        .or_else(|| bound.map(|(k, s)| (k.to_vec(), s)));
+                    let got = t
+                        .table
+                        .before(b.as_ref().map(|(k, s)| (k.as_slice(), *s)), n - out.len())?;
+                    let exhausted = got.len() < n - out.len();
+                    out.extend(got);
+                    if !exhausted || *i == 0 {
+                        if exhausted {
+                            tables.clear();
+                        }
+                        break;
+                    }
+                    *i -= 1;
+                }
+                out
+            }
         };
-        self.done = chunk.len() < CHUNK;
+        self.done = chunk.len() < n;
         if let Some(last) = chunk.last() {
             self.from = Some((last.key.clone(), last.seq));
         }
         self.buf.extend(chunk);
         Ok(())
+    }
+}
+
+/// The internal key right after `e`'s.
+fn next_key(e: &Entry) -> (Vec<u8>, SeqNo) {
+    if e.seq > 0 {
+        (e.key.clone(), e.seq - 1)
+    } else {
+        let mut k = e.key.clone();
+        k.push(0);
+        (k, MAX_SEQ)
     }
 }
 
@@ -142,7 +223,7 @@ impl Iterator for Scan {
 
 impl Tree {
     /// The memtables and the tables whose key range intersects `[start, end]`.
-    fn sources(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Vec<Source> {
+    fn sources(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, reverse: bool) -> Vec<Source> {
         let (active, imms, version) = {
             let st = self.inner.state.lock();
             (st.active.clone(), st.immutables.clone(), st.version.clone())
@@ -162,8 +243,16 @@ impl Tree {
         };
         let mut sources: Vec<Source> =
             std::iter::once(active).chain(imms.into_iter().rev()).map(Source::Mem).collect();
-        for level in &version.levels {
-            sources.extend(level.iter().filter(|t| in_range(t)).cloned().map(Source::Table));
+        for (n, level) in version.levels.iter().enumerate() {
+            let tables: Vec<Arc<TableRef>> =
+                level.iter().filter(|t| in_range(t)).cloned().collect();
+            if n == 0 {
+                sources.extend(tables.into_iter().map(Source::Table));
+            } else if !tables.is_empty() {
+                // Forward starts at the first table, reverse at the last.
+                let start = if reverse { tables.len() - 1 } else { 0 };
+                sources.push(Source::Level(tables, start));
+            }
         }
         sources
     }
@@ -180,17 +269,15 @@ impl Tree {
             }
             Bound::Unbounded => None,
         };
-        let sources = self.sources(start, end);
+        let sources = self.sources(start, end, false);
         let cursors = sources
             .into_iter()
-            .map(|source| {
-                Box::new(Cursor {
-                    source,
-                    buf: VecDeque::new(),
-                    from: from.clone(),
-                    done: false,
-                    reverse: false,
-                }) as Box<dyn Iterator<Item = Result<Entry>>>
+            .map(|source| match source {
+                Source::Level(tables, _) => {
+                    Box::new(LevelIter { tables, next: 0, from: from.clone(), current: None })
+                        as Box<dyn Iterator<Item = Result<Entry>>>
+                }
+                other => Box::new(Cursor::new(other, from.clone(), false)),
             })
             .collect();
         Scan {
@@ -306,16 +393,11 @@ impl Tree {
             Bound::Unbounded => None,
         };
         let cursors = self
-            .sources(start, end)
+            .sources(start, end, true)
             .into_iter()
             .map(|source| {
-                Box::new(Cursor {
-                    source,
-                    buf: VecDeque::new(),
-                    from: from.clone(),
-                    done: false,
-                    reverse: true,
-                }) as Box<dyn Iterator<Item = Result<Entry>>>
+                Box::new(Cursor::new(source, from.clone(), true))
+                    as Box<dyn Iterator<Item = Result<Entry>>>
             })
             .collect();
         ScanRev {

@@ -488,19 +488,8 @@ impl Table {
     }
 
     /// Entries at or after `(key, seq)` (or from the start), block by block.
-    pub fn iter_from(&self, from: Option<(&[u8], SeqNo)>) -> TableIter<'_> {
-        let block = match from {
-            Some((k, s)) => {
-                self.index.partition_point(|(ik, is, _)| cmp_internal(ik, *is, k, s).is_lt())
-            }
-            None => 0,
-        };
-        TableIter {
-            table: self,
-            block,
-            from: from.map(|(k, s)| (k.to_vec(), s)),
-            pending: Vec::new().into_iter(),
-        }
+    pub fn iter_from(&self, from: Option<(&[u8], SeqNo)>) -> TableIter<&Table> {
+        TableIter::new(self, from)
     }
 
     /// Up to `n` entries strictly before `(key, seq)` (or before the end), newest key
@@ -576,14 +565,34 @@ fn empty_meta() -> TableMeta {
 
 /// Iterates a table's entries in internal-key order.
 #[derive(Debug)]
-pub struct TableIter<'a> {
-    table: &'a Table,
+/// Generic over how it holds the table: borrowed (`&Table`, from [`Table::iter_from`]) or
+/// shared (an owning handle, for scans that outlive a borrow).
+pub struct TableIter<R: std::ops::Deref<Target = Table>> {
+    table: R,
     block: usize,
     from: Option<(Vec<u8>, SeqNo)>,
     pending: std::vec::IntoIter<BlockEntry>,
 }
 
-impl Iterator for TableIter<'_> {
+impl<R: std::ops::Deref<Target = Table>> TableIter<R> {
+    /// Iterates `table` from the first entry at or after `(key, seq)` (or the start).
+    pub fn new(table: R, from: Option<(&[u8], SeqNo)>) -> Self {
+        let block = match from {
+            Some((k, s)) => {
+                table.index.partition_point(|(ik, is, _)| cmp_internal(ik, *is, k, s).is_lt())
+            }
+            None => 0,
+        };
+        TableIter {
+            table,
+            block,
+            from: from.map(|(k, s)| (k.to_vec(), s)),
+            pending: Vec::new().into_iter(),
+        }
+    }
+}
+
+impl<R: std::ops::Deref<Target = Table>> Iterator for TableIter<R> {
     type Item = Result<Entry>;
 
     fn next(&mut self) -> Option<Result<Entry>> {

@@ -40,6 +40,17 @@ impl TableRef {
     }
 }
 
+/// An owning handle that reads as the table (for iterators that outlive a borrow).
+#[derive(Debug, Clone)]
+pub(crate) struct TableHandle(pub Arc<TableRef>);
+
+impl std::ops::Deref for TableHandle {
+    type Target = Table;
+    fn deref(&self) -> &Table {
+        &self.0.table
+    }
+}
+
 impl Drop for TableRef {
     fn drop(&mut self) {
         if self.obsolete.load(AtomicOrdering::Acquire) {
