@@ -118,8 +118,7 @@ impl Cursor {
             Source::Table(t) => t.table.before(bound, n)?,
             Source::Level(tables, i) => {
                 let mut out: Vec<Entry> = Vec::new();
-                loop {
-                    let Some(t) = tables.get(*i) else { break };
+                while let Some(t) = tables.get(*i) {
                     let b = out
                         .last()
                         .map(|e| (e.key.clone(), e.seq))
