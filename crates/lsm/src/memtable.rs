@@ -48,15 +48,7 @@ impl Memtable {
             Some(k) => Bound::Included(k.clone()),
             None => Bound::Unbounded,
         };
-        self.map.range((start, Bound::Unbounded)).map(|e| {
-            let (kind, value) = e.value();
-            Entry {
-                key: e.key().user_key.clone(),
-                seq: e.key().seq,
-                kind: *kind,
-                value: value.clone(),
-            }
-        })
+        self.map.range((start, Bound::Unbounded)).map(|e| to_entry(&e))
     }
 
     /// Up to `n` versions strictly before `bound` (or before the end), in descending
@@ -66,20 +58,7 @@ impl Memtable {
             Some(k) => Bound::Excluded(k.clone()),
             None => Bound::Unbounded,
         };
-        self.map
-            .range((Bound::Unbounded, end))
-            .rev()
-            .take(n)
-            .map(|e| {
-                let (kind, value) = e.value();
-                Entry {
-                    key: e.key().user_key.clone(),
-                    seq: e.key().seq,
-                    kind: *kind,
-                    value: value.clone(),
-                }
-            })
-            .collect()
+        self.map.range((Bound::Unbounded, end)).rev().take(n).map(|e| to_entry(&e)).collect()
     }
 
     /// Accounted size in bytes.
@@ -101,6 +80,12 @@ impl Memtable {
     pub fn max_seq(&self) -> SeqNo {
         self.max_seq.load(Ordering::Relaxed)
     }
+}
+
+/// An owned copy of a skiplist entry.
+fn to_entry(e: &crossbeam_skiplist::map::Entry<'_, InternalKey, (Kind, Vec<u8>)>) -> Entry {
+    let (kind, value) = e.value();
+    Entry { key: e.key().user_key.clone(), seq: e.key().seq, kind: *kind, value: value.clone() }
 }
 
 #[cfg(test)]

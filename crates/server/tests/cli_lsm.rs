@@ -36,6 +36,16 @@ fn tree(data: &Path) -> std::path::PathBuf {
     dir
 }
 
+/// Some table file of the tree in `dir`.
+fn first_table(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "sst"))
+        .unwrap()
+}
+
 #[test]
 fn trees_verify_and_inspect() {
     let tmp = tempfile::tempdir().unwrap();
@@ -51,12 +61,7 @@ fn trees_verify_and_inspect() {
     let (code, out) = bourse(&["inspect", "manifest", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("flushed sequence 1999") && out.contains("L1:"), "{out}");
-    let sst = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "sst"))
-        .unwrap();
+    let sst = first_table(&dir);
     let (code, out) = bourse(&["inspect", "sst", sst.to_str().unwrap(), "--limit", "5"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("entries") && out.contains("Put") && out.contains("acct"), "{out}");
@@ -66,12 +71,7 @@ fn trees_verify_and_inspect() {
 fn a_damaged_table_fails_verify_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tree(tmp.path());
-    let sst = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "sst"))
-        .unwrap();
+    let sst = first_table(&dir);
     let mut bytes = std::fs::read(&sst).unwrap();
     bytes[100] ^= 0x10;
     std::fs::write(&sst, bytes).unwrap();
