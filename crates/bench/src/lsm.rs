@@ -3,7 +3,8 @@
 //! size, no compression.
 //!
 //! Cases (`BENCH.md`): `fillseq`, `fillrandom`, `overwrite` (with `space_amp` and
-//! `write_amp`), `readrandom`, `readmissing`, `seekrandom` (seek + next 100). Keys are 16
+//! `write_amp`), `readrandom`, `readmissing`, `seekrandom` (seek + next 100), and
+//! `readmemtable` (gets from a store small enough to stay in its memtable). Keys are 16
 //! bytes, values 100 bytes.
 
 use std::path::Path;
@@ -225,6 +226,22 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         drop(kv);
         std::fs::remove_dir_all(&dir)?;
     }
+    // Memtable-resident gets: 200 k pairs (about 23 MB) stay in a 64 MiB memtable.
+    let small: u64 = 200_000;
+    let mut order: Vec<u64> = (0..small).collect();
+    order.shuffle(&mut rng);
+    let mut resident = Vec::new();
+    let mem_params = json!({"keys": small, "key_bytes": 16, "value_bytes": VALUE_BYTES});
+    for open in systems() {
+        let dir = root.join("lsm-memtable");
+        let kv = open(&dir)?;
+        fill(&*kv, &order, &value)?;
+        let (rate, lat) = read_case(&*kv, small, reads, runs, true, &mut rng)?;
+        resident.push(report("readmemtable", &mem_params, kv.system(), rate, lat));
+        drop(kv);
+        std::fs::remove_dir_all(&dir)?;
+    }
+    ratios("readmemtable", &mem_params, &resident);
     for (case, results) in &per_case {
         let p =
             if *case == "seekrandom" { json!({"keys": n, "next": 100}) } else { params.clone() };

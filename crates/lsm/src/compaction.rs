@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::key::{Entry, Kind, SeqNo};
 use crate::manifest::Change;
 use crate::table::{TableMeta, TableWriter};
-use crate::tree::Inner;
+use crate::tree::{Inner, State};
 use crate::version::{Merge, TableRef, Version};
 use crate::Result;
 
@@ -62,7 +62,7 @@ impl Inner {
     /// Runs one compaction if one is due; false when none is.
     pub(crate) fn compact_once(&self) -> Result<bool> {
         self.check_poison()?;
-        let _work = self.work.lock();
+        let _compacting = self.compact_lock.lock();
         let version = self.state.lock().version.clone();
         let Some(job) = self.pick(&version) else { return Ok(false) };
         let result = self.run(&version, job);
@@ -103,12 +103,15 @@ impl Inner {
             outputs.iter().map(|m| Change::Add { level: out_level as u8, meta: m.clone() }),
         );
         changes.push(Change::NextId(self.next_id.load(Ordering::Acquire)));
-        self.commit(&changes)?;
         let mut opened = Vec::new();
         for m in &outputs {
             opened.push(self.open_table(m.id)?);
         }
-        self.install(&job, out_level, opened);
+        self.commit(&changes, |st| install(st, &job, out_level, opened))?;
+        // The edit removing the inputs is durable: their files may go once unused.
+        for t in job.inputs.iter().chain(&job.overlapping) {
+            t.mark_obsolete();
+        }
         let written: u64 = outputs.iter().map(|m| m.bytes).sum();
         self.counters.compacted_read_bytes.fetch_add(read, Ordering::Relaxed);
         self.counters.compacted_written_bytes.fetch_add(written, Ordering::Relaxed);
@@ -165,23 +168,19 @@ impl Inner {
         self.sync_dir()?;
         Ok(outputs)
     }
+}
 
-    fn install(&self, job: &Job, out_level: usize, outputs: Vec<Arc<TableRef>>) {
-        let gone: Vec<u64> =
-            job.inputs.iter().chain(&job.overlapping).map(|t| t.table.meta().id).collect();
-        let mut st = self.state.lock();
-        let mut v = (*st.version).clone();
-        for level in &mut v.levels {
-            level.retain(|t| !gone.contains(&t.table.meta().id));
-        }
-        v.levels[out_level].extend(outputs);
-        v.sort();
-        st.version = Arc::new(v);
-        for t in job.inputs.iter().chain(&job.overlapping) {
-            t.mark_obsolete();
-        }
-        self.changed.notify_all();
+/// Replaces a compaction's inputs with its outputs in the installed version.
+fn install(st: &mut State, job: &Job, out_level: usize, outputs: Vec<Arc<TableRef>>) {
+    let gone: Vec<u64> =
+        job.inputs.iter().chain(&job.overlapping).map(|t| t.table.meta().id).collect();
+    let mut v = (*st.version).clone();
+    for level in &mut v.levels {
+        level.retain(|t| !gone.contains(&t.table.meta().id));
     }
+    v.levels[out_level].extend(outputs);
+    v.sort();
+    st.version = Arc::new(v);
 }
 
 fn key_range(tables: &[Arc<TableRef>]) -> Option<(Vec<u8>, Vec<u8>)> {

@@ -117,9 +117,12 @@ pub(crate) struct Inner {
     pub shutdown: Mutex<bool>,
     pub counters: Counters,
     pub compact_cursor: Mutex<Vec<Vec<u8>>>,
-    /// Serializes flushes and compactions between the worker and callers of
-    /// `flush`/`maintain`, so no immutable is flushed twice and no table compacted twice.
-    pub work: Mutex<()>,
+    /// Serializes flushes (background flusher, `flush`, `maintain`, stalled writers), so
+    /// no immutable memtable is flushed twice.
+    pub flush_lock: Mutex<()>,
+    /// Serializes compactions, so no table is compacted twice. Flushes and compactions
+    /// run side by side: a long compaction never delays the flush a stalled writer needs.
+    pub compact_lock: Mutex<()>,
     pub cache: Option<Arc<crate::table::BlockCache>>,
 }
 
@@ -127,7 +130,7 @@ pub(crate) struct Inner {
 #[derive(Debug)]
 pub struct Tree {
     pub(crate) inner: Arc<Inner>,
-    worker: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
     _lock: LockGuard,
 }
 
@@ -230,21 +233,23 @@ impl Tree {
             shutdown: Mutex::new(false),
             counters: Counters::default(),
             compact_cursor: Mutex::new(vec![Vec::new(); opts.levels]),
-            work: Mutex::new(()),
+            flush_lock: Mutex::new(()),
+            compact_lock: Mutex::new(()),
             cache,
             opts,
         });
-        let worker = if inner.opts.background {
-            let w = inner.clone();
-            let handle = std::thread::Builder::new()
-                .name("bourse-lsm-worker".into())
-                .spawn(move || w.work_loop())
-                .map_err(Error::io("spawn worker", "bourse-lsm-worker"))?;
-            Some(handle)
-        } else {
-            None
-        };
-        Ok(Tree { inner, worker, _lock: lock })
+        let mut workers = Vec::new();
+        if inner.opts.background {
+            for (name, flusher) in [("bourse-lsm-flush", true), ("bourse-lsm-compact", false)] {
+                let w = inner.clone();
+                let handle = std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || w.work_loop(flusher))
+                    .map_err(Error::io("spawn worker", name))?;
+                workers.push(handle);
+            }
+        }
+        Ok(Tree { inner, workers, _lock: lock })
     }
 
     /// Writes `value` for `key` at sequence `seq`. Sequences must increase from write to
@@ -333,7 +338,7 @@ impl Drop for Tree {
     fn drop(&mut self) {
         *self.inner.shutdown.lock() = true;
         self.inner.changed.notify_all();
-        if let Some(w) = self.worker.take() {
+        for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
@@ -433,7 +438,7 @@ impl Inner {
     /// Flushes the oldest immutable memtable to a level-0 table; false if none waits.
     pub(crate) fn flush_one(&self) -> Result<bool> {
         self.check_poison()?;
-        let _work = self.work.lock();
+        let _flushing = self.flush_lock.lock();
         let Some(imm) = self.state.lock().immutables.first().cloned() else { return Ok(false) };
         let result = self.flush_memtable(&imm);
         self.poison_on_error(result).map(|()| true)
@@ -455,17 +460,15 @@ impl Inner {
         }
         changes.push(Change::FlushedSeq(imm.max_seq()));
         changes.push(Change::NextId(self.next_id.load(Ordering::Acquire)));
-        self.commit(&changes)?;
-        let mut st = self.state.lock();
-        let mut version = (*st.version).clone();
-        if let Some(t) = table {
-            version.levels[0].insert(0, t);
-        }
-        st.version = Arc::new(version);
-        st.immutables.retain(|m| !Arc::ptr_eq(m, imm));
-        self.flushed_seq.fetch_max(imm.max_seq(), Ordering::AcqRel);
-        self.changed.notify_all();
-        Ok(())
+        self.commit(&changes, |st| {
+            let mut version = (*st.version).clone();
+            if let Some(t) = table {
+                version.levels[0].insert(0, t);
+            }
+            st.version = Arc::new(version);
+            st.immutables.retain(|m| !Arc::ptr_eq(m, imm));
+            self.flushed_seq.fetch_max(imm.max_seq(), Ordering::AcqRel);
+        })
     }
 
     /// Creates the next table file (a fresh id, never reused) with the tree's options.
@@ -487,19 +490,30 @@ impl Inner {
         Ok(TableRef::new(table, self.vfs.clone()))
     }
 
-    /// Appends an edit to the manifest (durably), rotating it when it has grown.
-    pub(crate) fn commit(&self, changes: &[Change]) -> Result<()> {
+    /// Appends an edit to the manifest (durably), then applies `install` to the state
+    /// while still holding the manifest lock, then rotates the manifest if it has grown.
+    ///
+    /// IMPORTANT: committing and installing under one lock means a rotation (which writes
+    /// the installed shape) can never miss an edit that another thread committed but had
+    /// not installed yet; otherwise its table would be an orphan after a crash.
+    pub(crate) fn commit(
+        &self,
+        changes: &[Change],
+        install: impl FnOnce(&mut State),
+    ) -> Result<()> {
         let mut m = self.manifest.lock();
         m.append(changes)?;
+        install(&mut self.state.lock());
+        self.changed.notify_all();
         if m.bytes() > self.opts.manifest_bytes_max {
-            let shape = self.shape_after(changes);
+            let shape = self.installed_shape();
             *m = Manifest::create(&*self.vfs, &self.dir, m.number() + 1, &shape)?;
         }
         Ok(())
     }
 
-    /// The manifest shape of the current version with `changes` applied.
-    fn shape_after(&self, changes: &[Change]) -> Shape {
+    /// The manifest shape of the installed version.
+    fn installed_shape(&self) -> Shape {
         let version = self.state.lock().version.clone();
         let mut shape = Shape {
             flushed_seq: self.flushed_seq.load(Ordering::Acquire),
@@ -510,9 +524,6 @@ impl Inner {
             for t in tables {
                 shape.apply(&Change::Add { level: level as u8, meta: t.table.meta().clone() });
             }
-        }
-        for c in changes {
-            shape.apply(c);
         }
         shape
     }
@@ -544,7 +555,9 @@ impl Inner {
         self.snapshots.lock().keys().next().copied().unwrap_or(crate::MAX_SEQ)
     }
 
-    fn work_loop(&self) {
+    /// A background thread: the flusher flushes immutable memtables, the compactor runs
+    /// compactions; each sleeps until there is work.
+    fn work_loop(&self, flusher: bool) {
         loop {
             {
                 let mut st = self.state.lock();
@@ -552,15 +565,18 @@ impl Inner {
                     if *self.shutdown.lock() {
                         return;
                     }
-                    let due = !st.immutables.is_empty() || self.compaction_due(&st.version);
+                    let due = if flusher {
+                        !st.immutables.is_empty()
+                    } else {
+                        self.compaction_due(&st.version)
+                    };
                     if due && self.poisoned.lock().is_none() {
                         break;
                     }
                     self.changed.wait_for(&mut st, std::time::Duration::from_millis(200));
                 }
             }
-            let step =
-                self.flush_one().and_then(|f| if f { Ok(true) } else { self.compact_once() });
+            let step = if flusher { self.flush_one() } else { self.compact_once() };
             if let Err(e) = step {
                 tracing::error!(error = %e, "background flush/compaction failed");
             }
