@@ -71,6 +71,9 @@ impl Inner {
 
     fn run(&self, version: &Version, job: Job) -> Result<()> {
         let out_level = job.level + 1;
+        if job.overlapping.is_empty() && disjoint(&job.inputs) {
+            return self.trivial_move(&job, out_level);
+        }
         let all: Vec<Arc<TableRef>> = job.inputs.iter().chain(&job.overlapping).cloned().collect();
         let Some((lo, hi)) = key_range(&all) else { return Ok(()) };
         let bottom = (out_level + 1..version.levels.len())
@@ -167,6 +170,32 @@ impl Inner {
         }
         self.sync_dir()?;
         Ok(outputs)
+    }
+}
+
+/// Whether the tables' key ranges are pairwise disjoint.
+fn disjoint(tables: &[Arc<TableRef>]) -> bool {
+    let mut ranges: Vec<(&[u8], &[u8])> = tables
+        .iter()
+        .map(|t| (t.table.meta().smallest.as_slice(), t.table.meta().largest.as_slice()))
+        .collect();
+    ranges.sort();
+    ranges.windows(2).all(|w| w[0].1 < w[1].0)
+}
+
+impl Inner {
+    /// Moves tables that overlap nothing below one level down by a manifest edit alone:
+    /// no rewrite, and the files stay.
+    fn trivial_move(&self, job: &Job, out_level: usize) -> Result<()> {
+        let mut changes = Vec::new();
+        for t in &job.inputs {
+            changes.push(Change::Remove { level: job.level as u8, id: t.table.meta().id });
+            changes.push(Change::Add { level: out_level as u8, meta: t.table.meta().clone() });
+        }
+        changes.push(Change::NextId(self.next_id.load(Ordering::Acquire)));
+        self.commit(&changes, |st| install(st, job, out_level, job.inputs.clone()))?;
+        tracing::debug!(level = job.level, tables = job.inputs.len(), "trivial move");
+        Ok(())
     }
 }
 
