@@ -1,6 +1,6 @@
-//! `bourse-bench lsm`: the LSM tree against RocksDB (no WAL on either side: the engine
-//! owns durability), same key/value distributions, same memtable size, bloom bits, block
-//! size, no compression.
+//! `bourse-bench lsm`: the LSM tree against RocksDB and fjall (no WAL on any side, or an
+//! unsynced one: the engine owns durability), same key/value distributions, same memtable
+//! size, bloom bits, block size, no compression.
 //!
 //! Cases (`BENCH.md`): `fillseq`, `fillrandom`, `overwrite` (with `space_amp` and
 //! `write_amp`), `readrandom`, `readmissing`, `seekrandom` (seek + next 100), and
@@ -89,6 +89,8 @@ fn systems() -> Vec<Opener> {
     let mut v: Vec<Opener> = vec![open_bourse];
     #[cfg(feature = "peers")]
     v.push(crate::rocks::open_kv);
+    #[cfg(feature = "peers")]
+    v.push(crate::fjall_peer::open_kv);
     v
 }
 
@@ -99,9 +101,18 @@ fn key(i: u64) -> [u8; 16] {
     k
 }
 
+/// Bytes of every file under `dir`, subdirectories included (fjall keeps its tables in
+/// them).
 fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map_or(0, |rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Per-system results of one case, for the ratio lines.

@@ -12,6 +12,8 @@ mod report;
 mod wal;
 
 #[cfg(feature = "peers")]
+mod fjall_peer;
+#[cfg(feature = "peers")]
 mod rocks;
 
 use std::path::PathBuf;
