@@ -261,6 +261,28 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `runs` rounds, each over fresh `inputs()`, timing `op` on every input; returns
+/// the median rate and the latency over all rounds.
+fn timed_runs<T>(
+    runs: usize,
+    mut inputs: impl FnMut() -> Vec<T>,
+    mut op: impl FnMut(&T) -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, Latency)> {
+    let mut rates = Vec::new();
+    let mut h = histogram();
+    for _ in 0..runs {
+        let batch = inputs();
+        let t0 = Instant::now();
+        for x in &batch {
+            let t = Instant::now();
+            op(x)?;
+            record(&mut h, t.elapsed());
+        }
+        rates.push(batch.len() as f64 / t0.elapsed().as_secs_f64());
+    }
+    Ok((median(rates), Latency::of(&h)))
+}
+
 fn read_case(
     kv: &dyn Kv,
     n: u64,
@@ -269,10 +291,8 @@ fn read_case(
     present: bool,
     rng: &mut rand::rngs::StdRng,
 ) -> anyhow::Result<(f64, Latency)> {
-    let mut rates = Vec::new();
-    let mut h = histogram();
-    for _ in 0..runs {
-        let keys: Vec<Vec<u8>> = (0..reads)
+    let keys = || -> Vec<Vec<u8>> {
+        (0..reads)
             .map(|_| {
                 let mut k = key(rng.gen_range(0..n)).to_vec();
                 if !present {
@@ -282,22 +302,14 @@ fn read_case(
                 }
                 k
             })
-            .collect();
-        let t0 = Instant::now();
-        for k in &keys {
-            let t = Instant::now();
-            let got = kv.get(k)?;
-            record(&mut h, t.elapsed());
-            anyhow::ensure!(
-                got.is_some() == present,
-                "{}: wrong answer for a {} key",
-                kv.system(),
-                if present { "present" } else { "missing" }
-            );
-        }
-        rates.push(reads as f64 / t0.elapsed().as_secs_f64());
-    }
-    Ok((median(rates), Latency::of(&h)))
+            .collect()
+    };
+    timed_runs(runs, keys, |k| {
+        let got = kv.get(k)?;
+        let what = if present { "present" } else { "missing" };
+        anyhow::ensure!(got.is_some() == present, "{}: wrong answer for a {what} key", kv.system());
+        Ok(())
+    })
 }
 
 fn seek_case(
@@ -307,19 +319,12 @@ fn seek_case(
     runs: usize,
     rng: &mut rand::rngs::StdRng,
 ) -> anyhow::Result<(f64, Latency)> {
-    let mut rates = Vec::new();
-    let mut h = histogram();
-    for _ in 0..runs {
-        let starts: Vec<[u8; 16]> =
-            (0..seeks).map(|_| key(rng.gen_range(0..n.saturating_sub(100).max(1)))).collect();
-        let t0 = Instant::now();
-        for k in &starts {
-            let t = Instant::now();
-            let got = kv.seek_next(k, 100)?;
-            record(&mut h, t.elapsed());
-            anyhow::ensure!(got == 100, "{}: seek returned {got} pairs", kv.system());
-        }
-        rates.push(seeks as f64 / t0.elapsed().as_secs_f64());
-    }
-    Ok((median(rates), Latency::of(&h)))
+    let starts = || -> Vec<[u8; 16]> {
+        (0..seeks).map(|_| key(rng.gen_range(0..n.saturating_sub(100).max(1)))).collect()
+    };
+    timed_runs(runs, starts, |k| {
+        let got = kv.seek_next(k, 100)?;
+        anyhow::ensure!(got == 100, "{}: seek returned {got} pairs", kv.system());
+        Ok(())
+    })
 }

@@ -92,7 +92,7 @@ struct State {
     crash_after: Option<u64>,
     crashed: bool,
     fault: Option<(u64, FaultKind)>,
-    /// Locks held, with the epoch that took them (a crash releases them).
+    /// Paths locked by the live process (a crash releases them all).
     locks: std::collections::HashSet<PathBuf>,
 }
 

@@ -64,7 +64,7 @@ impl Wal {
             std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
             _ => Error::Io { op: "lock directory", path: dir.join(LOCK_NAME), source: e },
         })?;
-        remove_temporaries(&*vfs, &dir, &opts)?;
+        remove_temporaries(&*vfs, &dir)?;
         let mut report = RecoveryReport::default();
         let mut segments = Vec::new();
         for (lsn, path) in list_segments(&*vfs, &dir)? {
@@ -126,8 +126,7 @@ impl Wal {
     }
 }
 
-fn remove_temporaries(vfs: &dyn Vfs, dir: &Path, opts: &WalOptions) -> Result<()> {
-    let _ = opts;
+fn remove_temporaries(vfs: &dyn Vfs, dir: &Path) -> Result<()> {
     let mut removed = false;
     for name in vfs.list_dir(dir).map_err(io_err("list directory", dir))? {
         if name.ends_with(".wal.tmp") {
