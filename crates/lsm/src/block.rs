@@ -134,25 +134,38 @@ impl Block {
         Some(Block { data, entries_end, restarts })
     }
 
-    /// Decodes the entry at `*pos` given the previous key; advances `*pos`.
-    fn decode_at(&self, pos: &mut usize, prev: &[u8]) -> Option<BlockEntry> {
+    /// Decodes the entry at `pos` over `key`, which holds the previous entry's key and
+    /// afterwards this entry's; returns the sequence, kind and value range. No
+    /// allocation once `key` has grown to the longest key. `None` if malformed.
+    fn decode_raw(
+        &self,
+        pos: &mut usize,
+        key: &mut Vec<u8>,
+    ) -> Option<(SeqNo, Kind, std::ops::Range<usize>)> {
         let b = &self.data[..self.entries_end];
         let shared = usize::try_from(get_varint(b, pos)?).ok()?;
         let unshared = usize::try_from(get_varint(b, pos)?).ok()?;
         let vlen = usize::try_from(get_varint(b, pos)?).ok()?;
         let t = u64::from_le_bytes(b.get(*pos..*pos + 8)?.try_into().ok()?);
         *pos += 8;
-        if shared > prev.len() {
+        if shared > key.len() {
             return None;
         }
         let suffix = b.get(*pos..pos.checked_add(unshared)?)?;
         *pos += unshared;
-        let value = b.get(*pos..pos.checked_add(vlen)?)?;
+        let value = *pos..pos.checked_add(vlen)?;
+        b.get(value.clone())?;
         *pos += vlen;
         let (seq, kind) = untrailer(t);
-        let mut key = prev[..shared].to_vec();
+        key.truncate(shared);
         key.extend_from_slice(suffix);
-        Some(BlockEntry { key, seq, kind: kind?, value: value.to_vec() })
+        Some((seq, kind?, value))
+    }
+
+    /// Decodes the entry at `*pos` as an owned entry; advances `*pos`.
+    fn decode_at(&self, pos: &mut usize, key: &mut Vec<u8>) -> Option<BlockEntry> {
+        let (seq, kind, value) = self.decode_raw(pos, key)?;
+        Some(BlockEntry { key: key.clone(), seq, kind, value: self.data[value].to_vec() })
     }
 
     /// Bytes the block occupies in memory (for the block cache's accounting).
@@ -164,11 +177,9 @@ impl Block {
     pub fn entries(&self) -> Option<Vec<BlockEntry>> {
         let mut out = Vec::new();
         let mut pos = 0;
-        let mut prev = Vec::new();
+        let mut key = Vec::new();
         while pos < self.entries_end {
-            let e = self.decode_at(&mut pos, &prev)?;
-            prev.clone_from(&e.key);
-            out.push(e);
+            out.push(self.decode_at(&mut pos, &mut key)?);
         }
         Some(out)
     }
@@ -180,8 +191,9 @@ impl Block {
         while lo + 1 < hi {
             let mid = (lo + hi) / 2;
             let mut pos = self.restarts[mid] as usize;
-            let e = self.decode_at(&mut pos, &[])?;
-            if cmp_internal(&e.key, e.seq, key, seq).is_lt() {
+            let mut k = Vec::new();
+            let (s, _, _) = self.decode_raw(&mut pos, &mut k)?;
+            if cmp_internal(&k, s, key, seq).is_lt() {
                 lo = mid;
             } else {
                 hi = mid;
@@ -194,31 +206,85 @@ impl Block {
     /// the block is malformed. Decodes only up to that entry (point lookups).
     pub fn seek_first(&self, key: &[u8], seq: SeqNo) -> Result<Option<BlockEntry>, Malformed> {
         let mut pos = self.restart_for(key, seq).ok_or(Malformed)?;
-        let mut prev = Vec::new();
+        let mut k = Vec::new();
         while pos < self.entries_end {
-            let e = self.decode_at(&mut pos, &prev).ok_or(Malformed)?;
-            if !cmp_internal(&e.key, e.seq, key, seq).is_lt() {
-                return Ok(Some(e));
+            let (s, kind, value) = self.decode_raw(&mut pos, &mut k).ok_or(Malformed)?;
+            if !cmp_internal(&k, s, key, seq).is_lt() {
+                return Ok(Some(BlockEntry {
+                    key: k,
+                    seq: s,
+                    kind,
+                    value: self.data[value].to_vec(),
+                }));
             }
-            prev = e.key;
         }
         Ok(None)
     }
 
     /// Entries from the first whose internal key is at or after `(key, seq)`; `None` if
     /// the block is malformed.
-    pub fn seek(&self, key: &[u8], seq: SeqNo) -> Option<Vec<BlockEntry>> {
-        let mut pos = self.restart_for(key, seq)?;
-        let mut prev = Vec::new();
+    #[cfg(test)]
+    pub fn seek(self: &std::sync::Arc<Self>, key: &[u8], seq: SeqNo) -> Option<Vec<BlockEntry>> {
+        let mut it = BlockIter::seek(self.clone(), key, seq)?;
         let mut out = Vec::new();
-        while pos < self.entries_end {
-            let e = self.decode_at(&mut pos, &prev)?;
-            prev.clone_from(&e.key);
-            if !out.is_empty() || !cmp_internal(&e.key, e.seq, key, seq).is_lt() {
-                out.push(e);
-            }
+        while let Some(e) = it.next() {
+            out.push(e.ok()?);
         }
         Some(out)
+    }
+}
+
+/// Entries of a block decoded one at a time: a scan that stops early decodes (and
+/// allocates for) only what it returns.
+#[derive(Debug)]
+pub struct BlockIter {
+    block: std::sync::Arc<Block>,
+    pos: usize,
+    key: Vec<u8>,
+    /// An entry decoded while seeking, returned first.
+    peeked: Option<BlockEntry>,
+}
+
+impl BlockIter {
+    /// From the block's first entry.
+    pub fn new(block: std::sync::Arc<Block>) -> BlockIter {
+        BlockIter { block, pos: 0, key: Vec::new(), peeked: None }
+    }
+
+    /// From the first entry whose internal key is at or after `(key, seq)`; `None` if the
+    /// block is malformed.
+    pub fn seek(block: std::sync::Arc<Block>, key: &[u8], seq: SeqNo) -> Option<BlockIter> {
+        let pos = block.restart_for(key, seq)?;
+        let mut it = BlockIter { block, pos, key: Vec::new(), peeked: None };
+        while it.pos < it.block.entries_end {
+            let (s, kind, value) = it.block.decode_raw(&mut it.pos, &mut it.key)?;
+            if !cmp_internal(&it.key, s, key, seq).is_lt() {
+                let value = it.block.data[value].to_vec();
+                it.peeked = Some(BlockEntry { key: it.key.clone(), seq: s, kind, value });
+                break;
+            }
+        }
+        Some(it)
+    }
+}
+
+impl Iterator for BlockIter {
+    type Item = Result<BlockEntry, Malformed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.peeked.take() {
+            return Some(Ok(e));
+        }
+        if self.pos >= self.block.entries_end {
+            return None;
+        }
+        match self.block.decode_at(&mut self.pos, &mut self.key) {
+            Some(e) => Some(Ok(e)),
+            None => {
+                self.pos = usize::MAX;
+                Some(Err(Malformed))
+            }
+        }
     }
 }
 
@@ -234,7 +300,7 @@ mod tests {
         for (i, k) in keys.iter().enumerate() {
             b.add(k, trailer(1000 - i as u64, Kind::Put), format!("v{i}").as_bytes());
         }
-        let block = Block::new(b.finish()).unwrap();
+        let block = std::sync::Arc::new(Block::new(b.finish()).unwrap());
         let all = block.entries().unwrap();
         assert_eq!(all.len(), 100);
         assert_eq!(all[42].key, keys[42]);

@@ -46,6 +46,18 @@ pub(crate) fn cmp_internal(a_key: &[u8], a_seq: SeqNo, b_key: &[u8], b_seq: SeqN
     a_key.cmp(b_key).then(b_seq.cmp(&a_seq))
 }
 
+/// The first eight bytes of `key`, big-endian, zero-padded. Prefixes order keys
+/// consistently with the keys: if `prefix(a) < prefix(b)` then `a < b` (zero padding
+/// sorts a shorter key before its extensions, as lexicographic order does); equal
+/// prefixes say nothing. Searches compare these integers first to stay within one
+/// cache line.
+pub(crate) fn key_prefix(key: &[u8]) -> u64 {
+    let mut p = [0u8; 8];
+    let n = key.len().min(8);
+    p[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(p)
+}
+
 /// An owned internal key, ordered as above (used as the memtable's key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InternalKey {

@@ -1,19 +1,60 @@
 //! The memtable: a lock-free skiplist of internal keys with its size in bytes.
 
+use std::cmp::Ordering as CmpOrdering;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_skiplist::SkipMap;
+use smallvec::SmallVec;
 
-use crate::key::{Entry, InternalKey, Kind, SeqNo};
+use crate::key::{key_prefix, Entry, InternalKey, Kind, SeqNo};
 
 /// Bytes accounted per entry beyond key and value (skiplist node, sequence, kind).
 const ENTRY_OVERHEAD: usize = 48;
 
+/// User keys up to this many bytes live inside the skiplist node.
+const INLINE_KEY_BYTES: usize = 32;
+
+/// The memtable's internal key. A search compares keys in many nodes it never uses,
+/// so each comparison must stay within the node: the user key is stored inline (up to
+/// [`INLINE_KEY_BYTES`]) and its [`key_prefix`] decides most comparisons with one
+/// integer compare; equal prefixes fall through to the full comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemKey {
+    prefix: u64,
+    user_key: SmallVec<[u8; INLINE_KEY_BYTES]>,
+    seq: SeqNo,
+}
+
+impl MemKey {
+    fn new(user_key: &[u8], seq: SeqNo) -> MemKey {
+        MemKey { prefix: key_prefix(user_key), user_key: SmallVec::from_slice(user_key), seq }
+    }
+
+    fn from_internal(k: &InternalKey) -> MemKey {
+        MemKey::new(&k.user_key, k.seq)
+    }
+}
+
+impl Ord for MemKey {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.prefix
+            .cmp(&other.prefix)
+            .then_with(|| self.user_key.as_slice().cmp(other.user_key.as_slice()))
+            .then(other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for MemKey {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// An in-memory sorted run of writes. Concurrent readers and one writer at a time.
 #[derive(Debug, Default)]
 pub struct Memtable {
-    map: SkipMap<InternalKey, (Kind, Vec<u8>)>,
+    map: SkipMap<MemKey, (Kind, Box<[u8]>)>,
     bytes: AtomicUsize,
     max_seq: AtomicU64,
 }
@@ -28,24 +69,24 @@ impl Memtable {
     pub fn insert(&self, key: &[u8], seq: SeqNo, kind: Kind, value: &[u8]) {
         self.bytes.fetch_add(key.len() + value.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
         self.max_seq.fetch_max(seq, Ordering::Relaxed);
-        self.map.insert(InternalKey { user_key: key.to_vec(), seq }, (kind, value.to_vec()));
+        self.map.insert(MemKey::new(key, seq), (kind, Box::from(value)));
     }
 
     /// The newest version of `key` with a sequence at most `snapshot`.
     pub fn get(&self, key: &[u8], snapshot: SeqNo) -> Option<(SeqNo, Kind, Vec<u8>)> {
-        let from = InternalKey { user_key: key.to_vec(), seq: snapshot };
+        let from = MemKey::new(key, snapshot);
         let e = self.map.lower_bound(Bound::Included(&from))?;
-        if e.key().user_key != key {
+        if e.key().user_key.as_slice() != key {
             return None;
         }
         let (kind, value) = e.value();
-        Some((e.key().seq, *kind, value.clone()))
+        Some((e.key().seq, *kind, value.to_vec()))
     }
 
     /// Every version at or after `from` (internal order), as owned entries, lazily.
     pub fn iter_from<'a>(&'a self, from: Option<&InternalKey>) -> impl Iterator<Item = Entry> + 'a {
         let start = match from {
-            Some(k) => Bound::Included(k.clone()),
+            Some(k) => Bound::Included(MemKey::from_internal(k)),
             None => Bound::Unbounded,
         };
         self.map.range((start, Bound::Unbounded)).map(|e| to_entry(&e))
@@ -55,7 +96,7 @@ impl Memtable {
     /// internal order.
     pub fn before(&self, bound: Option<&InternalKey>, n: usize) -> Vec<Entry> {
         let end = match bound {
-            Some(k) => Bound::Excluded(k.clone()),
+            Some(k) => Bound::Excluded(MemKey::from_internal(k)),
             None => Bound::Unbounded,
         };
         self.map.range((Bound::Unbounded, end)).rev().take(n).map(|e| to_entry(&e)).collect()
@@ -83,14 +124,33 @@ impl Memtable {
 }
 
 /// An owned copy of a skiplist entry.
-fn to_entry(e: &crossbeam_skiplist::map::Entry<'_, InternalKey, (Kind, Vec<u8>)>) -> Entry {
+fn to_entry(e: &crossbeam_skiplist::map::Entry<'_, MemKey, (Kind, Box<[u8]>)>) -> Entry {
     let (kind, value) = e.value();
-    Entry { key: e.key().user_key.clone(), seq: e.key().seq, kind: *kind, value: value.clone() }
+    Entry { key: e.key().user_key.to_vec(), seq: e.key().seq, kind: *kind, value: value.to_vec() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The prefix shortcut and inline storage order keys exactly as internal keys
+        /// (short keys, zero bytes and keys longer than the inline buffer included).
+        #[test]
+        fn mem_key_order_is_internal_key_order(
+            a in proptest::collection::vec(0u8..3, 0..40),
+            b in proptest::collection::vec(0u8..3, 0..40),
+            sa in 0u64..3,
+            sb in 0u64..3,
+        ) {
+            let (ia, ib) = (InternalKey { user_key: a, seq: sa }, InternalKey { user_key: b, seq: sb });
+            prop_assert_eq!(
+                MemKey::from_internal(&ia).cmp(&MemKey::from_internal(&ib)),
+                ia.cmp(&ib)
+            );
+        }
+    }
 
     #[test]
     fn get_respects_snapshots_and_tombstones() {

@@ -95,9 +95,8 @@ impl Cursor {
                 let key = from.map(|(k, s)| InternalKey { user_key: k.to_vec(), seq: s });
                 m.iter_from(key.as_ref()).take(n).collect()
             }
-            Source::Table(t) => t.table.iter_from(from).take(n).collect::<Result<_>>()?,
-            // NOTE: forward scans read levels through `LevelIter`, never through here.
-            Source::Level(..) => Vec::new(),
+            // NOTE: forward scans read tables through `LevelIter`, never through here.
+            Source::Table(_) | Source::Level(..) => Vec::new(),
         };
         self.done = chunk.len() < n;
         if let Some(last) = chunk.last() {
@@ -211,7 +210,10 @@ impl Iterator for Scan {
             if e.seq > self.snapshot || self.last_key.as_deref() == Some(e.key.as_slice()) {
                 continue;
             }
-            self.last_key = Some(e.key.clone());
+            match &mut self.last_key {
+                Some(k) => k.clone_from(&e.key),
+                None => self.last_key = Some(e.key.clone()),
+            }
             if e.kind == Kind::Put {
                 return Some(Ok((e.key, e.value)));
             }
@@ -272,11 +274,19 @@ impl Tree {
         let cursors = sources
             .into_iter()
             .map(|source| match source {
+                // Tables are read through lazy block iterators; only memtables (whose
+                // iterators borrow them) are read in re-seeked chunks.
                 Source::Level(tables, _) => {
                     Box::new(LevelIter { tables, next: 0, from: from.clone(), current: None })
                         as Box<dyn Iterator<Item = Result<Entry>>>
                 }
-                other => Box::new(Cursor::new(other, from.clone(), false)),
+                Source::Table(t) => Box::new(LevelIter {
+                    tables: vec![t],
+                    next: 0,
+                    from: from.clone(),
+                    current: None,
+                }),
+                mem => Box::new(Cursor::new(mem, from.clone(), false)),
             })
             .collect();
         Scan {

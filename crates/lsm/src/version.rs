@@ -5,6 +5,7 @@
 //! version and reader holding it let go, so no file is deleted under a reader.
 
 use std::cmp::Ordering;
+use std::collections::binary_heap::PeekMut;
 use std::collections::BinaryHeap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -160,10 +161,16 @@ impl Iterator for Merge<'_> {
                 }
             }
         }
-        let head = self.heap.pop()?;
-        if let Err(e) = self.pull(head.source) {
-            return Some(Err(e));
+        // Replace the top with its source's next entry and let it sink (one sift instead
+        // of a pop and a push); a long run from one source stays on top cheaply.
+        let mut top = self.heap.peek_mut()?;
+        match self.sources[top.source].next() {
+            Some(Ok(next)) => Some(Ok(std::mem::replace(&mut top.entry, next))),
+            Some(Err(e)) => {
+                PeekMut::pop(top);
+                Some(Err(e))
+            }
+            None => Some(Ok(PeekMut::pop(top).entry)),
         }
-        Some(Ok(head.entry))
     }
 }
