@@ -225,12 +225,7 @@ impl Block {
     /// the block is malformed.
     #[cfg(test)]
     pub fn seek(self: &std::sync::Arc<Self>, key: &[u8], seq: SeqNo) -> Option<Vec<BlockEntry>> {
-        let mut it = BlockIter::seek(self.clone(), key, seq)?;
-        let mut out = Vec::new();
-        while let Some(e) = it.next() {
-            out.push(e.ok()?);
-        }
-        Some(out)
+        BlockIter::seek(self.clone(), key, seq)?.collect::<Result<_, _>>().ok()
     }
 }
 
