@@ -83,7 +83,9 @@ impl Inner {
         // Level-0 inputs are newest first, so earlier sources win ties.
         let sources = all
             .iter()
-            .map(|t| Box::new(t.table.iter_from(None)) as Box<dyn Iterator<Item = Result<Entry>>>)
+            .map(|t| {
+                Box::new(t.table.iter_from(None)) as Box<dyn Iterator<Item = Result<Entry>> + Send>
+            })
             .collect();
         let outputs = self.write_outputs(Merge::new(sources), oldest_snapshot, bottom)?;
         if self.opts.canary.delete_inputs_before_manifest {

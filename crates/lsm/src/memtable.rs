@@ -52,11 +52,24 @@ impl PartialOrd for MemKey {
 }
 
 /// An in-memory sorted run of writes. Concurrent readers and one writer at a time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Memtable {
     map: SkipMap<MemKey, (Kind, Box<[u8]>)>,
     bytes: AtomicUsize,
     max_seq: AtomicU64,
+    /// The lowest sequence inserted (`u64::MAX` when empty).
+    min_seq: AtomicU64,
+}
+
+impl Default for Memtable {
+    fn default() -> Self {
+        Memtable {
+            map: SkipMap::new(),
+            bytes: AtomicUsize::new(0),
+            max_seq: AtomicU64::new(0),
+            min_seq: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl Memtable {
@@ -69,6 +82,7 @@ impl Memtable {
     pub fn insert(&self, key: &[u8], seq: SeqNo, kind: Kind, value: &[u8]) {
         self.bytes.fetch_add(key.len() + value.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
         self.max_seq.fetch_max(seq, Ordering::Relaxed);
+        self.min_seq.fetch_min(seq, Ordering::Relaxed);
         self.map.insert(MemKey::new(key, seq), (kind, Box::from(value)));
     }
 
@@ -120,6 +134,11 @@ impl Memtable {
     /// The highest sequence inserted (0 when empty).
     pub fn max_seq(&self) -> SeqNo {
         self.max_seq.load(Ordering::Relaxed)
+    }
+
+    /// The lowest sequence inserted (`u64::MAX` when empty).
+    pub fn min_seq(&self) -> SeqNo {
+        self.min_seq.load(Ordering::Relaxed)
     }
 }
 

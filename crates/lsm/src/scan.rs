@@ -278,7 +278,7 @@ impl Tree {
                 // iterators borrow them) are read in re-seeked chunks.
                 Source::Level(tables, _) => {
                     Box::new(LevelIter { tables, next: 0, from: from.clone(), current: None })
-                        as Box<dyn Iterator<Item = Result<Entry>>>
+                        as Box<dyn Iterator<Item = Result<Entry>> + Send>
                 }
                 Source::Table(t) => Box::new(LevelIter {
                     tables: vec![t],
@@ -406,7 +406,7 @@ impl Tree {
             .into_iter()
             .map(|source| {
                 Box::new(Cursor::new(source, from.clone(), true))
-                    as Box<dyn Iterator<Item = Result<Entry>>>
+                    as Box<dyn Iterator<Item = Result<Entry>> + Send>
             })
             .collect();
         ScanRev {

@@ -293,6 +293,61 @@ impl Tree {
         Ok(())
     }
 
+    /// Records that every write with a sequence at most `seq` is in tables, when no
+    /// memtable holds such a write; returns whether it did. The caller promises that
+    /// writes still to come carry sequences above `seq` (the engine applies in LSN
+    /// order), so an idle tree can advance [`Tree::flushed_seq`] without a flush and
+    /// stop holding back WAL truncation. Costs one manifest append when it advances.
+    pub fn mark_clean(&self, seq: SeqNo) -> Result<bool> {
+        self.inner.check_poison()?;
+        if seq <= self.flushed_seq() {
+            return Ok(false);
+        }
+        let clean = {
+            let st = self.inner.state.lock();
+            std::iter::once(&st.active).chain(st.immutables.iter()).all(|m| m.min_seq() > seq)
+        };
+        if !clean {
+            return Ok(false);
+        }
+        let result = self.inner.commit(&[Change::FlushedSeq(seq)], |_| {
+            self.inner.flushed_seq.fetch_max(seq, Ordering::AcqRel);
+        });
+        self.inner.poison_on_error(result).map(|()| true)
+    }
+
+    /// Bytes held by the active and immutable memtables.
+    pub fn memtable_bytes(&self) -> usize {
+        let st = self.inner.state.lock();
+        st.active.bytes() + st.immutables.iter().map(|m| m.bytes()).sum::<usize>()
+    }
+
+    /// Turns a non-empty active memtable into an immutable one for the flusher (the
+    /// background thread, or the next [`Tree::maintain`]) without waiting; does nothing
+    /// when the immutable queue is full. Returns whether it rotated.
+    pub fn rotate(&self) -> bool {
+        let mut st = self.inner.state.lock();
+        if st.active.is_empty() || st.immutables.len() >= self.inner.opts.immutables_max {
+            return false;
+        }
+        let full = std::mem::replace(&mut st.active, Arc::new(Memtable::new()));
+        st.immutables.push(full);
+        self.inner.changed.notify_all();
+        true
+    }
+
+    /// Whether a flush or compaction is due (what [`Tree::maintain`] would do).
+    pub fn needs_maintenance(&self) -> bool {
+        let version = {
+            let st = self.inner.state.lock();
+            if !st.immutables.is_empty() {
+                return true;
+            }
+            st.version.clone()
+        };
+        self.inner.compaction_due(&version)
+    }
+
     /// Runs pending flushes and compactions until none is due (what the background
     /// thread does); returns how many steps ran.
     pub fn maintain(&self) -> Result<usize> {

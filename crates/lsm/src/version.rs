@@ -126,18 +126,20 @@ impl Ord for Head {
 /// Merges sorted sources into one stream in internal-key order (or, reversed, in
 /// descending order from sources that are each descending).
 pub(crate) struct Merge<'a> {
-    sources: Vec<Box<dyn Iterator<Item = Result<Entry>> + 'a>>,
+    sources: Vec<Box<dyn Iterator<Item = Result<Entry>> + Send + 'a>>,
     heap: BinaryHeap<Head>,
     started: bool,
     reverse: bool,
 }
 
 impl<'a> Merge<'a> {
-    pub(crate) fn new(sources: Vec<Box<dyn Iterator<Item = Result<Entry>> + 'a>>) -> Self {
+    pub(crate) fn new(sources: Vec<Box<dyn Iterator<Item = Result<Entry>> + Send + 'a>>) -> Self {
         Self { sources, heap: BinaryHeap::new(), started: false, reverse: false }
     }
 
-    pub(crate) fn new_reverse(sources: Vec<Box<dyn Iterator<Item = Result<Entry>> + 'a>>) -> Self {
+    pub(crate) fn new_reverse(
+        sources: Vec<Box<dyn Iterator<Item = Result<Entry>> + Send + 'a>>,
+    ) -> Self {
         Self { reverse: true, ..Self::new(sources) }
     }
 

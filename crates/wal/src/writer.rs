@@ -269,6 +269,15 @@ impl Wal {
         Ok(target)
     }
 
+    /// Waits until every record up to `lsn` (already appended) is durable, joining or
+    /// leading a group commit: an append acknowledged at `Buffered` can be made durable
+    /// later, after its caller has done other work.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        shared.wait_for(&mut st, lsn, Durability::Durable)
+    }
+
     fn check_batch(&self, entries: &[Entry<'_>]) -> Result<usize> {
         let opts = &self.shared.opts;
         if entries.is_empty() {

@@ -1,0 +1,290 @@
+//! The apply step: one committed event at one LSN becomes writes to partitions.
+//!
+//! Apply is deterministic: its writes depend only on the LSN, the event and the state
+//! of the partitions it writes, as left by the events before it. Replaying the journal
+//! from any checkpoint therefore rebuilds exactly the same state, which is what WAL
+//! recovery relies on today and what replication will rely on as a Raft state machine.
+//! Each partition's writes read only that partition, so a partition that already holds
+//! an LSN (its tables are past it) can be skipped during replay without changing what
+//! the others compute.
+
+use bourse_model::{Event, Order, OrderStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::layout::{acct, inst, market, users, Key, PartitionId};
+use crate::Result;
+
+/// A write the apply step produces.
+#[derive(Debug)]
+pub(crate) struct Write {
+    pub part: PartitionId,
+    pub key: Vec<u8>,
+    /// `None` deletes.
+    pub value: Option<Vec<u8>>,
+}
+
+/// An order's latest state, as stored in the accounts partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    /// LSN of the first event about this order (its request, or its acceptance when the
+    /// producer sends no requests).
+    pub created_lsn: u64,
+    /// LSN of the latest event about this order.
+    pub updated_lsn: u64,
+    /// The order as of `updated_lsn`. A requested order not yet accepted is `ALIVE` with
+    /// `last_msg` "requested"; a rejected or cancelled one is `FINISHED` with the reason.
+    pub order: Order,
+}
+
+/// A user as stored in the users partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Login id.
+    pub user_id: String,
+    /// Display name.
+    pub user_name: String,
+    /// Argon2 hash in PHC string form.
+    pub password_hash: String,
+    /// Phone.
+    pub phone: String,
+    /// E-mail.
+    pub email: String,
+    /// Whether logins are refused.
+    pub frozen: bool,
+    /// Registration time (ns).
+    pub registered_at: i64,
+    /// LSN of the registration.
+    pub registered_lsn: u64,
+}
+
+/// Reads a partition's current state during apply.
+pub(crate) trait StateRead {
+    /// The latest value of `key` in `part`.
+    fn get(&self, part: &PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Whether the instrument is in the market catalogue.
+    fn catalogued(&self, id: &bourse_model::InstrumentId) -> bool;
+}
+
+fn put(out: &mut Vec<Write>, part: PartitionId, key: Key, value: Vec<u8>) {
+    out.push(Write { part, key: key.into_vec(), value: Some(value) });
+}
+
+fn delete(out: &mut Vec<Write>, part: PartitionId, key: Key) {
+    out.push(Write { part, key: key.into_vec(), value: None });
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(v).map_err(|e| crate::Error::Corrupt { what: format!("encode: {e}") })
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T> {
+    postcard::from_bytes(b).map_err(|e| crate::Error::Corrupt { what: format!("{what}: {e}") })
+}
+
+/// Computes the writes of `event` (whose encoded form is `encoded`) at `lsn`.
+pub(crate) fn apply(
+    lsn: u64,
+    event: &Event,
+    encoded: &[u8],
+    state: &dyn StateRead,
+    out: &mut Vec<Write>,
+) -> Result<()> {
+    if let Some(ins) = event.instrument() {
+        if !state.catalogued(ins) {
+            let key = Key::new(market::INSTRUMENT).last_str(ins.as_str());
+            put(out, PartitionId::Market, key, lsn.to_be_bytes().to_vec());
+        }
+    }
+    let flow = |out: &mut Vec<Write>, ins: &bourse_model::InstrumentId| {
+        let key = Key::new(inst::ORDER_FLOW).u64(lsn);
+        put(out, PartitionId::Instrument(ins.clone()), key, encoded.to_vec());
+    };
+    match event {
+        Event::OrderRequested(r) => {
+            flow(out, &r.instrument_id);
+            let key = Key::new(acct::ORDER).str(&r.user_id).str(&r.order_id);
+            if state.get(&PartitionId::Accounts, key.as_slice())?.is_some() {
+                // A repeated order id changes nothing but the flow log.
+                return Ok(());
+            }
+            let order = Order {
+                seqno: 0,
+                user_id: r.user_id.clone(),
+                order_id: r.order_id.clone(),
+                instrument_id: r.instrument_id.clone(),
+                direction: r.direction,
+                offset: r.offset,
+                volume_orign: r.volume,
+                price_type: r.price_type,
+                limit_price: r.limit_price,
+                volume_condition: r.volume_condition,
+                time_condition: r.time_condition,
+                hedge_flag: r.hedge_flag,
+                insert_date_time: r.datetime,
+                exchange_order_id: String::new(),
+                status: OrderStatus::Alive,
+                volume_left: r.volume,
+                frozen_margin: 0.0,
+                last_msg: "requested".into(),
+            };
+            store_order(out, state, lsn, order)?;
+        }
+        Event::OrderAccepted(o) | Event::OrderUpdated(o) => {
+            flow(out, &o.instrument_id);
+            store_order(out, state, lsn, o.clone())?;
+        }
+        Event::OrderRejected(r) => {
+            flow(out, &r.instrument_id);
+            let mut order = existing_order(state, &r.user_id, &r.order_id)?
+                .map(|rec| rec.order)
+                .unwrap_or_else(|| Order {
+                    user_id: r.user_id.clone(),
+                    order_id: r.order_id.clone(),
+                    instrument_id: r.instrument_id.clone(),
+                    insert_date_time: r.datetime,
+                    ..Order::default()
+                });
+            order.status = OrderStatus::Finished;
+            order.last_msg.clone_from(&r.last_msg);
+            store_order(out, state, lsn, order)?;
+        }
+        Event::OrderCancelled(c) => {
+            flow(out, &c.instrument_id);
+            let mut order = existing_order(state, &c.user_id, &c.order_id)?
+                .map(|rec| rec.order)
+                .unwrap_or_else(|| Order {
+                    user_id: c.user_id.clone(),
+                    order_id: c.order_id.clone(),
+                    instrument_id: c.instrument_id.clone(),
+                    insert_date_time: c.datetime,
+                    ..Order::default()
+                });
+            order.status = OrderStatus::Finished;
+            order.volume_left = c.volume_left;
+            order.last_msg.clone_from(&c.last_msg);
+            store_order(out, state, lsn, order)?;
+        }
+        Event::CancelRequested(c) => {
+            let key = Key::new(acct::CANCEL).str(&c.user_id).str(&c.order_id).u64(lsn);
+            put(out, PartitionId::Accounts, key, encoded.to_vec());
+        }
+        Event::TradeExecuted(t) => {
+            let key = Key::new(inst::TRADE).time(t.trade_date_time).u64(lsn);
+            put(out, PartitionId::Instrument(t.instrument_id.clone()), key, encoded.to_vec());
+            let key = Key::new(acct::TRADE).str(&t.user_id).u64(!lsn);
+            put(out, PartitionId::Accounts, key, encoded.to_vec());
+        }
+        Event::AccountUpdated(a) => {
+            let key = Key::new(acct::ACCOUNT).str(&a.user_id).str(&a.currency);
+            put(out, PartitionId::Accounts, key, encoded.to_vec());
+        }
+        Event::PositionUpdated(p) => {
+            let key = Key::new(acct::POSITION)
+                .str(&p.user_id)
+                .str(p.instrument_id.as_str())
+                .u8(p.hedge_flag as u8);
+            put(out, PartitionId::Accounts, key, encoded.to_vec());
+        }
+        Event::Tick(t) => {
+            let key = Key::new(inst::TICK).time(t.datetime).u64(lsn);
+            put(out, PartitionId::Instrument(t.instrument_id.clone()), key, encoded.to_vec());
+        }
+        Event::BookSnapshot(b) => {
+            let key = Key::new(inst::BOOK).time(b.datetime).u64(lsn);
+            put(out, PartitionId::Instrument(b.instrument_id.clone()), key, encoded.to_vec());
+        }
+        Event::BookDelta(d) => {
+            let key = Key::new(inst::DELTA).time(d.datetime).u64(lsn);
+            put(out, PartitionId::Instrument(d.instrument_id.clone()), key, encoded.to_vec());
+        }
+        Event::UserRegistered(u) => {
+            let key = Key::new(users::USER).last_str(&u.user_id);
+            // The first registration of an id wins; a repeat changes nothing.
+            if state.get(&PartitionId::Users, key.as_slice())?.is_none() {
+                let rec = UserRecord {
+                    user_id: u.user_id.clone(),
+                    user_name: u.user_name.clone(),
+                    password_hash: u.password_hash.clone(),
+                    phone: u.phone.clone(),
+                    email: u.email.clone(),
+                    frozen: false,
+                    registered_at: u.datetime,
+                    registered_lsn: lsn,
+                };
+                put(out, PartitionId::Users, key, encode(&rec)?);
+            }
+        }
+        Event::UserUpdated(u) => {
+            let key = Key::new(users::USER).last_str(&u.user_id);
+            if let Some(bytes) = state.get(&PartitionId::Users, key.as_slice())? {
+                let mut rec: UserRecord = decode(&bytes, "user record")?;
+                rec.frozen = u.frozen;
+                put(out, PartitionId::Users, key, encode(&rec)?);
+            }
+        }
+        Event::AccountBound(b) => {
+            let user = Key::new(users::USER).last_str(&b.user_id);
+            let owner = Key::new(users::OWNER).last_str(&b.account_id);
+            // An account belongs to at most one user; binding to an unknown user or an
+            // account owned by someone else changes nothing.
+            if state.get(&PartitionId::Users, user.as_slice())?.is_some()
+                && state.get(&PartitionId::Users, owner.as_slice())?.is_none()
+            {
+                let key = Key::new(users::BINDING).str(&b.user_id).str(&b.account_id);
+                put(out, PartitionId::Users, key, lsn.to_be_bytes().to_vec());
+                put(out, PartitionId::Users, owner, b.user_id.as_bytes().to_vec());
+            }
+        }
+        Event::AccountUnbound(b) => {
+            let owner = Key::new(users::OWNER).last_str(&b.account_id);
+            let current = state.get(&PartitionId::Users, owner.as_slice())?;
+            if current.as_deref() == Some(b.user_id.as_bytes()) {
+                delete(out, PartitionId::Users, owner);
+                let key = Key::new(users::BINDING).str(&b.user_id).str(&b.account_id);
+                delete(out, PartitionId::Users, key);
+            }
+        }
+        Event::Transfer(t) => {
+            let key = Key::new(acct::TRANSFER).str(&t.user_id).u64(!lsn);
+            put(out, PartitionId::Accounts, key, encoded.to_vec());
+        }
+        Event::Extension(_) => {
+            put(out, PartitionId::Market, Key::new(market::EXTENSION).u64(lsn), encoded.to_vec());
+        }
+    }
+    Ok(())
+}
+
+fn existing_order(
+    state: &dyn StateRead,
+    user_id: &str,
+    order_id: &str,
+) -> Result<Option<OrderRecord>> {
+    let key = Key::new(acct::ORDER).str(user_id).str(order_id);
+    state
+        .get(&PartitionId::Accounts, key.as_slice())?
+        .map(|b| decode(&b, "order record"))
+        .transpose()
+}
+
+/// Writes an order's new state and keeps the by-time and open indexes in step.
+fn store_order(out: &mut Vec<Write>, state: &dyn StateRead, lsn: u64, order: Order) -> Result<()> {
+    let prev = existing_order(state, &order.user_id, &order.order_id)?;
+    let created = prev.as_ref().map_or(lsn, |p| p.created_lsn);
+    let by_time = Key::new(acct::ORDER_BY_TIME).str(&order.user_id).u64(!created);
+    let open = Key::new(acct::OPEN_ORDER).str(&order.user_id).u64(!created);
+    let id = order.order_id.as_bytes().to_vec();
+    if prev.is_none() {
+        put(out, PartitionId::Accounts, by_time, id.clone());
+    }
+    let was_open = prev.as_ref().is_some_and(|p| p.order.status == OrderStatus::Alive);
+    match (order.status, was_open) {
+        (OrderStatus::Alive, false) => put(out, PartitionId::Accounts, open, id),
+        (OrderStatus::Finished, true) => delete(out, PartitionId::Accounts, open),
+        _ => {}
+    }
+    let key = Key::new(acct::ORDER).str(&order.user_id).str(&order.order_id);
+    let rec = OrderRecord { created_lsn: created, updated_lsn: lsn, order };
+    put(out, PartitionId::Accounts, key, encode(&rec)?);
+    Ok(())
+}

@@ -1,0 +1,660 @@
+//! The engine: open and recover, submit and apply in LSN order, partitions, pins.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bourse_fs::{RealFs, Vfs};
+use bourse_lsm::{Tree, TreeOptions};
+use bourse_model::{Event, InstrumentId};
+use bourse_wal::{Entry, Lsn, LsnRange, Wal};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::apply::{self, StateRead, Write};
+use crate::cache::MarketCache;
+use crate::layout::{self, PartitionId};
+use crate::{io_err, Durability, EngineOptions, Error, Result};
+
+/// One partition: its tree and the LSN its tables held when the engine opened (replay
+/// skips LSNs at or below it).
+pub(crate) struct Partition {
+    pub id: PartitionId,
+    pub tree: Tree,
+    pub floor: u64,
+}
+
+/// The LSN-ordered apply: who applied last, and whether an apply failed.
+#[derive(Debug, Default)]
+pub(crate) struct Sequencer {
+    pub applied: u64,
+    pub poisoned: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub vfs: Arc<dyn Vfs>,
+    pub dir: PathBuf,
+    pub opts: EngineOptions,
+    pub wal: Wal,
+    pub parts: RwLock<HashMap<PartitionId, Arc<Partition>>>,
+    pub seq: Mutex<Sequencer>,
+    pub seq_cond: Condvar,
+    /// Mirror of `Sequencer::applied` for lock-free snapshot reads.
+    pub visible: AtomicU64,
+    pub cache: MarketCache,
+    pub catalogue: RwLock<HashSet<InstrumentId>>,
+    pub pins: Mutex<BTreeMap<u64, u64>>,
+    pub next_pin: AtomicU64,
+    pub users_lock: Mutex<()>,
+    pub shutdown: AtomicBool,
+    pub wake: (Mutex<bool>, Condvar),
+    pub applies_since_check: AtomicU64,
+}
+
+/// The exchange store. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+/// Progress of WAL replay during [`Engine::open_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct OpenProgress {
+    /// Records replayed so far.
+    pub records: u64,
+    /// Payload bytes replayed so far.
+    pub bytes: u64,
+    /// The LSN replay started after.
+    pub from: u64,
+    /// The last LSN in the WAL.
+    pub to: u64,
+    /// Time since replay started.
+    pub elapsed: Duration,
+    /// Whether replay has finished.
+    pub done: bool,
+}
+
+/// Per-partition figures.
+#[derive(Debug, Clone)]
+pub struct PartitionStats {
+    /// Which partition.
+    pub id: PartitionId,
+    /// Highest LSN its tables hold.
+    pub flushed_lsn: u64,
+    /// Bytes in its memtables.
+    pub memtable_bytes: usize,
+    /// The tree's own statistics.
+    pub tree: bourse_lsm::TreeStats,
+}
+
+/// Engine-wide figures.
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    /// Highest applied (visible) LSN.
+    pub applied_lsn: u64,
+    /// Highest durable LSN.
+    pub durable_lsn: u64,
+    /// Oldest LSN the WAL retains.
+    pub wal_first_lsn: u64,
+    /// The WAL's own statistics.
+    pub wal: bourse_wal::WalStats,
+    /// One entry per partition.
+    pub partitions: Vec<PartitionStats>,
+}
+
+/// Keeps the WAL from being truncated at or after an LSN (the bus holds one per durable
+/// cursor). Dropping it releases the hold.
+pub struct WalPin {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl std::fmt::Debug for WalPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalPin").field("id", &self.id).field("lsn", &self.lsn()).finish()
+    }
+}
+
+impl WalPin {
+    /// Moves the hold: records before `lsn` may now be truncated.
+    pub fn advance(&self, lsn: u64) {
+        if let Some(v) = self.inner.pins.lock().get_mut(&self.id) {
+            *v = (*v).max(lsn);
+        }
+    }
+
+    /// The LSN held.
+    pub fn lsn(&self) -> u64 {
+        self.inner.pins.lock().get(&self.id).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for WalPin {
+    fn drop(&mut self) {
+        self.inner.pins.lock().remove(&self.id);
+    }
+}
+
+/// The file (in `parts/instruments/`) naming every instrument partition, one per line,
+/// replaced atomically before a new partition's tree is created, so opening never
+/// depends on listing directories.
+pub const PARTITION_LIST: &str = "PARTITIONS";
+
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl Engine {
+    /// Opens (or creates) the store in `dir` on the real file system.
+    pub fn open(dir: impl AsRef<Path>, opts: EngineOptions) -> Result<Engine> {
+        Engine::open_with(RealFs::shared(), dir.as_ref(), opts, &mut |_| {})
+    }
+
+    /// Opens the store through `vfs`, reporting WAL replay progress to `progress` (about
+    /// once a second, and once at the end).
+    pub fn open_with(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        opts: EngineOptions,
+        progress: &mut dyn FnMut(OpenProgress),
+    ) -> Result<Engine> {
+        if opts.batch_events_max == 0 || opts.memtable_bytes == 0 {
+            return Err(Error::Invalid("batch_events_max and memtable_bytes must be > 0".into()));
+        }
+        vfs.create_dir_all(&dir.join("parts/instruments"))
+            .map_err(io_err("create directory", dir.join("parts/instruments")))?;
+        let wal = Wal::open(vfs.clone(), dir.join("wal"), opts.wal.clone())?;
+        let inner = Arc::new(Inner {
+            vfs: vfs.clone(),
+            dir: dir.to_path_buf(),
+            opts,
+            wal,
+            parts: RwLock::new(HashMap::new()),
+            seq: Mutex::new(Sequencer::default()),
+            seq_cond: Condvar::new(),
+            visible: AtomicU64::new(0),
+            cache: MarketCache::default(),
+            catalogue: RwLock::new(HashSet::new()),
+            pins: Mutex::new(BTreeMap::new()),
+            next_pin: AtomicU64::new(1),
+            users_lock: Mutex::new(()),
+            shutdown: AtomicBool::new(false),
+            wake: (Mutex::new(false), Condvar::new()),
+            applies_since_check: AtomicU64::new(0),
+        });
+        let mut ids = vec![PartitionId::Accounts, PartitionId::Users, PartitionId::Market];
+        for name in inner.read_partition_list()? {
+            match InstrumentId::new(name.clone()) {
+                Ok(id) => ids.push(PartitionId::Instrument(id)),
+                Err(e) => {
+                    return Err(Error::Corrupt { what: format!("{PARTITION_LIST}: {e}") });
+                }
+            }
+        }
+        for id in ids {
+            inner.open_partition(id, None)?;
+        }
+        inner.load_catalogue()?;
+        inner.replay(progress)?;
+        inner.rebuild_cache()?;
+        let mut workers = Vec::new();
+        for i in 0..inner.opts.maintenance_threads.max(1) {
+            let inner2 = inner.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("bourse-maint-{i}"))
+                .spawn(move || inner2.maintenance_loop(i == 0))
+                .map_err(io_err("spawn maintenance thread", dir))?;
+            workers.push(h);
+        }
+        Ok(Engine { inner, workers })
+    }
+
+    /// Appends `events` to the journal as one batch, applies them in LSN order, and
+    /// returns their LSN range once `durability` holds. The batch is all or nothing:
+    /// an invalid event fails the whole call before anything is written.
+    pub fn submit(&self, events: &[Event], durability: Durability) -> Result<LsnRange> {
+        self.inner.submit(events, durability)
+    }
+
+    /// The highest LSN applied and visible to queries.
+    pub fn applied_lsn(&self) -> u64 {
+        self.inner.visible.load(Ordering::Acquire)
+    }
+
+    /// The highest durable LSN.
+    pub fn durable_lsn(&self) -> u64 {
+        self.inner.wal.durable_lsn().0
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn sync(&self) -> Result<u64> {
+        Ok(self.inner.wal.sync()?.0)
+    }
+
+    /// The market cache (latest tick and book per instrument).
+    pub fn market(&self) -> &MarketCache {
+        &self.inner.cache
+    }
+
+    /// The latest tick of an instrument, from memory.
+    pub fn latest_tick(&self, id: &InstrumentId) -> Option<Arc<bourse_model::Tick>> {
+        self.inner.cache.tick(id)
+    }
+
+    /// The latest book of an instrument (newest snapshot plus later deltas), from memory.
+    pub fn latest_book(&self, id: &InstrumentId) -> Option<Arc<bourse_model::BookSnapshot>> {
+        self.inner.cache.book(id)
+    }
+
+    /// Instruments the store has seen, sorted.
+    pub fn instruments(&self) -> Vec<InstrumentId> {
+        let mut v: Vec<InstrumentId> = self.inner.catalogue.read().iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Holds the WAL from truncation at or after `lsn` until the pin is dropped or
+    /// advanced.
+    pub fn pin_wal(&self, lsn: u64) -> WalPin {
+        let id = self.inner.next_pin.fetch_add(1, Ordering::Relaxed);
+        self.inner.pins.lock().insert(id, lsn);
+        WalPin { inner: self.inner.clone(), id }
+    }
+
+    /// Flushes every partition, marks idle ones clean and truncates the WAL as far as
+    /// the partitions, the pins and the retention allow. Returns the oldest LSN the WAL
+    /// still holds. The background checkpointer does the same without the flush.
+    pub fn checkpoint(&self) -> Result<u64> {
+        for p in self.inner.partitions() {
+            p.tree.flush()?;
+        }
+        self.inner.checkpoint_step()?;
+        Ok(self.inner.wal.first_lsn().0)
+    }
+
+    /// Figures for monitoring.
+    pub fn stats(&self) -> EngineStats {
+        let mut partitions: Vec<PartitionStats> = self
+            .inner
+            .partitions()
+            .iter()
+            .map(|p| PartitionStats {
+                id: p.id.clone(),
+                flushed_lsn: p.tree.flushed_seq(),
+                memtable_bytes: p.tree.memtable_bytes(),
+                tree: p.tree.stats(),
+            })
+            .collect();
+        partitions.sort_by(|a, b| a.id.cmp(&b.id));
+        EngineStats {
+            applied_lsn: self.applied_lsn(),
+            durable_lsn: self.durable_lsn(),
+            wal_first_lsn: self.inner.wal.first_lsn().0,
+            wal: self.inner.wal.stats(),
+            partitions,
+        }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Stops the background threads, makes the WAL durable and closes. Dropping the
+    /// engine does the same; this reports errors.
+    pub fn close(mut self) -> Result<()> {
+        self.stop_workers();
+        if !self.inner.wal.is_poisoned() && self.inner.wal.last_lsn().0 > 0 {
+            self.inner.wal.sync()?;
+        }
+        Ok(())
+    }
+
+    fn stop_workers(&mut self) {
+        self.inner.shutdown.store(true, Ordering::Release);
+        self.inner.kick();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_workers();
+        if !self.inner.wal.is_poisoned() && self.inner.wal.last_lsn().0 > 0 {
+            let _ = self.inner.wal.sync();
+        }
+    }
+}
+
+impl StateRead for Inner {
+    fn get(&self, part: &PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.parts.read().get(part) {
+            Some(p) => Ok(p.tree.get(key, bourse_lsm::MAX_SEQ)?),
+            None => Ok(None),
+        }
+    }
+
+    fn catalogued(&self, id: &InstrumentId) -> bool {
+        self.catalogue.read().contains(id)
+    }
+}
+
+impl Inner {
+    pub(crate) fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.parts.read().values().cloned().collect()
+    }
+
+    pub(crate) fn partition(&self, id: &PartitionId) -> Option<Arc<Partition>> {
+        self.parts.read().get(id).cloned()
+    }
+
+    fn tree_options(&self) -> TreeOptions {
+        TreeOptions {
+            memtable_bytes: self.opts.memtable_bytes,
+            block_cache_bytes: self.opts.block_cache_bytes,
+            // The engine's maintenance threads flush and compact every partition, so
+            // hundreds of instruments do not mean hundreds of threads.
+            background: false,
+            ..TreeOptions::default()
+        }
+    }
+
+    /// Opens a partition's tree; `created_at` is the LSN of the event that creates a new
+    /// one (its tables then hold everything before it: nothing).
+    fn open_partition(&self, id: PartitionId, created_at: Option<u64>) -> Result<Arc<Partition>> {
+        let path = self.dir.join("parts").join(id.dir_name());
+        if let (PartitionId::Instrument(ins), Some(_)) = (&id, created_at) {
+            self.record_partition(ins)?;
+        }
+        let tree = Tree::open(self.vfs.clone(), &path, self.tree_options())?;
+        if let Some(lsn) = created_at {
+            tree.mark_clean(lsn.saturating_sub(1))?;
+        }
+        let floor = tree.flushed_seq();
+        let p = Arc::new(Partition { id: id.clone(), tree, floor });
+        self.parts.write().insert(id, p.clone());
+        Ok(p)
+    }
+
+    fn read_partition_list(&self) -> Result<Vec<String>> {
+        let path = self.dir.join("parts/instruments").join(PARTITION_LIST);
+        if !self.vfs.exists(&path).map_err(io_err("stat", &path))? {
+            return Ok(Vec::new());
+        }
+        let bytes = bourse_fs::read_file(&*self.vfs, &path).map_err(io_err("read", &path))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::Corrupt { what: format!("{} is not UTF-8", path.display()) })?;
+        Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
+    }
+
+    /// Adds an instrument partition to the durable list (before its tree exists).
+    fn record_partition(&self, id: &InstrumentId) -> Result<()> {
+        let dir = self.dir.join("parts/instruments");
+        let mut names = self.read_partition_list()?;
+        if names.iter().any(|n| n == id.as_str()) {
+            return Ok(());
+        }
+        names.push(id.as_str().to_string());
+        let mut text = names.join("\n");
+        text.push('\n');
+        bourse_fs::write_file_atomic(&*self.vfs, &dir, PARTITION_LIST, text.as_bytes())
+            .map_err(io_err("write", dir.join(PARTITION_LIST)))
+    }
+
+    fn load_catalogue(&self) -> Result<()> {
+        let Some(market) = self.partition(&PartitionId::Market) else { return Ok(()) };
+        let mut cat = self.catalogue.write();
+        for pair in market.tree.prefix(&[layout::market::INSTRUMENT], bourse_lsm::MAX_SEQ) {
+            let (key, _) = pair?;
+            let name = key.get(1..).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("");
+            let id = InstrumentId::new(name)
+                .map_err(|e| Error::Corrupt { what: format!("instrument catalogue: {e}") })?;
+            cat.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Replays the WAL after the lowest LSN any partition's tables hold.
+    fn replay(&self, progress: &mut dyn FnMut(OpenProgress)) -> Result<()> {
+        let floor = self.partitions().iter().map(|p| p.floor).min().unwrap_or(0);
+        let first = self.wal.first_lsn().0;
+        let last = self.wal.last_lsn().0;
+        // Truncation never passes a partition's floor, so the WAL starts at or before
+        // floor + 1 unless nothing was ever written after it.
+        let start = (floor + 1).max(first);
+        let started = Instant::now();
+        let mut report = OpenProgress {
+            records: 0,
+            bytes: 0,
+            from: start.saturating_sub(1),
+            to: last,
+            elapsed: Duration::ZERO,
+            done: false,
+        };
+        if start <= last {
+            tracing::info!(from = start, to = last, "replaying the WAL");
+            let mut reader = self.wal.read_from(Lsn(start))?;
+            let mut writes = Vec::new();
+            let mut last_report = Instant::now();
+            while let Some(rec) = reader.next_record()? {
+                let lsn = rec.lsn.0;
+                let event = Event::decode(rec.payload).map_err(|e| Error::Corrupt {
+                    what: format!("WAL record {lsn} does not decode: {e}"),
+                })?;
+                self.apply_one(lsn, &event, rec.payload, &mut writes, true)?;
+                report.records += 1;
+                report.bytes += rec.payload.len() as u64;
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    last_report = Instant::now();
+                    report.elapsed = started.elapsed();
+                    tracing::info!(records = report.records, lsn, "replaying");
+                    progress(report);
+                }
+            }
+        }
+        let last = self.wal.last_lsn().0;
+        self.seq.lock().applied = last;
+        self.visible.store(last, Ordering::Release);
+        report.done = true;
+        report.elapsed = started.elapsed();
+        let secs = report.elapsed.as_secs_f64().max(1e-9);
+        tracing::info!(
+            records = report.records,
+            bytes = report.bytes,
+            rate = report.records as f64 / secs,
+            "WAL replay finished"
+        );
+        progress(report);
+        Ok(())
+    }
+
+    /// Rebuilds the market cache: per instrument, the newest tick, and the newest book
+    /// snapshot with every delta after it.
+    fn rebuild_cache(&self) -> Result<()> {
+        use layout::inst;
+        for p in self.partitions() {
+            let PartitionId::Instrument(_) = &p.id else { continue };
+            let snap = bourse_lsm::MAX_SEQ;
+            let newest = |tag: u8| -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+                let lo = [tag];
+                let hi = [tag + 1];
+                let mut it = p.tree.range_rev(
+                    std::ops::Bound::Included(&lo[..]),
+                    std::ops::Bound::Excluded(&hi[..]),
+                    snap,
+                );
+                Ok(it.next().transpose()?)
+            };
+            if let Some((_, v)) = newest(inst::TICK)? {
+                if let Event::Tick(t) = decode_event(&v)? {
+                    self.cache.set_tick(&t);
+                }
+            }
+            let mut from = vec![inst::DELTA];
+            if let Some((k, v)) = newest(inst::BOOK)? {
+                if let Event::BookSnapshot(b) = decode_event(&v)? {
+                    self.cache.set_book(&b);
+                }
+                // Deltas at or after the snapshot's (time, LSN) position.
+                from.extend_from_slice(k.get(1..).unwrap_or(&[]));
+            }
+            let hi = [inst::DELTA + 1];
+            for pair in p.tree.range(
+                std::ops::Bound::Included(&from[..]),
+                std::ops::Bound::Excluded(&hi[..]),
+                snap,
+            ) {
+                let (_, v) = pair?;
+                if let Event::BookDelta(d) = decode_event(&v)? {
+                    self.cache.apply_delta(&d);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&self, events: &[Event], durability: Durability) -> Result<LsnRange> {
+        if events.is_empty() {
+            return Err(Error::Invalid("a batch holds at least one event".into()));
+        }
+        if events.len() > self.opts.batch_events_max {
+            return Err(Error::Invalid(format!(
+                "a batch holds at most {} events, this one {}",
+                self.opts.batch_events_max,
+                events.len()
+            )));
+        }
+        let mut payloads = Vec::with_capacity(events.len());
+        for (index, e) in events.iter().enumerate() {
+            e.validate().map_err(|source| Error::Event { index, source })?;
+            payloads.push(e.encode().map_err(|source| Error::Event { index, source })?);
+        }
+        self.check_poison()?;
+        let ts = now_ns();
+        let entries: Vec<Entry<'_>> = events
+            .iter()
+            .zip(&payloads)
+            .map(|(e, p)| Entry { kind: e.kind().as_u16(), timestamp: ts, payload: p })
+            .collect();
+        let range = self.wal.append_batch(&entries, bourse_wal::Durability::Buffered)?;
+        self.apply_in_order(range, events, &payloads)?;
+        if durability == Durability::Durable {
+            self.wal.wait_durable(range.last)?;
+        }
+        Ok(range)
+    }
+
+    pub(crate) fn check_poison(&self) -> Result<()> {
+        match &self.seq.lock().poisoned {
+            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the batch's turn (every earlier LSN applied), applies it, and lets the
+    /// next batch go. The turn is what makes apply order LSN order with many writers.
+    fn apply_in_order(
+        &self,
+        range: LsnRange,
+        events: &[Event],
+        payloads: &[Vec<u8>],
+    ) -> Result<()> {
+        let mut seq = self.seq.lock();
+        loop {
+            if let Some(cause) = &seq.poisoned {
+                return Err(Error::Poisoned { cause: cause.clone() });
+            }
+            if seq.applied + 1 == range.first.0 {
+                break;
+            }
+            self.seq_cond.wait(&mut seq);
+        }
+        let mut writes = Vec::new();
+        let mut result = Ok(());
+        for (i, (e, p)) in events.iter().zip(payloads).enumerate() {
+            result = self.apply_one(range.first.0 + i as u64, e, p, &mut writes, false);
+            if result.is_err() {
+                break;
+            }
+        }
+        match result {
+            Ok(()) => {
+                seq.applied = range.last.0;
+                self.visible.store(range.last.0, Ordering::Release);
+            }
+            Err(ref e) => {
+                tracing::error!(error = %e, lsn = range.first.0, "apply failed; the engine is poisoned");
+                seq.poisoned = Some(e.to_string());
+            }
+        }
+        self.seq_cond.notify_all();
+        drop(seq);
+        let n = self.applies_since_check.fetch_add(events.len() as u64, Ordering::Relaxed);
+        if n >= 1024 {
+            self.applies_since_check.store(0, Ordering::Relaxed);
+            self.enforce_budget();
+        }
+        result
+    }
+
+    /// Applies one event: computes its writes, writes them with the event's LSN as
+    /// sequence, updates the cache and catalogue. During replay, partitions whose
+    /// tables already hold `lsn` are skipped.
+    fn apply_one(
+        &self,
+        lsn: u64,
+        event: &Event,
+        encoded: &[u8],
+        writes: &mut Vec<Write>,
+        replay: bool,
+    ) -> Result<()> {
+        writes.clear();
+        apply::apply(lsn, event, encoded, self, writes)?;
+        for w in writes.drain(..) {
+            let part = match self.partition(&w.part) {
+                Some(p) => p,
+                None => self.open_partition(w.part.clone(), Some(lsn))?,
+            };
+            if replay && lsn <= part.floor {
+                continue;
+            }
+            match w.value {
+                Some(v) => part.tree.put(&w.key, &v, lsn)?,
+                None => part.tree.delete(&w.key, lsn)?,
+            }
+        }
+        if let Some(ins) = event.instrument() {
+            if !self.catalogue.read().contains(ins) {
+                self.catalogue.write().insert(ins.clone());
+            }
+        }
+        match event {
+            Event::Tick(t) => self.cache.set_tick(t),
+            Event::BookSnapshot(b) => self.cache.set_book(b),
+            Event::BookDelta(d) => self.cache.apply_delta(d),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Wakes the maintenance threads.
+    pub(crate) fn kick(&self) {
+        let (lock, cond) = &self.wake;
+        *lock.lock() = true;
+        cond.notify_all();
+    }
+}
+
+pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event> {
+    Event::decode(bytes).map_err(|e| Error::Corrupt { what: format!("stored event: {e}") })
+}

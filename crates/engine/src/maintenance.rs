@@ -1,0 +1,149 @@
+//! Background work: flushes and compactions of every partition on a few shared
+//! threads, the memtable budget, and checkpoints that truncate the WAL.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bourse_wal::Lsn;
+
+use crate::engine::Inner;
+use crate::Result;
+
+impl Inner {
+    /// The body of a maintenance thread. Thread 0 also runs the checkpointer.
+    pub(crate) fn maintenance_loop(&self, checkpointer: bool) {
+        let mut last_checkpoint = Instant::now();
+        while !self.shutdown.load(Ordering::Acquire) {
+            let mut worked = false;
+            for p in self.partitions() {
+                if self.shutdown.load(Ordering::Acquire) {
+                    return;
+                }
+                if !p.tree.needs_maintenance() {
+                    continue;
+                }
+                // NOTE: the tree serializes flushes and compactions internally, so two
+                // threads picking the same tree is safe; each does one round.
+                match p.tree.maintain() {
+                    Ok(n) => worked |= n > 0,
+                    Err(e) => {
+                        tracing::error!(partition = %p.id, error = %e, "maintenance failed");
+                    }
+                }
+            }
+            if checkpointer && last_checkpoint.elapsed() >= self.opts.checkpoint_interval {
+                last_checkpoint = Instant::now();
+                self.enforce_budget();
+                if let Err(e) = self.checkpoint_step() {
+                    tracing::error!(error = %e, "checkpoint failed");
+                }
+            }
+            if !worked {
+                let (lock, cond) = &self.wake;
+                let mut woken = lock.lock();
+                if !*woken {
+                    cond.wait_for(&mut woken, Duration::from_millis(20));
+                }
+                *woken = false;
+            }
+        }
+    }
+
+    /// While all memtables together exceed the budget, rotates the largest so the
+    /// maintenance threads flush it.
+    pub(crate) fn enforce_budget(&self) {
+        let parts = self.partitions();
+        let mut sizes: Vec<(usize, usize)> =
+            parts.iter().enumerate().map(|(i, p)| (p.tree.memtable_bytes(), i)).collect();
+        let mut total: usize = sizes.iter().map(|s| s.0).sum();
+        if total <= self.opts.memtable_budget_bytes {
+            return;
+        }
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        for (bytes, i) in sizes {
+            if total <= self.opts.memtable_budget_bytes {
+                break;
+            }
+            if parts[i].tree.rotate() {
+                tracing::debug!(partition = %parts[i].id, bytes, "memtable budget: rotating");
+            }
+            total = total.saturating_sub(bytes);
+        }
+        self.kick();
+    }
+
+    /// Marks idle partitions clean, flushes partitions that hold back an oversized WAL,
+    /// and truncates the WAL below what every partition, pin and retention rule allows.
+    pub(crate) fn checkpoint_step(&self) -> Result<()> {
+        let applied = self.visible.load(Ordering::Acquire);
+        let segments = self.wal.segment_files();
+        let wal_bytes: u64 = segments
+            .iter()
+            .filter_map(|(_, p)| self.vfs.open(p, bourse_fs::OpenMode::Read).ok())
+            .filter_map(|f| f.len().ok())
+            .sum();
+        let mut floor = u64::MAX;
+        for p in self.partitions() {
+            let mut flushed = p.tree.flushed_seq();
+            if flushed < applied && p.tree.memtable_bytes() == 0 {
+                // Idle: nothing up to `applied` waits in memory.
+                if p.tree.mark_clean(applied)? {
+                    flushed = applied;
+                }
+            } else if flushed < applied && wal_bytes > self.opts.wal_bytes_max {
+                // This partition holds back an oversized WAL: flush it.
+                if p.tree.rotate() {
+                    self.kick();
+                }
+            }
+            floor = floor.min(p.tree.flushed_seq().max(flushed));
+        }
+        if let Some(pinned) = self.pins.lock().values().min() {
+            floor = floor.min(pinned.saturating_sub(1));
+        }
+        let mut cut = floor.saturating_add(1);
+        // Retention: keep the newest segments that together hold `wal_retain_bytes`,
+        // and every segment whose newest record is younger than `wal_retain_age`.
+        if self.opts.wal_retain_bytes > 0 {
+            let mut kept = 0u64;
+            let mut keep_from = segments.first().map_or(1, |s| s.0 .0);
+            for (first, path) in segments.iter().rev() {
+                kept += self
+                    .vfs
+                    .open(path, bourse_fs::OpenMode::Read)
+                    .and_then(|f| f.len())
+                    .unwrap_or(0);
+                if kept >= self.opts.wal_retain_bytes {
+                    keep_from = first.0;
+                    break;
+                }
+            }
+            cut = cut.min(keep_from);
+        }
+        if !self.opts.wal_retain_age.is_zero() {
+            let now = crate::engine::now_ns();
+            let age = self.opts.wal_retain_age.as_nanos() as i64;
+            for (first, _) in segments.iter().skip(1) {
+                let young = self
+                    .wal
+                    .read_from(*first)
+                    .ok()
+                    .and_then(|mut r| r.next_record().ok().flatten().map(|rec| rec.timestamp))
+                    .is_some_and(|ts| now.saturating_sub(ts) < age);
+                if young {
+                    // The predecessor's newest record is about this young: keep it (the
+                    // cut lands inside it, and only whole segments below a cut go).
+                    cut = cut.min(first.0.saturating_sub(1));
+                    break;
+                }
+            }
+        }
+        if cut > 1 {
+            let removed = self.wal.truncate_before(Lsn(cut))?;
+            if removed > 0 {
+                tracing::info!(below = cut, removed, "WAL truncated at checkpoint");
+            }
+        }
+        Ok(())
+    }
+}

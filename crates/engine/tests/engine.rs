@@ -1,0 +1,293 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Engine behaviour: submit and query, recovery by replay, users, the commit stream,
+//! the market cache, checkpoints and WAL truncation.
+
+use std::time::Duration;
+
+use bourse_engine::{Durability, Engine, EngineOptions, Error, NewUser, OrderFilter};
+use bourse_model::samples::sample;
+use bourse_model::{
+    BookDelta, BookSnapshot, Event, EventKind, InstrumentId, Level, LevelChange, OrderCancelled,
+    OrderStatus, Side, Tick, Trade,
+};
+
+fn opts() -> EngineOptions {
+    EngineOptions {
+        argon2_memory_kib: 64,
+        argon2_iterations: 1,
+        checkpoint_interval: Duration::from_millis(20),
+        ..EngineOptions::default()
+    }
+}
+
+fn ins(s: &str) -> InstrumentId {
+    InstrumentId::new(s).unwrap()
+}
+
+fn tick(id: &str, t: i64, price: f64) -> Event {
+    Event::Tick(Tick { instrument_id: ins(id), datetime: t, last_price: price, ..Tick::default() })
+}
+
+fn trade(id: &str, user: &str, n: u64, t: i64) -> Event {
+    Event::TradeExecuted(Trade {
+        user_id: user.into(),
+        trade_id: format!("t{n}"),
+        order_id: format!("o{n}"),
+        instrument_id: ins(id),
+        volume: 1,
+        price: 100.0 + n as f64,
+        trade_date_time: t,
+        ..Trade::default()
+    })
+}
+
+#[test]
+fn orders_follow_their_lifecycle_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    let mut req = match sample(EventKind::OrderRequested, 1) {
+        Event::OrderRequested(r) => r,
+        _ => unreachable!(),
+    };
+    req.user_id = "acct1".into();
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        req.order_id = format!("o{i}");
+        batch.push(Event::OrderRequested(req.clone()));
+    }
+    let r = e.submit(&batch, Durability::Durable).unwrap();
+    assert_eq!(r.last.0 - r.first.0, 4);
+    // Cancel o1 and o3.
+    for id in ["o1", "o3"] {
+        let c = Event::OrderCancelled(OrderCancelled {
+            user_id: "acct1".into(),
+            order_id: id.into(),
+            instrument_id: req.instrument_id.clone(),
+            volume_left: 2,
+            last_msg: "cancelled by user".into(),
+            datetime: 5,
+        });
+        e.submit(&[c], Durability::Buffered).unwrap();
+    }
+    let check = |e: &Engine| {
+        let all: Vec<String> =
+            e.orders("acct1", OrderFilter::All).map(|o| o.unwrap().order.order_id).collect();
+        assert_eq!(all, ["o4", "o3", "o2", "o1", "o0"]);
+        let open: Vec<String> =
+            e.orders("acct1", OrderFilter::Open).map(|o| o.unwrap().order.order_id).collect();
+        assert_eq!(open, ["o4", "o2", "o0"]);
+        let o1 = e.order("acct1", "o1").unwrap().unwrap();
+        assert_eq!(o1.order.status, OrderStatus::Finished);
+        assert_eq!(o1.order.volume_left, 2);
+        assert_eq!(o1.order.last_msg, "cancelled by user");
+        assert!(e.order("acct1", "nope").unwrap().is_none());
+        assert_eq!(e.orders("acct2", OrderFilter::All).count(), 0);
+    };
+    check(&e);
+    drop(e);
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    check(&e);
+}
+
+#[test]
+fn queries_stream_time_ranges_and_see_whole_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    for n in 0..200u64 {
+        let user = if n % 2 == 0 { "even" } else { "odd" };
+        e.submit(&[trade("DCE.m2601", user, n, n as i64 * 10)], Durability::Buffered).unwrap();
+    }
+    let got: Vec<i64> =
+        e.trades(&ins("DCE.m2601"), 100, 200).map(|t| t.unwrap().trade_date_time).collect();
+    assert_eq!(got, (10..20).map(|i| i * 10).collect::<Vec<_>>());
+    assert_eq!(e.trades(&ins("DCE.m2601"), 200, 100).count(), 0);
+    assert_eq!(e.trades(&ins("DCE.m9999"), 0, i64::MAX).count(), 0);
+    let odd: Vec<String> = e.user_trades("odd").take(3).map(|t| t.unwrap().trade_id).collect();
+    assert_eq!(odd, ["t199", "t197", "t195"]);
+    // A scan started before later writes keeps reading its snapshot.
+    let mut rows = e.trades(&ins("DCE.m2601"), 0, i64::MAX);
+    let first = rows.next().unwrap().unwrap();
+    e.submit(&[trade("DCE.m2601", "even", 1000, 5)], Durability::Buffered).unwrap();
+    assert_eq!(first.trade_date_time, 0);
+    assert_eq!(rows.count(), 199);
+    assert_eq!(e.trades(&ins("DCE.m2601"), 0, i64::MAX).count(), 201);
+    // Force everything to tables, and read again.
+    e.checkpoint().unwrap();
+    assert_eq!(e.trades(&ins("DCE.m2601"), 0, i64::MAX).count(), 201);
+    assert_eq!(e.instruments(), vec![ins("DCE.m2601")]);
+}
+
+#[test]
+fn market_cache_tracks_ticks_and_books_and_is_rebuilt_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    e.submit(
+        &[tick("SHFE.cu2512", 1, 70000.0), tick("SHFE.cu2512", 2, 70010.0)],
+        Durability::Buffered,
+    )
+    .unwrap();
+    let book = BookSnapshot {
+        instrument_id: ins("SHFE.cu2512"),
+        datetime: 3,
+        bids: vec![Level { price: 70000.0, volume: 5 }],
+        asks: vec![Level { price: 70010.0, volume: 4 }],
+    };
+    let delta = BookDelta {
+        instrument_id: ins("SHFE.cu2512"),
+        datetime: 4,
+        changes: vec![LevelChange { side: Side::Bid, price: 70005.0, volume: 2 }],
+    };
+    e.submit(&[Event::BookSnapshot(book.clone()), Event::BookDelta(delta)], Durability::Durable)
+        .unwrap();
+    let check = |e: &Engine| {
+        assert_eq!(e.latest_tick(&ins("SHFE.cu2512")).unwrap().last_price, 70010.0);
+        let b = e.latest_book(&ins("SHFE.cu2512")).unwrap();
+        assert_eq!(b.bids.iter().map(|l| l.price).collect::<Vec<_>>(), [70005.0, 70000.0]);
+        assert_eq!(e.book_at(&ins("SHFE.cu2512"), 3).unwrap().unwrap(), book);
+        assert!(e.book_at(&ins("SHFE.cu2512"), 2).unwrap().is_none());
+        assert!(e.latest_tick(&ins("SHFE.rb2601")).is_none());
+    };
+    check(&e);
+    drop(e);
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    check(&e);
+    e.checkpoint().unwrap();
+    drop(e);
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    check(&e);
+}
+
+#[test]
+fn users_register_login_freeze_and_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    let alice = NewUser {
+        user_id: "alice".into(),
+        user_name: "Alice".into(),
+        password: "correct horse".into(),
+        ..NewUser::default()
+    };
+    e.register_user(&alice).unwrap();
+    assert!(matches!(e.register_user(&alice), Err(Error::UserExists(_))));
+    let short = NewUser { user_id: "bob".into(), password: "short".into(), ..NewUser::default() };
+    assert!(matches!(e.register_user(&short), Err(Error::Invalid(_))));
+    let rec = e.login("alice", "correct horse").unwrap();
+    assert!(rec.password_hash.starts_with("$argon2id$"));
+    assert!(!rec.password_hash.contains("correct horse"));
+    assert!(matches!(e.login("alice", "wrong password"), Err(Error::BadCredentials)));
+    assert!(matches!(e.login("nobody", "correct horse"), Err(Error::BadCredentials)));
+    e.bind_account("alice", "acct1").unwrap();
+    e.bind_account("alice", "acct2").unwrap();
+    let bob = NewUser { user_id: "bob".into(), password: "bob's password".into(), ..alice.clone() };
+    e.register_user(&bob).unwrap();
+    assert!(matches!(e.bind_account("bob", "acct1"), Err(Error::AccountTaken { .. })));
+    assert!(matches!(e.unbind_account("bob", "acct1"), Err(Error::NotBound { .. })));
+    e.unbind_account("alice", "acct2").unwrap();
+    e.set_frozen("alice", true).unwrap();
+    assert!(matches!(e.login("alice", "correct horse"), Err(Error::Frozen(_))));
+    let check = |e: &Engine| {
+        assert_eq!(e.accounts_of("alice").unwrap(), ["acct1"]);
+        assert_eq!(e.owner_of("acct1").unwrap().as_deref(), Some("alice"));
+        assert_eq!(e.owner_of("acct2").unwrap(), None);
+        assert!(e.user("alice").unwrap().unwrap().frozen);
+        let ids: Vec<String> = e.users().map(|u| u.unwrap().user_id).collect();
+        assert_eq!(ids, ["alice", "bob"]);
+    };
+    check(&e);
+    drop(e);
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    check(&e);
+    e.set_frozen("alice", false).unwrap();
+    e.login("alice", "correct horse").unwrap();
+}
+
+#[test]
+fn invalid_batches_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    let bad = Event::Tick(Tick {
+        instrument_id: ins("SHFE.cu2512"),
+        last_price: f64::NAN,
+        ..Tick::default()
+    });
+    let err = e.submit(&[tick("SHFE.cu2512", 1, 1.0), bad], Durability::Durable).unwrap_err();
+    assert!(matches!(err, Error::Event { index: 1, .. }), "{err}");
+    assert!(e.submit(&[], Durability::Durable).is_err());
+    assert_eq!(e.applied_lsn(), 0);
+    assert!(e.latest_tick(&ins("SHFE.cu2512")).is_none());
+    let big = vec![tick("SHFE.cu2512", 1, 1.0); 5000];
+    assert!(matches!(e.submit(&big, Durability::Buffered), Err(Error::Invalid(_))));
+}
+
+#[test]
+fn commit_stream_replays_then_follows_live_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = std::sync::Arc::new(Engine::open(dir.path(), opts()).unwrap());
+    for n in 0..50 {
+        e.submit(&[tick("SHFE.cu2512", n, n as f64)], Durability::Buffered).unwrap();
+    }
+    let mut s = e.commits(1).unwrap();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                for n in 0..250 {
+                    let d = if n % 7 == 0 { Durability::Durable } else { Durability::Buffered };
+                    e.submit(
+                        &[tick("SHFE.cu2512", w * 1000 + n, 1.0), tick("DCE.m2601", n, 2.0)],
+                        d,
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut next = 1;
+    while next <= 50 + 4 * 250 * 2 {
+        let c = s.wait_next(Duration::from_secs(10)).unwrap().expect("stream stalled");
+        assert_eq!(c.lsn, next, "LSNs arrive in order, without gaps");
+        next += 1;
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(s.next_event().unwrap().is_none());
+    assert_eq!(e.applied_lsn(), 50 + 2000);
+    assert!(matches!(e.commits(0), Err(Error::NotRetained { .. })));
+    assert!(matches!(e.commits(5000), Err(Error::NotRetained { .. })));
+}
+
+#[test]
+fn checkpoints_truncate_the_wal_but_never_below_pins_and_reopen_replays_only_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.wal.segment_bytes = 64 << 10;
+    o.wal_retain_bytes = 0;
+    let e = Engine::open(dir.path(), o.clone()).unwrap();
+    let pin = e.pin_wal(1000);
+    for n in 0..3000u64 {
+        e.submit(&[trade("SHFE.rb2601", "u", n, n as i64)], Durability::Buffered).unwrap();
+    }
+    e.checkpoint().unwrap();
+    let first = e.stats().wal_first_lsn;
+    assert!(first <= 1000 && first > 1, "pinned at 1000, truncated to {first}");
+    pin.advance(2500);
+    e.checkpoint().unwrap();
+    let first = e.stats().wal_first_lsn;
+    assert!(first > 1000 && first <= 2500, "truncated to {first}");
+    drop(pin);
+    for n in 3000..3100u64 {
+        e.submit(&[trade("SHFE.rb2601", "u", n, n as i64)], Durability::Buffered).unwrap();
+    }
+    drop(e);
+    let mut replayed = 0;
+    let e = Engine::open_with(bourse_fs::RealFs::shared(), dir.path(), o, &mut |p| {
+        if p.done {
+            replayed = p.records;
+        }
+    })
+    .unwrap();
+    assert!((100..1000).contains(&replayed), "replayed {replayed}");
+    assert_eq!(e.trades(&ins("SHFE.rb2601"), 0, i64::MAX).count(), 3100);
+    assert_eq!(e.user_trades("u").count(), 3100);
+}
