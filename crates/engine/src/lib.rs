@@ -51,7 +51,9 @@ use std::time::Duration;
 pub use apply::{OrderRecord, UserRecord};
 pub use bourse_wal::{Lsn, LsnRange};
 pub use cache::{apply_delta, MarketCache};
-pub use engine::{Engine, EngineStats, OpenProgress, PartitionStats, WalPin, PARTITION_LIST};
+pub use engine::{
+    BackupReport, Engine, EngineStats, OpenProgress, PartitionStats, WalPin, PARTITION_LIST,
+};
 pub use query::{OrderFilter, Rows};
 pub use stream::{CommitStream, Committed};
 pub use users::NewUser;

@@ -291,3 +291,42 @@ fn checkpoints_truncate_the_wal_but_never_below_pins_and_reopen_replays_only_the
     assert_eq!(e.trades(&ins("SHFE.rb2601"), 0, i64::MAX).count(), 3100);
     assert_eq!(e.user_trades("u").count(), 3100);
 }
+
+#[test]
+fn backups_taken_during_writes_open_to_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.memtable_bytes = 64 << 10;
+    o.wal.segment_bytes = 64 << 10;
+    let e = std::sync::Arc::new(Engine::open(dir.path().join("live"), o.clone()).unwrap());
+    for n in 0..500u64 {
+        e.submit(&[trade("SHFE.rb2601", "u", n, n as i64)], Durability::Buffered).unwrap();
+    }
+    let writer = {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            for n in 500..3000u64 {
+                e.submit(
+                    &[trade("SHFE.rb2601", "u", n, n as i64), tick("SHFE.rb2601", n as i64, 1.0)],
+                    Durability::Buffered,
+                )
+                .unwrap();
+            }
+        })
+    };
+    let dest = dir.path().join("backup");
+    let report = e.backup(&dest).unwrap();
+    writer.join().unwrap();
+    assert!(e.backup(&dest).is_err(), "a non-empty target is refused");
+    let b = Engine::open(&dest, o).unwrap();
+    assert_eq!(b.applied_lsn(), report.last_lsn);
+    // The copy is a prefix: trades 0..k for some k, all of them.
+    let ids: Vec<String> = b.user_trades("u").map(|t| t.unwrap().trade_id).collect();
+    let k = ids.len() as u64;
+    assert!(k >= 500, "{k}");
+    let want: Vec<String> = (0..k).rev().map(|n| format!("t{n}")).collect();
+    assert_eq!(ids, want);
+    // And it is a working store.
+    b.submit(&[trade("SHFE.rb2601", "u", 99999, 1)], Durability::Durable).unwrap();
+    assert_eq!(b.applied_lsn(), report.last_lsn + 1);
+}

@@ -98,6 +98,18 @@ pub trait Vfs: Send + Sync + Debug {
     /// the returned guard is dropped. Fails with `ErrorKind::WouldBlock` when another
     /// holder (another process, or another handle in this one) has it.
     fn lock(&self, path: &Path) -> io::Result<LockGuard>;
+    /// Makes `to` a second name for the immutable file `from` (for backups). The default
+    /// copies the bytes into a new file and syncs it; the real file system links.
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let src = self.open(from, OpenMode::Read)?;
+        let len = usize::try_from(src.len()?)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))?;
+        let mut buf = vec![0u8; len];
+        src.read_exact_at(&mut buf, 0)?;
+        let dst = self.open(to, OpenMode::CreateNew)?;
+        dst.write_all_at(&buf, 0)?;
+        dst.sync_data()
+    }
 }
 
 /// Something that holds a lock until it is dropped.

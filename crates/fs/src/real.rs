@@ -75,6 +75,17 @@ impl Vfs for RealFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
     }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        match fs::hard_link(from, to) {
+            Ok(()) => Ok(()),
+            // Another file system (EXDEV) or no link support: copy and sync instead.
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                fs::copy(from, to)?;
+                File::open(to)?.sync_all()
+            }
+            Err(e) => Err(e),
+        }
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }

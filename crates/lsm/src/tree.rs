@@ -316,6 +316,41 @@ impl Tree {
         self.inner.poison_on_error(result).map(|()| true)
     }
 
+    /// Writes an openable copy of the tree's tables into the new directory `dest`: each
+    /// table of the current version hard-linked (tables are immutable), and a fresh
+    /// manifest describing that version. Returns the copy's flushed sequence: the copy
+    /// holds every write up to it and nothing in memtables, so a backup pairs it with
+    /// the WAL after it. Writes continue meanwhile; the version is held so no table is
+    /// deleted during the copy.
+    pub fn checkpoint_to(&self, dest: &Path) -> Result<SeqNo> {
+        let (version, flushed) = {
+            // The manifest lock orders this with installs, which change the version and
+            // the flushed sequence together.
+            let _m = self.inner.manifest.lock();
+            let st = self.inner.state.lock();
+            (st.version.clone(), self.inner.flushed_seq.load(Ordering::Acquire))
+        };
+        let vfs = &*self.inner.vfs;
+        vfs.create_dir_all(dest).map_err(Error::io("create checkpoint directory", dest))?;
+        let mut shape = Shape {
+            flushed_seq: flushed,
+            next_id: self.inner.next_id.load(Ordering::Acquire),
+            ..Shape::default()
+        };
+        for (level, tables) in version.levels.iter().enumerate() {
+            for t in tables {
+                let from = t.table.path();
+                let name = from.file_name().unwrap_or_default();
+                let to = dest.join(name);
+                vfs.hard_link(from, &to).map_err(Error::io("link table", &to))?;
+                shape.apply(&Change::Add { level: level as u8, meta: t.table.meta().clone() });
+            }
+        }
+        drop(Manifest::create(vfs, dest, 1, &shape)?);
+        vfs.sync_dir(dest).map_err(Error::io("sync checkpoint directory", dest))?;
+        Ok(flushed)
+    }
+
     /// Bytes held by the active and immutable memtables.
     pub fn memtable_bytes(&self) -> usize {
         let st = self.inner.state.lock();

@@ -1,8 +1,9 @@
 //! `bourse demo`: what exists so far, end to end, in one command.
 //!
-//! Writes an exchange-shaped event mix through the WAL from several threads with
-//! `Durable` acknowledgements (group commit), reopens it (recovery), replays it, verifies
-//! it and prints a few decoded records.
+//! Submits an exchange-shaped event mix to the engine from several threads with
+//! `Durable` acknowledgements (one WAL, group commit, partitions per instrument),
+//! reopens it (recovery replays the WAL tail), runs a few queries, checkpoints, replays
+//! the journal, verifies the data directory and prints a few decoded records.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,10 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use bourse_engine::{Durability, Engine, EngineOptions, OrderFilter};
 use bourse_fs::RealFs;
 use bourse_model::samples::sample;
 use bourse_model::{Event, EventKind};
-use bourse_wal::{Durability, Entry, Wal, WalOptions};
+use bourse_wal::{Wal, WalOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The event mix of a busy futures exchange: mostly market data, then order flow.
@@ -46,101 +48,133 @@ fn wal_options() -> WalOptions {
     WalOptions { segment_bytes: 64 << 20, ..WalOptions::default() }
 }
 
+fn engine_options() -> EngineOptions {
+    EngineOptions { wal: wal_options(), ..EngineOptions::default() }
+}
+
 pub(crate) fn run(
     data: &Path,
     events: u64,
     writers: usize,
     batch: usize,
 ) -> anyhow::Result<ExitCode> {
-    let dir = crate::wal_dir(data);
     let t = Instant::now();
-    let wal = Arc::new(
-        Wal::open(RealFs::shared(), &dir, wal_options())
-            .with_context(|| format!("opening {}", dir.display()))?,
+    let engine = Arc::new(
+        Engine::open(data, engine_options())
+            .with_context(|| format!("opening {}", data.display()))?,
     );
-    let start_lsn = wal.last_lsn();
-    println!("Bourse demo: journal in {}", dir.display());
-    println!("  opened in {:.2?}: existing log ends at LSN {start_lsn}", t.elapsed());
-    let (elapsed, bytes) = write(&wal, events, writers.max(1), batch.clamp(1, 4096))?;
-    let stats = wal.stats();
+    let start_lsn = engine.applied_lsn();
+    println!("Bourse demo: store in {}", data.display());
+    println!("  opened in {:.2?}: the journal ends at LSN {start_lsn}", t.elapsed());
+    let elapsed = write(&engine, start_lsn, events, writers.max(1), batch.clamp(1, 4096))?;
+    let stats = engine.stats();
     println!(
-        "  appended {events} events ({:.1} MB) with {writers} writers x batches of {batch}, Durable: {:.0} events/s",
-        bytes as f64 / 1e6,
+        "  submitted {events} events with {writers} writers x batches of {batch}, Durable: {:.0} events/s",
         events as f64 / elapsed.as_secs_f64()
     );
     println!(
-        "  group commit: {} batches shared {} fdatasyncs ({:.1} batches per sync), {} segment rotations",
-        stats.batches,
-        stats.syncs,
-        stats.batches as f64 / stats.syncs.max(1) as f64,
-        stats.rotations
+        "  group commit: {} batches shared {} fdatasyncs ({:.1} batches per sync); {} partitions",
+        stats.wal.batches,
+        stats.wal.syncs,
+        stats.wal.batches as f64 / stats.wal.syncs.max(1) as f64,
+        stats.partitions.len()
     );
-    drop(wal);
+    drop(engine);
 
     let t = Instant::now();
-    let wal = Wal::open(RealFs::shared(), &dir, wal_options())?;
+    let engine = Engine::open_with(RealFs::shared(), data, engine_options(), &mut |p| {
+        if p.done && p.records > 0 {
+            println!(
+                "  recovery replayed {} WAL records ({:.1} MB) after LSN {} in {:.2?}",
+                p.records,
+                p.bytes as f64 / 1e6,
+                p.from,
+                p.elapsed
+            );
+        }
+    })?;
+    println!("  reopened in {:.2?}: applied LSN {}", t.elapsed(), engine.applied_lsn());
+    queries(&engine)?;
+    let t = Instant::now();
+    let first = engine.checkpoint()?;
     println!(
-        "  reopened (recovery) in {:.2?}: LSN {}..={}",
-        t.elapsed(),
-        wal.first_lsn(),
-        wal.last_lsn()
+        "  checkpoint in {:.2?}: every partition flushed, the WAL now starts at LSN {first}",
+        t.elapsed()
     );
+    engine.close()?;
+
+    let wal = Wal::open(RealFs::shared(), crate::wal_dir(data), wal_options())?;
     replay(&wal)?;
     drop(wal);
     println!();
     let code = crate::verify::run(data)?;
     println!();
     println!(
-        "Next: `bourse inspect wal {}/wal --limit 20`, or run the demo again to append more.",
+        "Next: `bourse inspect wal {}/wal --limit 20`, `bourse backup --data {} --to BACKUP_DIR`, or run the demo again to append more.",
+        data.display(),
         data.display()
     );
     Ok(code)
 }
 
+/// A few queries, each at one snapshot.
+fn queries(engine: &Engine) -> anyhow::Result<()> {
+    for id in engine.instruments().iter().take(5) {
+        let t = Instant::now();
+        let tick = engine.latest_tick(id);
+        let took = t.elapsed();
+        if let Some(tick) = tick {
+            let trades = engine.trades(id, i64::MIN, i64::MAX).take(100_000).count();
+            println!(
+                "  {:<14} last {:>10.1}  volume {:>8}  (latest tick from memory in {took:.2?}); {trades} trades stored",
+                id.as_str(),
+                tick.last_price,
+                tick.volume
+            );
+        }
+    }
+    let user = "acct0001";
+    let open = engine.orders(user, OrderFilter::Open).count();
+    let all = engine.orders(user, OrderFilter::All).count();
+    let trades = engine.user_trades(user).count();
+    println!(
+        "  account {user}: {all} orders ({open} open), {trades} trades, {} positions",
+        engine.positions(user)?.len()
+    );
+    Ok(())
+}
+
 fn write(
-    wal: &Arc<Wal>,
+    engine: &Arc<Engine>,
+    start: u64,
     events: u64,
     writers: usize,
     batch: usize,
-) -> anyhow::Result<(Duration, u64)> {
+) -> anyhow::Result<Duration> {
     let bar = ProgressBar::new(events);
     bar.set_style(ProgressStyle::with_template(
         "  {bar:40} {pos}/{len} events, {per_sec}, eta {eta}",
     )?);
     let next = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
     let handles: Vec<_> = (0..writers)
         .map(|_| {
-            let (wal, next, bytes, bar) = (wal.clone(), next.clone(), bytes.clone(), bar.clone());
+            let (engine, next, bar) = (engine.clone(), next.clone(), bar.clone());
             std::thread::spawn(move || -> anyhow::Result<()> {
-                let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(batch);
+                let mut batch_events: Vec<Event> = Vec::with_capacity(batch);
                 loop {
                     let first = next.fetch_add(batch as u64, Ordering::Relaxed);
                     if first >= events {
                         return Ok(());
                     }
                     let n = (events - first).min(batch as u64);
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as i64);
-                    payloads.clear();
-                    let mut kinds = Vec::with_capacity(batch);
+                    batch_events.clear();
                     for i in first..first + n {
-                        let kind = kind_for(i);
-                        payloads.push(sample(kind, i).encode()?);
-                        kinds.push(kind);
+                        let mut e = sample(kind_for(start + i), start + i);
+                        stamp(&mut e);
+                        batch_events.push(e);
                     }
-                    let entries: Vec<Entry<'_>> = payloads
-                        .iter()
-                        .zip(&kinds)
-                        .map(|(p, k)| Entry { kind: k.as_u16(), timestamp: now, payload: p })
-                        .collect();
-                    wal.append_batch(&entries, Durability::Durable)?;
-                    bytes.fetch_add(
-                        payloads.iter().map(|p| p.len() as u64 + 28).sum(),
-                        Ordering::Relaxed,
-                    );
+                    engine.submit(&batch_events, Durability::Durable)?;
                     bar.inc(n);
                 }
             })
@@ -150,7 +184,18 @@ fn write(
         h.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
     }
     bar.finish_and_clear();
-    Ok((t.elapsed(), bytes.load(Ordering::Relaxed)))
+    Ok(t.elapsed())
+}
+
+/// Gives market data the current time, so time-range queries look like a live day.
+fn stamp(e: &mut Event) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    match e {
+        Event::Tick(t) => t.datetime = now,
+        Event::BookDelta(d) => d.datetime = now,
+        Event::TradeExecuted(t) => t.trade_date_time = now,
+        _ => {}
+    }
 }
 
 fn replay(wal: &Wal) -> anyhow::Result<()> {

@@ -353,6 +353,52 @@ impl Wal {
         self.shared.segments.read().iter().map(|s| (s.first_lsn, s.path.clone())).collect()
     }
 
+    /// Copies the log from `from` on into the new directory `dest`, for a backup: every
+    /// segment holding LSNs at or after `from` (and always the newest, so LSNs continue
+    /// where they were), sealed segments hard-linked, the active one copied up to the
+    /// last record written. Appends continue meanwhile; the copy ends at a record
+    /// boundary. Returns the last LSN copied. The caller keeps `truncate_before` from
+    /// running during the copy.
+    pub fn backup_to(&self, dest: &Path, from: Lsn) -> Result<Lsn> {
+        let shared = &*self.shared;
+        let (active_path, active_len, last) = {
+            let mut st = shared.state.lock();
+            // With no write in flight, the active segment's offset ends the last record.
+            while st.io_busy {
+                shared.cond.wait(&mut st);
+            }
+            match &st.active {
+                Some(a) => (a.path.clone(), a.offset, st.written),
+                None => return Err(Error::Poisoned { cause: "no active segment".into() }),
+            }
+        };
+        let vfs = &*shared.vfs;
+        vfs.create_dir_all(dest).map_err(io_err("create backup directory", dest))?;
+        let segs = self.segment_files();
+        for (i, (first, path)) in segs.iter().enumerate() {
+            let below = segs.get(i + 1).is_some_and(|(next, _)| next.0 <= from.0);
+            if *first > last || (below && *path != active_path) {
+                continue;
+            }
+            let to = dest.join(path.file_name().unwrap_or_default());
+            if *path == active_path {
+                let src =
+                    vfs.open(path, bourse_fs::OpenMode::Read).map_err(io_err("open", path))?;
+                let n = usize::try_from(active_len).unwrap_or(usize::MAX);
+                let mut buf = vec![0u8; n];
+                src.read_exact_at(&mut buf, 0).map_err(io_err("read", path))?;
+                let dst =
+                    vfs.open(&to, bourse_fs::OpenMode::CreateNew).map_err(io_err("create", &to))?;
+                dst.write_all_at(&buf, 0).map_err(io_err("write", &to))?;
+                dst.sync_data().map_err(io_err("fdatasync", &to))?;
+            } else {
+                vfs.hard_link(path, &to).map_err(io_err("link segment", &to))?;
+            }
+        }
+        vfs.sync_dir(dest).map_err(io_err("sync backup directory", dest))?;
+        Ok(last)
+    }
+
     /// The directory of this WAL.
     pub fn dir(&self) -> &Path {
         &self.shared.dir

@@ -104,7 +104,7 @@ fn batch(w: u64, b: u64) -> Vec<Event> {
             ..Position::default()
         }),
     ];
-    if b % 10 == 0 {
+    if b.is_multiple_of(10) {
         v.push(Event::UserRegistered(UserRegistered {
             user_id: format!("crash-user-{w}-{b}"),
             user_name: "crash".into(),
@@ -186,15 +186,25 @@ fn check_writer(e: &Engine, w: u64) -> Result<u64, String> {
             return Err(format!("writer {w}: batch {b} is present but its user is not (P4)"));
         }
     }
-    if e.user(&format!("crash-user-{w}-{}", n.div_ceil(10) * 10)).map_err(|e| e.to_string())?.is_some()
+    if e.user(&format!("crash-user-{w}-{}", n.div_ceil(10) * 10))
+        .map_err(|e| e.to_string())?
+        .is_some()
     {
         return Err(format!("writer {w}: a user from a batch after {n} is present (P3)"));
     }
     Ok(n)
 }
 
-fn child(data: &Path, acks: &Path, writers: u64) -> Result<(), String> {
+/// How many batches writer `w` has in the store: its account's deposit marks the last.
+fn batches_of(e: &Engine, w: u64) -> Result<u64, String> {
+    let accounts = e.accounts(&account(w)).map_err(|e| e.to_string())?;
+    Ok(accounts.first().map_or(0, |a| a.deposit as u64 + 1))
+}
+
+fn child(data: &Path, acks: &Path, ready: &Path, writers: u64) -> Result<(), String> {
     let e = Arc::new(Engine::open(data, options()).map_err(|e| e.to_string())?);
+    let starts: Vec<u64> = (0..writers).map(|w| batches_of(&e, w)).collect::<Result<_, _>>()?;
+    std::fs::write(ready, b"ready").map_err(|e| e.to_string())?;
     let log = Arc::new(parking_lot::Mutex::new(
         std::fs::OpenOptions::new()
             .create(true)
@@ -204,9 +214,8 @@ fn child(data: &Path, acks: &Path, writers: u64) -> Result<(), String> {
     ));
     let threads: Vec<_> = (0..writers)
         .map(|w| {
-            let (e, log) = (e.clone(), log.clone());
+            let (e, log, mut b) = (e.clone(), log.clone(), starts[w as usize]);
             std::thread::spawn(move || -> Result<(), String> {
-                let mut b = check_writer(&e, w)?;
                 loop {
                     let d = durability(b);
                     e.submit(&batch(w, b), d).map_err(|e| e.to_string())?;
@@ -230,6 +239,7 @@ fn child(data: &Path, acks: &Path, writers: u64) -> Result<(), String> {
 fn run(dir: &Path, cycles: u64, seed: u64, writers: u64) -> Result<(), String> {
     let data = dir.join("data");
     let acks = dir.join("acks");
+    let ready = dir.join("ready");
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut rng = seed.max(1);
@@ -244,25 +254,39 @@ fn run(dir: &Path, cycles: u64, seed: u64, writers: u64) -> Result<(), String> {
     let mut total_acked = 0usize;
     for cycle in 1..=cycles {
         let _ = std::fs::remove_file(&acks);
+        let _ = std::fs::remove_file(&ready);
         let mut child = Command::new(&exe)
             .arg("child")
             .arg("--data")
             .arg(&data)
             .arg("--acks")
             .arg(&acks)
+            .arg("--ready")
+            .arg(&ready)
             .arg("--writers")
             .arg(writers.to_string())
             .spawn()
             .map_err(|e| e.to_string())?;
-        let wait = Duration::from_millis(100 + next() % 900);
+        // One cycle in four kills at a random moment from the start (often during
+        // recovery); the others let the workload run for a random time first.
+        let during_recovery = next() % 4 == 0;
+        let spawned = Instant::now();
+        if !during_recovery {
+            while !ready.exists() && spawned.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let wait = Duration::from_millis(next() % 700);
         std::thread::sleep(wait);
+        let wait = spawned.elapsed();
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             return Err(format!("cycle {cycle}: the child exited by itself ({status})"));
         }
         child.kill().map_err(|e| e.to_string())?;
         let _ = child.wait();
         // Check.
-        let e = Engine::open(&data, options()).map_err(|e| format!("cycle {cycle}: reopen: {e}"))?;
+        let e =
+            Engine::open(&data, options()).map_err(|e| format!("cycle {cycle}: reopen: {e}"))?;
         let mut counts = Vec::new();
         for w in 0..writers {
             counts.push(check_writer(&e, w).map_err(|m| format!("cycle {cycle}: {m}"))?);
@@ -292,8 +316,9 @@ fn run(dir: &Path, cycles: u64, seed: u64, writers: u64) -> Result<(), String> {
         total_acked += acked;
         drop(e);
         println!(
-            "cycle {cycle}/{cycles}: killed after {} ms, {acked} acks checked, batches per writer {counts:?}",
-            wait.as_millis()
+            "cycle {cycle}/{cycles}: killed {} ms after start{}, {acked} acks checked, batches per writer {counts:?}",
+            wait.as_millis(),
+            if during_recovery { " (at a random moment)" } else { " (while writing)" }
         );
     }
     println!(
@@ -310,19 +335,31 @@ fn flag(args: &[String], name: &str) -> Option<String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let num = |name: &str, default: u64| {
-        flag(&args, name).map_or(Ok(default), |v| v.parse::<u64>().map_err(|e| format!("{name}: {e}")))
+        flag(&args, name)
+            .map_or(Ok(default), |v| v.parse::<u64>().map_err(|e| format!("{name}: {e}")))
     };
     let result = match args.get(1).map(String::as_str) {
-        Some("run") => match (flag(&args, "--dir"), num("--cycles", 10), num("--seed", 1), num("--writers", 4)) {
-            (Some(dir), Ok(c), Ok(s), Ok(w)) => run(&PathBuf::from(dir), c, s, w.max(1)),
-            (None, ..) => Err("run needs --dir DIR".into()),
-            (_, c, s, w) => Err(format!("bad arguments: {:?}", [c.err(), s.err(), w.err()])),
-        },
-        Some("child") => match (flag(&args, "--data"), flag(&args, "--acks"), num("--writers", 4)) {
-            (Some(d), Some(a), Ok(w)) => child(Path::new(&d), Path::new(&a), w.max(1)),
-            _ => Err("child needs --data, --acks and --writers".into()),
-        },
-        _ => Err("usage: bourse-crashtest run --dir DIR [--cycles N] [--seed S] [--writers W]".into()),
+        Some("run") => {
+            match (flag(&args, "--dir"), num("--cycles", 10), num("--seed", 1), num("--writers", 4))
+            {
+                (Some(dir), Ok(c), Ok(s), Ok(w)) => run(&PathBuf::from(dir), c, s, w.max(1)),
+                (None, ..) => Err("run needs --dir DIR".into()),
+                (_, c, s, w) => Err(format!("bad arguments: {:?}", [c.err(), s.err(), w.err()])),
+            }
+        }
+        Some("child") => {
+            let (d, a, r) = (flag(&args, "--data"), flag(&args, "--acks"), flag(&args, "--ready"));
+            match (d, a, r, num("--writers", 4)) {
+                (Some(d), Some(a), Some(r), Ok(w)) => {
+                    child(Path::new(&d), Path::new(&a), Path::new(&r), w.max(1))
+                }
+                _ => Err("child needs --data, --acks, --ready and --writers".into()),
+            }
+        }
+        _ => {
+            Err("usage: bourse-crashtest run --dir DIR [--cycles N] [--seed S] [--writers W]"
+                .into())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
