@@ -108,8 +108,20 @@ fn the_demo_writes_a_journal_that_verifies() {
     let (code, out) =
         bourse(&["demo", "--data", data, "--events", "5000", "--writers", "3", "--batch", "16"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("appended 5000 events") && out.contains("verify: clean"), "{out}");
+    assert!(out.contains("submitted 5000 events") && out.contains("verify: clean"), "{out}");
+    assert!(out.contains("recovery replayed 5000 WAL records"), "{out}");
+    assert!(out.contains("applied LSN 5000"), "{out}");
+    // The second run starts where the first ended; its checkpoint left nothing to replay
+    // but what it wrote itself.
     let (code, out) = bourse(&["demo", "--data", data, "--events", "1000"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("existing log ends at LSN 5000") && out.contains("LSN 1..=6000"), "{out}");
+    assert!(out.contains("the journal ends at LSN 5000") && out.contains("LSN 1..=6000"), "{out}");
+    assert!(out.contains("recovery replayed 1000 WAL records"), "{out}");
+    // A backup of the result opens to the same journal.
+    let backup = tmp.path().join("copy");
+    let (code, out) = bourse(&["backup", "--data", data, "--to", backup.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("journal up to LSN 6000"), "{out}");
+    let (code, out) = bourse(&["verify", "--data", backup.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
 }
