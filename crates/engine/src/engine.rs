@@ -679,18 +679,21 @@ impl Inner {
     ) -> Result<()> {
         writes.clear();
         apply::apply(lsn, event, encoded, self, writes)?;
-        for w in writes.drain(..) {
-            let part = match self.partition(&w.part) {
+        // IMPORTANT: one LSN's writes to one partition go in as one tree batch. Split
+        // across a memtable rotation, a flush could record the LSN as flushed while part
+        // of it still sat in memory; replay would then skip it and lose that part.
+        writes.sort_by(|a, b| a.part.cmp(&b.part));
+        for group in writes.chunk_by(|a, b| a.part == b.part) {
+            let part = match self.partition(&group[0].part) {
                 Some(p) => p,
-                None => self.open_partition(w.part.clone(), Some(lsn))?,
+                None => self.open_partition(group[0].part.clone(), Some(lsn))?,
             };
             if replay && lsn <= part.floor {
                 continue;
             }
-            match w.value {
-                Some(v) => part.tree.put(&w.key, &v, lsn)?,
-                None => part.tree.delete(&w.key, lsn)?,
-            }
+            let ops: Vec<(&[u8], Option<&[u8]>)> =
+                group.iter().map(|w| (w.key.as_slice(), w.value.as_deref())).collect();
+            part.tree.write_batch(&ops, lsn)?;
         }
         if let Some(ins) = event.instrument() {
             if !self.catalogue.read().contains(ins) {

@@ -258,6 +258,13 @@ impl Tree {
         self.inner.write(key, seq, Kind::Put, value)
     }
 
+    /// Applies several puts (`Some(value)`) and deletes (`None`) at one sequence,
+    /// atomically with respect to memtable rotation: after a crash, the tables hold all
+    /// of them or none. Use it when one sequence writes several keys of this tree.
+    pub fn write_batch(&self, ops: &[(&[u8], Option<&[u8]>)], seq: SeqNo) -> Result<()> {
+        self.inner.write_batch(ops, seq)
+    }
+
     /// Deletes `key` at sequence `seq` (a tombstone).
     pub fn delete(&self, key: &[u8], seq: SeqNo) -> Result<()> {
         self.inner.write(key, seq, Kind::Delete, &[])
@@ -466,9 +473,20 @@ impl Inner {
     }
 
     fn write(&self, key: &[u8], seq: SeqNo, kind: Kind, value: &[u8]) -> Result<()> {
+        let value = (kind == Kind::Put).then_some(value);
+        self.write_batch(&[(key, value)], seq)
+    }
+
+    /// Inserts every write into the active memtable under one lock, so a rotation falls
+    /// before or after all of them: a memtable holds all of a sequence's writes or none,
+    /// which is what makes "flushed up to `seq`" exact.
+    pub(crate) fn write_batch(&self, ops: &[(&[u8], Option<&[u8]>)], seq: SeqNo) -> Result<()> {
         self.check_poison()?;
-        if key.len() > self.opts.key_bytes_max || value.len() > self.opts.value_bytes_max {
-            return Err(Error::TooLarge { key: key.len(), value: value.len() });
+        for (key, value) in ops {
+            let vlen = value.map_or(0, <[u8]>::len);
+            if key.len() > self.opts.key_bytes_max || vlen > self.opts.value_bytes_max {
+                return Err(Error::TooLarge { key: key.len(), value: vlen });
+            }
         }
         if seq > crate::MAX_SEQ {
             return Err(Error::BadSequence { seq });
@@ -476,8 +494,15 @@ impl Inner {
         let mut st = self.state.lock();
         // NOTE: the insert happens under the state lock so that a rotation (and the flush
         // that follows) can never miss a write that is still going into the old memtable.
-        st.active.insert(key, seq, kind, value);
-        self.counters.user_bytes.fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+        let mut bytes = 0;
+        for (key, value) in ops {
+            match value {
+                Some(v) => st.active.insert(key, seq, Kind::Put, v),
+                None => st.active.insert(key, seq, Kind::Delete, &[]),
+            }
+            bytes += key.len() + value.map_or(0, <[u8]>::len);
+        }
+        self.counters.user_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         if st.active.bytes() >= self.opts.memtable_bytes {
             while st.immutables.len() >= self.opts.immutables_max {
                 if self.opts.background {

@@ -111,3 +111,22 @@ fn readers_race_flushes_and_compactions() {
         "obsolete tables were deleted: {leftovers:?}"
     );
 }
+
+/// One sequence's writes land in one memtable however small memtables are, so a flush
+/// never records a sequence as flushed while part of it is still in memory.
+#[test]
+fn a_write_batch_is_never_split_by_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TreeOptions { memtable_bytes: 1, background: false, ..TreeOptions::default() };
+    let t = Tree::open(RealFs::shared(), dir.path(), opts).unwrap();
+    let ops: Vec<(&[u8], Option<&[u8]>)> =
+        vec![(b"a", Some(b"1")), (b"b", Some(b"2")), (b"c", None), (b"d", Some(b"4"))];
+    t.write_batch(&ops, 7).unwrap();
+    t.put(b"e", b"5", 8).unwrap();
+    t.flush().unwrap();
+    // One table per memtable: the batch's and the single put's.
+    assert_eq!(t.stats().tables_per_level[0], 2);
+    assert_eq!(t.flushed_seq(), 8);
+    assert_eq!(t.get(b"b", 7).unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(t.get(b"c", 7).unwrap(), None);
+}
