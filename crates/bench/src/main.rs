@@ -7,6 +7,7 @@
 //!
 //! This crate is **not** compiled into Bourse and is not a test: it asserts nothing.
 
+mod engine;
 mod lsm;
 mod report;
 mod wal;
@@ -40,6 +41,10 @@ enum Suite {
     Wal,
     /// The LSM tree.
     Lsm,
+    /// The exchange store (`Engine::submit` and queries).
+    Engine,
+    /// Reopen and WAL replay of the exchange store.
+    Recovery,
     /// Every suite.
     All,
 }
@@ -54,9 +59,13 @@ fn main() -> anyhow::Result<()> {
     match cli.suite {
         Suite::Wal => wal::run(tmp.path(), cli.quick)?,
         Suite::Lsm => lsm::run(tmp.path(), cli.quick)?,
+        Suite::Engine => engine::run(tmp.path(), cli.quick)?,
+        Suite::Recovery => engine::run_recovery(tmp.path(), cli.quick)?,
         Suite::All => {
             wal::run(tmp.path(), cli.quick)?;
             lsm::run(tmp.path(), cli.quick)?;
+            engine::run(tmp.path(), cli.quick)?;
+            engine::run_recovery(tmp.path(), cli.quick)?;
         }
     }
     Ok(())

@@ -15,11 +15,13 @@ use crate::layout::{acct, inst, market, users, Key, PartitionId};
 use crate::Result;
 
 /// A write the apply step produces.
-#[derive(Debug)]
-pub(crate) struct Write {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// The partition written.
     pub part: PartitionId,
+    /// The key (see `docs/storage-layout.md`).
     pub key: Vec<u8>,
-    /// `None` deletes.
+    /// The value; `None` deletes.
     pub value: Option<Vec<u8>>,
 }
 
@@ -58,7 +60,7 @@ pub struct UserRecord {
 }
 
 /// Reads a partition's current state during apply.
-pub(crate) trait StateRead {
+pub trait StateRead {
     /// The latest value of `key` in `part`.
     fn get(&self, part: &PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Whether the instrument is in the market catalogue.
@@ -81,8 +83,10 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Resu
     postcard::from_bytes(b).map_err(|e| crate::Error::Corrupt { what: format!("{what}: {e}") })
 }
 
-/// Computes the writes of `event` (whose encoded form is `encoded`) at `lsn`.
-pub(crate) fn apply(
+/// Computes the writes of `event` (whose encoded form is `encoded`) at `lsn`, appending
+/// them to `out`. Public so that other stores (a benchmark peer, a replica's state
+/// machine) can perform exactly the engine's writes.
+pub fn apply(
     lsn: u64,
     event: &Event,
     encoded: &[u8],

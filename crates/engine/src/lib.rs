@@ -35,7 +35,7 @@
 //! # Ok(()) }
 //! ```
 
-mod apply;
+pub mod apply;
 mod cache;
 mod engine;
 pub mod layout;

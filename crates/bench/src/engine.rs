@@ -1,0 +1,440 @@
+//! The `engine` and `recovery` suites: an exchange-shaped workload (ticks, book deltas,
+//! orders, trades, account and position updates over 50 instruments and 10,000
+//! accounts) through `Engine::submit`, against RocksDB doing the engine's own writes
+//! (one column family per partition, its WAL synced for `Durable`).
+//!
+//! Cases (`BENCH.md`): `submit_buffered` (1 writer), `submit_durable` (writers 1, 16,
+//! 64; batches of 1 and 64), `mixed` (4 durable writers while 2 readers query the latest
+//! tick, an account's open orders and an instrument's trades of the last minute), and in
+//! `recovery`: `reopen` after N unflushed events and `replay` of the whole WAL.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bourse_engine::{Durability, Engine, EngineOptions, OrderFilter};
+use bourse_model::samples::sample;
+use bourse_model::{Event, EventKind, InstrumentId};
+use serde_json::json;
+
+use crate::report::{emit, histogram, median, record, Latency};
+
+const INSTRUMENTS: u64 = 50;
+const ACCOUNTS: u64 = 10_000;
+
+/// The event mix of a busy futures exchange: mostly market data, then order flow.
+const MIX: [(EventKind, u32); 9] = [
+    (EventKind::Tick, 40),
+    (EventKind::BookDelta, 25),
+    (EventKind::OrderRequested, 10),
+    (EventKind::OrderAccepted, 8),
+    (EventKind::TradeExecuted, 6),
+    (EventKind::AccountUpdated, 4),
+    (EventKind::PositionUpdated, 4),
+    (EventKind::CancelRequested, 2),
+    (EventKind::OrderCancelled, 1),
+];
+
+pub fn instrument(k: u64) -> InstrumentId {
+    InstrumentId::new(format!("SIM.i{:02}", k % INSTRUMENTS)).unwrap_or_default()
+}
+
+pub fn account(k: u64) -> String {
+    format!("acct{:05}", k % ACCOUNTS)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Event number `n` of the workload.
+pub fn event(n: u64) -> Event {
+    let total: u32 = MIX.iter().map(|(_, w)| w).sum();
+    let mut x = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32 % total;
+    let mut kind = EventKind::Tick;
+    for (k, w) in MIX {
+        if x < w {
+            kind = k;
+            break;
+        }
+        x -= w;
+    }
+    let mut e = sample(kind, n);
+    let ins = instrument(n.wrapping_mul(31) >> 3);
+    let acct = account(n.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17);
+    let now = now_ns();
+    match &mut e {
+        Event::Tick(t) => {
+            t.instrument_id = ins;
+            t.datetime = now;
+        }
+        Event::BookDelta(d) => {
+            d.instrument_id = ins;
+            d.datetime = now;
+        }
+        Event::OrderRequested(o) => {
+            o.instrument_id = ins;
+            o.user_id = acct;
+        }
+        Event::OrderAccepted(o) => {
+            o.instrument_id = ins;
+            o.user_id = acct;
+        }
+        Event::TradeExecuted(t) => {
+            t.instrument_id = ins;
+            t.user_id = acct;
+            t.trade_date_time = now;
+        }
+        Event::AccountUpdated(a) => a.user_id = acct,
+        Event::PositionUpdated(p) => {
+            p.instrument_id = ins;
+            p.user_id = acct;
+        }
+        Event::CancelRequested(c) => c.user_id = acct,
+        Event::OrderCancelled(c) => {
+            c.instrument_id = ins;
+            c.user_id = acct;
+        }
+        _ => {}
+    }
+    e
+}
+
+/// What the suite needs from a store.
+pub trait Store: Send + Sync {
+    /// Who this is.
+    fn system(&self) -> &'static str;
+    /// Submits one batch; `durable` asks for an fdatasync before returning.
+    fn submit(&self, events: &[Event], durable: bool) -> anyhow::Result<()>;
+    /// The latest tick's price of an instrument.
+    fn latest_tick(&self, ins: &InstrumentId) -> anyhow::Result<Option<f64>>;
+    /// How many open orders an account has (at most `limit`).
+    fn open_orders(&self, acct: &str, limit: usize) -> anyhow::Result<usize>;
+    /// How many trades an instrument had since `from_ns` (at most `limit`).
+    fn trades_since(&self, ins: &InstrumentId, from_ns: i64, limit: usize)
+        -> anyhow::Result<usize>;
+}
+
+struct Bourse(Engine);
+
+impl Store for Bourse {
+    fn system(&self) -> &'static str {
+        "bourse"
+    }
+    fn submit(&self, events: &[Event], durable: bool) -> anyhow::Result<()> {
+        let d = if durable { Durability::Durable } else { Durability::Buffered };
+        self.0.submit(events, d)?;
+        Ok(())
+    }
+    fn latest_tick(&self, ins: &InstrumentId) -> anyhow::Result<Option<f64>> {
+        Ok(self.0.latest_tick(ins).map(|t| t.last_price))
+    }
+    fn open_orders(&self, acct: &str, limit: usize) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for o in self.0.orders(acct, OrderFilter::Open).take(limit) {
+            o?;
+            n += 1;
+        }
+        Ok(n)
+    }
+    fn trades_since(
+        &self,
+        ins: &InstrumentId,
+        from_ns: i64,
+        limit: usize,
+    ) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for t in self.0.trades(ins, from_ns, i64::MAX).take(limit) {
+            t?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+pub fn engine_options(memtable_bytes: usize) -> EngineOptions {
+    let mut o = EngineOptions {
+        memtable_bytes,
+        memtable_budget_bytes: memtable_bytes * 8,
+        wal_bytes_max: u64::MAX,
+        ..EngineOptions::default()
+    };
+    o.wal.segment_bytes = 256 << 20;
+    o
+}
+
+fn open_bourse(dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(Arc::new(Bourse(Engine::open(dir, engine_options(64 << 20))?)))
+}
+
+type Opener = fn(&Path) -> anyhow::Result<Arc<dyn Store>>;
+
+fn systems() -> Vec<Opener> {
+    #[allow(unused_mut)]
+    let mut v: Vec<Opener> = vec![open_bourse];
+    #[cfg(feature = "peers")]
+    v.push(crate::rocks::open_store);
+    v
+}
+
+struct Cfg {
+    run_time: Duration,
+    runs: usize,
+    reopen_events: u64,
+}
+
+/// Runs `writers` threads submitting batches of `batch` for `run_time`; returns events/s
+/// and the latency histogram of submits.
+fn drive(
+    store: &Arc<dyn Store>,
+    writers: usize,
+    batch: usize,
+    durable: bool,
+    run_time: Duration,
+    next: &Arc<AtomicU64>,
+) -> anyhow::Result<(f64, hdrhistogram::Histogram<u64>)> {
+    let barrier = Arc::new(Barrier::new(writers + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..writers)
+        .map(|_| {
+            let (store, barrier, stop, next) =
+                (store.clone(), barrier.clone(), stop.clone(), next.clone());
+            std::thread::spawn(move || -> anyhow::Result<(u64, hdrhistogram::Histogram<u64>)> {
+                let mut h = histogram();
+                let mut events = Vec::with_capacity(batch);
+                let mut done = 0u64;
+                barrier.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    let first = next.fetch_add(batch as u64, Ordering::Relaxed);
+                    events.clear();
+                    events.extend((first..first + batch as u64).map(event));
+                    let t = Instant::now();
+                    store.submit(&events, durable)?;
+                    record(&mut h, t.elapsed());
+                    done += batch as u64;
+                }
+                Ok((done, h))
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t = Instant::now();
+    std::thread::sleep(run_time);
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut hist = histogram();
+    for h in handles {
+        let (n, hh) = h.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        total += n;
+        hist.add(hh).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok((total as f64 / t.elapsed().as_secs_f64(), hist))
+}
+
+fn ratio_lines(case: &str, params: &serde_json::Value, results: &[(&'static str, f64, f64)]) {
+    let Some((_, b_rate, b_p99)) = results.iter().find(|r| r.0 == "bourse") else { return };
+    for (sys, rate, p99) in results.iter().filter(|r| r.0 != "bourse") {
+        emit(
+            "engine",
+            case,
+            "bourse",
+            params,
+            &format!("throughput_ratio_vs_{sys}"),
+            b_rate / rate,
+            "x",
+        );
+        emit("engine", case, "bourse", params, &format!("p99_ratio_vs_{sys}"), b_p99 / p99, "x");
+        eprintln!(
+            "  {case:<16} {params}: bourse / {sys} throughput {:.2}x, p99 {:.2}x",
+            b_rate / rate,
+            b_p99 / p99
+        );
+    }
+}
+
+fn submit_case(
+    root: &Path,
+    cfg: &Cfg,
+    case: &str,
+    writers: usize,
+    batch: usize,
+    durable: bool,
+) -> anyhow::Result<()> {
+    let params = json!({ "writers": writers, "batch": batch });
+    let mut results = Vec::new();
+    for (i, open) in systems().into_iter().enumerate() {
+        let dir = root.join(format!("{case}-{writers}-{batch}-{i}"));
+        let store = open(&dir)?;
+        let next = Arc::new(AtomicU64::new(0));
+        let mut rates = Vec::new();
+        let mut all = histogram();
+        for _ in 0..cfg.runs {
+            let (rate, h) = drive(&store, writers, batch, durable, cfg.run_time, &next)?;
+            rates.push(rate);
+            all.add(h).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let rate = median(rates);
+        let lat = Latency::of(&all);
+        let sys = store.system();
+        emit("engine", case, sys, &params, "throughput", rate, "events/s");
+        lat.emit("engine", case, sys, &params);
+        eprintln!(
+            "  {case:<16} {sys:<8} writers {writers:>2} batch {batch:>2}: {rate:>10.0} events/s  p50 {:>8.2} us  p99 {:>8.2} us  p99.9 {:>8.2} us",
+            lat.p50, lat.p99, lat.p999
+        );
+        results.push((sys, rate, lat.p99));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    ratio_lines(case, &params, &results);
+    Ok(())
+}
+
+fn mixed_case(root: &Path, cfg: &Cfg) -> anyhow::Result<()> {
+    let params = json!({ "writers": 4, "batch": 16, "readers": 2 });
+    let mut results = Vec::new();
+    for (i, open) in systems().into_iter().enumerate() {
+        let dir = root.join(format!("mixed-{i}"));
+        let store = open(&dir)?;
+        let next = Arc::new(AtomicU64::new(0));
+        // Warm up: some history to query.
+        drive(&store, 4, 64, false, cfg.run_time / 2, &next)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2u64)
+            .map(|r| {
+                let (store, stop) = (store.clone(), stop.clone());
+                std::thread::spawn(move || -> anyhow::Result<[hdrhistogram::Histogram<u64>; 3]> {
+                    let mut hs = [histogram(), histogram(), histogram()];
+                    let mut k = r;
+                    while !stop.load(Ordering::Relaxed) {
+                        k += 1;
+                        let ins = instrument(k);
+                        let t = Instant::now();
+                        std::hint::black_box(store.latest_tick(&ins)?);
+                        record(&mut hs[0], t.elapsed());
+                        let t = Instant::now();
+                        std::hint::black_box(store.open_orders(&account(k * 7919), 100)?);
+                        record(&mut hs[1], t.elapsed());
+                        let t = Instant::now();
+                        std::hint::black_box(store.trades_since(
+                            &ins,
+                            now_ns() - 60_000_000_000,
+                            1000,
+                        )?);
+                        record(&mut hs[2], t.elapsed());
+                    }
+                    Ok(hs)
+                })
+            })
+            .collect();
+        let (rate, h) = drive(&store, 4, 16, true, cfg.run_time, &next)?;
+        stop.store(true, Ordering::Relaxed);
+        let mut q = [histogram(), histogram(), histogram()];
+        for r in readers {
+            let hs = r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+            for (a, b) in q.iter_mut().zip(hs) {
+                a.add(b).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        let sys = store.system();
+        let lat = Latency::of(&h);
+        emit("engine", "mixed", sys, &params, "throughput", rate, "events/s");
+        lat.emit("engine", "mixed", sys, &params);
+        eprintln!("  mixed            {sys:<8} 4 durable writers: {rate:>10.0} events/s  submit p99 {:>8.2} us", lat.p99);
+        for (name, hq) in ["latest_tick", "open_orders", "trades_last_minute"].iter().zip(&q) {
+            let l = Latency::of(hq);
+            l.emit("engine", &format!("mixed_{name}"), sys, &params);
+            eprintln!(
+                "    {name:<20} {:>8} queries  p50 {:>8.2} us  p99 {:>8.2} us  p99.9 {:>8.2} us",
+                hq.len(),
+                l.p50,
+                l.p99,
+                l.p999
+            );
+        }
+        results.push((sys, rate, lat.p99));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    ratio_lines("mixed", &params, &results);
+    Ok(())
+}
+
+pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
+    let cfg = cfg(quick);
+    eprintln!(
+        "engine suite ({} mode): {INSTRUMENTS} instruments, {ACCOUNTS} accounts, exchange event mix",
+        if quick { "quick" } else { "full" }
+    );
+    submit_case(root, &cfg, "submit_buffered", 1, 1, false)?;
+    let shapes: &[(usize, usize)] = if quick {
+        &[(1, 1), (16, 1), (64, 1), (16, 64)]
+    } else {
+        &[(1, 1), (16, 1), (64, 1), (1, 64), (16, 64), (64, 64)]
+    };
+    for &(writers, batch) in shapes {
+        submit_case(root, &cfg, "submit_durable", writers, batch, true)?;
+    }
+    mixed_case(root, &cfg)
+}
+
+fn cfg(quick: bool) -> Cfg {
+    if quick {
+        Cfg { run_time: Duration::from_millis(700), runs: 3, reopen_events: 300_000 }
+    } else {
+        Cfg { run_time: Duration::from_secs(3), runs: 3, reopen_events: 1_000_000 }
+    }
+}
+
+/// The `recovery` suite: reopen after N unflushed events, and replay of the WAL.
+pub fn run_recovery(root: &Path, quick: bool) -> anyhow::Result<()> {
+    let cfg = cfg(quick);
+    let n = cfg.reopen_events;
+    let params = json!({ "events": n });
+    eprintln!("recovery suite: {n} unflushed events");
+    let dir = root.join("recovery");
+    {
+        // Memtables large enough that nothing is flushed: reopen replays everything.
+        let e = Engine::open(&dir, engine_options(1 << 30))?;
+        let mut i = 0;
+        while i < n {
+            let batch: Vec<Event> = (i..(i + 256).min(n)).map(event).collect();
+            e.submit(&batch, Durability::Buffered)?;
+            i += 256;
+        }
+        e.sync()?;
+        // Dropped without a checkpoint.
+    }
+    let t = Instant::now();
+    let mut bytes = 0;
+    let e =
+        Engine::open_with(bourse_fs::RealFs::shared(), &dir, engine_options(1 << 30), &mut |p| {
+            if p.done {
+                // Payloads plus the 28-byte record framing: the bytes on disk.
+                bytes = p.bytes + 28 * p.records;
+            }
+        })?;
+    let secs = t.elapsed().as_secs_f64();
+    emit("recovery", "reopen", "bourse", &params, "seconds", secs, "s");
+    eprintln!(
+        "  reopen           bourse   {n} unflushed events: {secs:.2} s ({:.0} events/s applied)",
+        n as f64 / secs
+    );
+    // Replay: the commit stream over the whole WAL (read, check, decode).
+    let t = Instant::now();
+    let mut s = e.commits(1)?;
+    let mut count = 0u64;
+    while s.next_event()?.is_some() {
+        count += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let gbs = bytes as f64 / secs / 1e9;
+    emit("recovery", "replay", "bourse", &params, "throughput", gbs, "GB/s");
+    eprintln!("  replay           bourse   {count} events decoded from the WAL: {gbs:.2} GB/s ({:.0} events/s)", count as f64 / secs);
+    drop(e);
+    let _ = std::fs::remove_dir_all(&dir);
+    #[cfg(feature = "peers")]
+    crate::rocks::reopen_case(root, n)?;
+    Ok(())
+}
