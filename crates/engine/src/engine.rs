@@ -289,7 +289,7 @@ impl Engine {
         for p in self.inner.partitions() {
             p.tree.flush()?;
         }
-        self.inner.checkpoint_step()?;
+        self.inner.checkpoint_step(true)?;
         Ok(self.inner.wal.first_lsn().0)
     }
 

@@ -9,6 +9,10 @@ use bourse_wal::Lsn;
 use crate::engine::Inner;
 use crate::Result;
 
+/// An idle partition this far behind the applied LSN is marked clean by the background
+/// checkpointer even if no segment can be freed (it bounds the replay at open).
+const IDLE_MARK_LSNS: u64 = 1 << 20;
+
 impl Inner {
     /// The body of a maintenance thread. Thread 0 also runs the checkpointer.
     pub(crate) fn maintenance_loop(&self, checkpointer: bool) {
@@ -34,7 +38,7 @@ impl Inner {
             if checkpointer && last_checkpoint.elapsed() >= self.opts.checkpoint_interval {
                 last_checkpoint = Instant::now();
                 self.enforce_budget();
-                if let Err(e) = self.checkpoint_step() {
+                if let Err(e) = self.checkpoint_step(false) {
                     tracing::error!(error = %e, "checkpoint failed");
                 }
             }
@@ -74,7 +78,7 @@ impl Inner {
 
     /// Marks idle partitions clean, flushes partitions that hold back an oversized WAL,
     /// and truncates the WAL below what every partition, pin and retention rule allows.
-    pub(crate) fn checkpoint_step(&self) -> Result<()> {
+    pub(crate) fn checkpoint_step(&self, force: bool) -> Result<()> {
         let applied = self.visible.load(Ordering::Acquire);
         let segments = self.wal.segment_files();
         let wal_bytes: u64 = segments
@@ -82,10 +86,17 @@ impl Inner {
             .filter_map(|(_, p)| self.vfs.open(p, bourse_fs::OpenMode::Read).ok())
             .filter_map(|f| f.len().ok())
             .sum();
+        // Marking a partition clean costs a manifest fsync, so the background checkpointer
+        // does it only when it can free a sealed segment or shorten the replay at open by
+        // a lot; an explicit checkpoint always does.
+        let active_first = segments.last().map_or(0, |s| s.0 .0);
         let mut floor = u64::MAX;
         for p in self.partitions() {
             let mut flushed = p.tree.flushed_seq();
-            if flushed < applied && p.tree.memtable_bytes() == 0 {
+            let worth = force
+                || flushed + 1 < active_first
+                || applied - flushed.min(applied) > IDLE_MARK_LSNS;
+            if worth && flushed < applied && p.tree.memtable_bytes() == 0 {
                 // Idle: nothing up to `applied` waits in memory.
                 if p.tree.mark_clean(applied)? {
                     flushed = applied;

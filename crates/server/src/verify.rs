@@ -15,12 +15,21 @@ pub(crate) fn run(data: &Path) -> anyhow::Result<ExitCode> {
     if !dir.is_dir() && trees.is_empty() {
         bail!("no WAL and no LSM tree under {} (is it a Bourse data directory?)", data.display());
     }
-    let wal_clean = !dir.is_dir() || verify_wal(&dir)?;
+    let wal = if dir.is_dir() { Some(verify_wal(&dir)?) } else { None };
+    let wal_clean = wal.as_ref().is_none_or(|w| w.0);
     let mut trees_clean = true;
+    let mut flushed = Vec::new();
     for t in &trees {
-        trees_clean &= verify_tree(t)?;
+        let (clean, seq) = verify_tree(t)?;
+        trees_clean &= clean;
+        flushed.push((t.clone(), seq));
     }
-    if wal_clean && trees_clean {
+    let engine_clean = if data.join("parts").is_dir() {
+        verify_engine(data, wal.map(|w| (w.1, w.2)), &flushed)?
+    } else {
+        true
+    };
+    if wal_clean && trees_clean && engine_clean {
         println!("verify: clean");
         Ok(ExitCode::SUCCESS)
     } else {
@@ -48,7 +57,77 @@ fn tree_dirs(root: &Path, depth: usize) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn verify_tree(dir: &Path) -> anyhow::Result<bool> {
+/// Checks that tie an engine's partitions to its WAL: every listed instrument partition
+/// exists and every instrument directory is listed; the WAL still holds every LSN some
+/// partition lacks; no partition is ahead of the WAL.
+fn verify_engine(
+    data: &Path,
+    wal: Option<(u64, u64)>,
+    flushed: &[(std::path::PathBuf, u64)],
+) -> anyhow::Result<bool> {
+    let mut clean = true;
+    let inst = data.join("parts/instruments");
+    let list_path = inst.join(bourse_engine::PARTITION_LIST);
+    let listed: Vec<String> = std::fs::read_to_string(&list_path)
+        .map(|t| t.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default();
+    for name in &listed {
+        if !bourse_lsm::is_tree_dir(&RealFs, &inst.join(name)) {
+            println!(
+                "  CORRUPT: partition {name} is listed in {} but has no tree",
+                list_path.display()
+            );
+            clean = false;
+        }
+    }
+    for (dir, _) in flushed {
+        if dir.parent() == Some(inst.as_path()) {
+            let name =
+                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if !listed.contains(&name) {
+                println!(
+                    "  CORRUPT: {} is not listed in {}: the engine would not open it",
+                    dir.display(),
+                    list_path.display()
+                );
+                clean = false;
+            }
+        }
+    }
+    let min = flushed.iter().map(|f| f.1).min().unwrap_or(0);
+    let max = flushed.iter().map(|f| f.1).max().unwrap_or(0);
+    match wal {
+        Some((first, last)) => {
+            // An empty WAL (everything flushed and truncated) ends just before it starts.
+            let last = if last == 0 { first.saturating_sub(1) } else { last };
+            if last >= first && first > min + 1 {
+                println!(
+                    "  CORRUPT: a partition holds only up to LSN {min} but the WAL starts at LSN {first}: LSNs {}..{} are lost",
+                    min + 1,
+                    first - 1
+                );
+                clean = false;
+            }
+            if max > last {
+                println!("  CORRUPT: a partition holds LSN {max} but the WAL ends at LSN {last}");
+                clean = false;
+            }
+            if clean {
+                println!(
+                    "engine: {} instrument partitions listed; opening replays the WAL after LSN {min} (up to {last})",
+                    listed.len()
+                );
+            }
+        }
+        None => {
+            println!("  CORRUPT: {} has partitions but no WAL", data.display());
+            clean = false;
+        }
+    }
+    Ok(clean)
+}
+
+fn verify_tree(dir: &Path) -> anyhow::Result<(bool, u64)> {
     let report = bourse_lsm::verify_tree(&RealFs, dir)
         .with_context(|| format!("reading {}", dir.display()))?;
     let entries: u64 = report.tables.iter().map(|t| t.2).sum();
@@ -64,10 +143,11 @@ fn verify_tree(dir: &Path) -> anyhow::Result<bool> {
     for p in &report.problems {
         println!("  CORRUPT: {p}");
     }
-    Ok(report.is_clean())
+    Ok((report.is_clean(), report.flushed_seq))
 }
 
-fn verify_wal(dir: &Path) -> anyhow::Result<bool> {
+/// Whether the WAL is clean, its first and last LSN.
+fn verify_wal(dir: &Path) -> anyhow::Result<(bool, u64, u64)> {
     let report = verify_dir(&RealFs, dir, &WalOptions::default())
         .with_context(|| format!("reading {}", dir.display()))?;
     let bytes: u64 = report.segments.iter().map(|s| s.bytes).sum();
@@ -93,5 +173,5 @@ fn verify_wal(dir: &Path) -> anyhow::Result<bool> {
         };
         println!("  {name}  {range}  {} records  {status}", s.records);
     }
-    Ok(report.is_clean())
+    Ok((report.is_clean(), first, last))
 }

@@ -124,4 +124,10 @@ fn the_demo_writes_a_journal_that_verifies() {
     assert!(out.contains("journal up to LSN 6000"), "{out}");
     let (code, out) = bourse(&["verify", "--data", backup.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
+    assert!(out.contains("engine: 5 instrument partitions listed"), "{out}");
+    // A partition the engine would not open is a failure, named.
+    std::fs::remove_file(backup.join("parts/instruments/PARTITIONS")).unwrap();
+    let (code, out) = bourse(&["verify", "--data", backup.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("SHFE.cu2512 is not listed"), "{out}");
 }
