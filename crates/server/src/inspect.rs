@@ -76,6 +76,19 @@ fn show(bytes: &[u8]) -> String {
 }
 
 /// Dumps one SSTable.
+/// For an engine partition's table: the stored event, shortened (values that are not
+/// events, like order and user records or index entries, show nothing).
+fn engine_value(v: &[u8]) -> String {
+    match bourse_model::Event::decode(v) {
+        Ok(e) => {
+            let json = e.to_json();
+            let short: String = json.chars().take(100).collect();
+            format!("  {short}{}", if json.len() > short.len() { " ..." } else { "" })
+        }
+        Err(_) => String::new(),
+    }
+}
+
 pub(crate) fn sst(path: &Path, limit: Option<u64>) -> anyhow::Result<ExitCode> {
     let (dir, id) = table_location(path)?;
     let table = bourse_lsm::Table::open(&RealFs, &dir, id)?;
@@ -101,11 +114,12 @@ pub(crate) fn sst(path: &Path, limit: Option<u64>) -> anyhow::Result<ExitCode> {
             Ok(e) => {
                 if writeln!(
                     out,
-                    "{:>12} {:<6} {:>8}  {}",
+                    "{:>12} {:<6} {:>8}  {}{}",
                     e.seq,
                     format!("{:?}", e.kind),
                     e.value.len(),
-                    show(&e.key)
+                    show(&e.key),
+                    engine_value(&e.value)
                 )
                 .is_err()
                 {
@@ -118,7 +132,10 @@ pub(crate) fn sst(path: &Path, limit: Option<u64>) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let _ = writeln!(out, "-- columns: sequence, kind, value bytes, key");
+    let _ = writeln!(
+        out,
+        "-- columns: sequence, kind, value bytes, key, and the event stored (engine tables)"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
