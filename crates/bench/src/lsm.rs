@@ -5,7 +5,8 @@
 //! Cases (`BENCH.md`): `fillseq`, `fillrandom`, `overwrite` (with `space_amp` and
 //! `write_amp`), `readrandom`, `readmissing`, `seekrandom` (seek + next 100), and
 //! `readmemtable` (gets from a store small enough to stay in its memtable). Keys are 16
-//! bytes, values 100 bytes.
+//! bytes, values 100 bytes. Writes run one system after another; the read cases run on
+//! all stores kept open, alternating rounds between systems.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use std::time::Instant;
 
 use bourse_fs::RealFs;
 use bourse_lsm::{Tree, TreeOptions, MAX_SEQ};
+use hdrhistogram::Histogram;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -207,8 +209,12 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         ("readmissing", vec![]),
         ("seekrandom", vec![]),
     ];
-    for open in systems() {
-        let dir = root.join("lsm-random");
+    // Fill and overwrite each system in turn, keep them all open, then interleave the
+    // read rounds across systems so a slow minute on a shared machine hits every system
+    // alike instead of one.
+    let mut stores = Vec::new();
+    for (i, open) in systems().into_iter().enumerate() {
+        let dir = root.join(format!("lsm-random-{i}"));
         let kv = open(&dir)?;
         let sys = kv.system();
         let (rate, lat) = fill(&*kv, &random_order, &value)?;
@@ -228,12 +234,28 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
             "  {:<12} {sys:<8} space amplification {space_amp:.2} after settling",
             "overwrite"
         );
-        for (slot, case, present) in [(2usize, "readrandom", true), (3, "readmissing", false)] {
-            let (rate, lat) = read_case(&*kv, n, reads, runs, present, &mut rng)?;
-            per_case[slot].1.push(report(case, &params, sys, rate, lat));
+        stores.push((kv, dir));
+    }
+    for (slot, case) in [(2usize, "readrandom"), (3, "readmissing"), (4, "seekrandom")] {
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); stores.len()];
+        let mut hists: Vec<_> = stores.iter().map(|_| histogram()).collect();
+        for _ in 0..runs {
+            for (i, (kv, _)) in stores.iter().enumerate() {
+                let (rate, h) = match case {
+                    "seekrandom" => seek_case(&**kv, n, reads / 20, 1, &mut rng)?,
+                    _ => read_case(&**kv, n, reads, 1, case == "readrandom", &mut rng)?,
+                };
+                rates[i].push(rate);
+                hists[i].add(h).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
         }
-        let (rate, lat) = seek_case(&*kv, n, reads / 20, runs, &mut rng)?;
-        per_case[4].1.push(report("seekrandom", &json!({"keys": n, "next": 100}), sys, rate, lat));
+        let p = if case == "seekrandom" { json!({"keys": n, "next": 100}) } else { params.clone() };
+        for (i, (kv, _)) in stores.iter().enumerate() {
+            let rate = median(std::mem::take(&mut rates[i]));
+            per_case[slot].1.push(report(case, &p, kv.system(), rate, Latency::of(&hists[i])));
+        }
+    }
+    for (kv, dir) in stores {
         drop(kv);
         std::fs::remove_dir_all(&dir)?;
     }
@@ -247,8 +269,8 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         let dir = root.join("lsm-memtable");
         let kv = open(&dir)?;
         fill(&*kv, &order, &value)?;
-        let (rate, lat) = read_case(&*kv, small, reads, runs, true, &mut rng)?;
-        resident.push(report("readmemtable", &mem_params, kv.system(), rate, lat));
+        let (rate, h) = read_case(&*kv, small, reads, runs, true, &mut rng)?;
+        resident.push(report("readmemtable", &mem_params, kv.system(), rate, Latency::of(&h)));
         drop(kv);
         std::fs::remove_dir_all(&dir)?;
     }
@@ -267,7 +289,7 @@ fn timed_runs<T>(
     runs: usize,
     mut inputs: impl FnMut() -> Vec<T>,
     mut op: impl FnMut(&T) -> anyhow::Result<()>,
-) -> anyhow::Result<(f64, Latency)> {
+) -> anyhow::Result<(f64, Histogram<u64>)> {
     let mut rates = Vec::new();
     let mut h = histogram();
     for _ in 0..runs {
@@ -280,7 +302,7 @@ fn timed_runs<T>(
         }
         rates.push(batch.len() as f64 / t0.elapsed().as_secs_f64());
     }
-    Ok((median(rates), Latency::of(&h)))
+    Ok((median(rates), h))
 }
 
 fn read_case(
@@ -290,7 +312,7 @@ fn read_case(
     runs: usize,
     present: bool,
     rng: &mut rand::rngs::StdRng,
-) -> anyhow::Result<(f64, Latency)> {
+) -> anyhow::Result<(f64, Histogram<u64>)> {
     let keys = || -> Vec<Vec<u8>> {
         (0..reads)
             .map(|_| {
@@ -318,7 +340,7 @@ fn seek_case(
     seeks: usize,
     runs: usize,
     rng: &mut rand::rngs::StdRng,
-) -> anyhow::Result<(f64, Latency)> {
+) -> anyhow::Result<(f64, Histogram<u64>)> {
     let starts = || -> Vec<[u8; 16]> {
         (0..seeks).map(|_| key(rng.gen_range(0..n.saturating_sub(100).max(1)))).collect()
     };

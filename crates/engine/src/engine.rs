@@ -709,7 +709,10 @@ impl Inner {
             }
             let ops: Vec<(&[u8], Option<&[u8]>)> =
                 group.iter().map(|w| (w.key.as_slice(), w.value.as_deref())).collect();
-            part.tree.write_batch(&ops, lsn)?;
+            if part.tree.write_batch(&ops, lsn)? {
+                // A memtable filled: start its flush now rather than at the next poll.
+                self.kick();
+            }
         }
         if let Some(ins) = event.instrument() {
             if !self.catalogue.read().contains(ins) {

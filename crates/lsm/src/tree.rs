@@ -261,7 +261,9 @@ impl Tree {
     /// Applies several puts (`Some(value)`) and deletes (`None`) at one sequence,
     /// atomically with respect to memtable rotation: after a crash, the tables hold all
     /// of them or none. Use it when one sequence writes several keys of this tree.
-    pub fn write_batch(&self, ops: &[(&[u8], Option<&[u8]>)], seq: SeqNo) -> Result<()> {
+    /// Returns whether the memtable filled up and was rotated: a flush is due (the
+    /// background thread starts it; without one, call [`Tree::maintain`]).
+    pub fn write_batch(&self, ops: &[(&[u8], Option<&[u8]>)], seq: SeqNo) -> Result<bool> {
         self.inner.write_batch(ops, seq)
     }
 
@@ -474,13 +476,14 @@ impl Inner {
 
     fn write(&self, key: &[u8], seq: SeqNo, kind: Kind, value: &[u8]) -> Result<()> {
         let value = (kind == Kind::Put).then_some(value);
-        self.write_batch(&[(key, value)], seq)
+        self.write_batch(&[(key, value)], seq).map(|_| ())
     }
 
     /// Inserts every write into the active memtable under one lock, so a rotation falls
     /// before or after all of them: a memtable holds all of a sequence's writes or none,
-    /// which is what makes "flushed up to `seq`" exact.
-    pub(crate) fn write_batch(&self, ops: &[(&[u8], Option<&[u8]>)], seq: SeqNo) -> Result<()> {
+    /// which is what makes "flushed up to `seq`" exact. Returns whether the active
+    /// memtable was rotated (a flush is now due).
+    pub(crate) fn write_batch(&self, ops: &[(&[u8], Option<&[u8]>)], seq: SeqNo) -> Result<bool> {
         self.check_poison()?;
         for (key, value) in ops {
             let vlen = value.map_or(0, <[u8]>::len);
@@ -519,8 +522,9 @@ impl Inner {
             let full = std::mem::replace(&mut st.active, Arc::new(Memtable::new()));
             st.immutables.push(full);
             self.changed.notify_all();
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     fn get(&self, key: &[u8], snapshot: SeqNo) -> Result<Option<Vec<u8>>> {
