@@ -41,7 +41,7 @@ pub(crate) struct Inner {
     pub vfs: Arc<dyn Vfs>,
     pub dir: PathBuf,
     pub opts: EngineOptions,
-    pub wal: Wal,
+    pub wal: Arc<Wal>,
     pub parts: RwLock<HashMap<PartitionId, Arc<Partition>>>,
     pub seq: Mutex<Sequencer>,
     pub seq_cond: Condvar,
@@ -188,7 +188,7 @@ impl Engine {
         }
         vfs.create_dir_all(&dir.join("parts/instruments"))
             .map_err(io_err("create directory", dir.join("parts/instruments")))?;
-        let wal = Wal::open(vfs.clone(), dir.join("wal"), opts.wal.clone())?;
+        let wal = Arc::new(Wal::open(vfs.clone(), dir.join("wal"), opts.wal.clone())?);
         let inner = Arc::new(Inner {
             vfs: vfs.clone(),
             dir: dir.to_path_buf(),
@@ -440,6 +440,13 @@ impl Inner {
             self.record_partition(ins)?;
         }
         let tree = Tree::open(self.vfs.clone(), &path, self.tree_options())?;
+        // IMPORTANT: tables must never hold an LSN the WAL could still lose (a `Buffered`
+        // append not yet synced): after a power loss that LSN would be handed out again.
+        // So a flush first makes the WAL durable up to what it writes.
+        let wal = self.wal.clone();
+        tree.set_flush_gate(Arc::new(move |seq| {
+            wal.wait_durable(Lsn(seq)).map_err(|e| std::io::Error::other(e.to_string()))
+        }));
         if let Some(lsn) = created_at {
             tree.mark_clean(lsn.saturating_sub(1))?;
         }

@@ -27,6 +27,20 @@ pub struct Canary {
     pub skip_dir_sync: bool,
 }
 
+/// Called with a sequence before writes up to it are made durable in tables (see
+/// [`Tree::set_flush_gate`]).
+pub type FlushGate = Arc<dyn Fn(SeqNo) -> std::io::Result<()> + Send + Sync>;
+
+/// A set flush gate (a newtype so the tree's state can derive `Debug`).
+#[derive(Clone)]
+pub(crate) struct GateFn(FlushGate);
+
+impl std::fmt::Debug for GateFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlushGate")
+    }
+}
+
 /// Tree configuration; every limit carries its unit in its name.
 #[derive(Debug, Clone)]
 pub struct TreeOptions {
@@ -124,6 +138,8 @@ pub(crate) struct Inner {
     /// run side by side: a long compaction never delays the flush a stalled writer needs.
     pub compact_lock: Mutex<()>,
     pub cache: Option<Arc<crate::table::BlockCache>>,
+    /// Called with a sequence before anything up to it is made durable in tables.
+    pub flush_gate: Mutex<Option<GateFn>>,
 }
 
 /// A key-value LSM tree. See the crate documentation.
@@ -236,6 +252,7 @@ impl Tree {
             flush_lock: Mutex::new(()),
             compact_lock: Mutex::new(()),
             cache,
+            flush_gate: Mutex::new(None),
             opts,
         });
         let mut workers = Vec::new();
@@ -302,6 +319,15 @@ impl Tree {
         Ok(())
     }
 
+    /// Sets the gate called with a sequence before a flush (or [`Tree::mark_clean`]) makes
+    /// writes up to it durable in tables. An owner whose log can still lose those writes
+    /// (the engine's WAL after a `Buffered` append) makes them durable there first, so
+    /// the tables never get ahead of the log. An error fails the flush (and poisons the
+    /// tree, as any flush failure does).
+    pub fn set_flush_gate(&self, gate: FlushGate) {
+        *self.inner.flush_gate.lock() = Some(GateFn(gate));
+    }
+
     /// Records that every write with a sequence at most `seq` is in tables, when no
     /// memtable holds such a write; returns whether it did. The caller promises that
     /// writes still to come carry sequences above `seq` (the engine applies in LSN
@@ -319,6 +345,7 @@ impl Tree {
         if !clean {
             return Ok(false);
         }
+        self.inner.pass_gate(seq)?;
         let result = self.inner.commit(&[Change::FlushedSeq(seq)], |_| {
             self.inner.flushed_seq.fetch_max(seq, Ordering::AcqRel);
         });
@@ -563,9 +590,23 @@ impl Inner {
         self.poison_on_error(result).map(|()| true)
     }
 
+    /// Runs the flush gate for `seq`, if one is set.
+    pub(crate) fn pass_gate(&self, seq: SeqNo) -> Result<()> {
+        let gate = self.flush_gate.lock().clone();
+        match gate {
+            Some(g) => (g.0)(seq).map_err(|source| Error::Io {
+                op: "flush gate",
+                path: self.dir.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn flush_memtable(&self, imm: &Arc<Memtable>) -> Result<()> {
         let mut changes = Vec::new();
         let mut table = None;
+        self.pass_gate(imm.max_seq())?;
         if !imm.is_empty() {
             let mut w = self.new_table_writer()?;
             for e in imm.iter_from(None) {
