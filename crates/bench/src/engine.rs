@@ -14,27 +14,14 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bourse_engine::{Durability, Engine, EngineOptions, OrderFilter};
-use bourse_model::samples::sample;
-use bourse_model::{Event, EventKind, InstrumentId};
+use bourse_model::samples::{mixed_kind, sample};
+use bourse_model::{Event, InstrumentId};
 use serde_json::json;
 
 use crate::report::{emit, histogram, median, record, Latency};
 
 const INSTRUMENTS: u64 = 50;
 const ACCOUNTS: u64 = 10_000;
-
-/// The event mix of a busy futures exchange: mostly market data, then order flow.
-const MIX: [(EventKind, u32); 9] = [
-    (EventKind::Tick, 40),
-    (EventKind::BookDelta, 25),
-    (EventKind::OrderRequested, 10),
-    (EventKind::OrderAccepted, 8),
-    (EventKind::TradeExecuted, 6),
-    (EventKind::AccountUpdated, 4),
-    (EventKind::PositionUpdated, 4),
-    (EventKind::CancelRequested, 2),
-    (EventKind::OrderCancelled, 1),
-];
 
 pub fn instrument(k: u64) -> InstrumentId {
     InstrumentId::new(format!("SIM.i{:02}", k % INSTRUMENTS)).unwrap_or_default()
@@ -50,17 +37,7 @@ fn now_ns() -> i64 {
 
 /// Event number `n` of the workload.
 pub fn event(n: u64) -> Event {
-    let total: u32 = MIX.iter().map(|(_, w)| w).sum();
-    let mut x = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32 % total;
-    let mut kind = EventKind::Tick;
-    for (k, w) in MIX {
-        if x < w {
-            kind = k;
-            break;
-        }
-        x -= w;
-    }
-    let mut e = sample(kind, n);
+    let mut e = sample(mixed_kind(n), n);
     let ins = instrument(n.wrapping_mul(31) >> 3);
     let acct = account(n.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17);
     let now = now_ns();

@@ -4,7 +4,7 @@
 
 use std::ops::Bound;
 
-use bourse_lsm::{Snapshot, Tree};
+use bourse_lsm::{prefix_end, Snapshot, Tree};
 use bourse_model::{Account, BookSnapshot, Event, InstrumentId, Position, Tick, Trade, Transfer};
 
 use crate::apply::{decode, OrderRecord, UserRecord};
@@ -44,18 +44,6 @@ impl<T: 'static> Rows<T> {
     fn empty() -> Rows<T> {
         Rows { iter: Box::new(std::iter::empty()), _snapshot: None }
     }
-}
-
-/// The smallest key after every key starting with `prefix`, if any.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 /// Key-value pairs from a tree scan.

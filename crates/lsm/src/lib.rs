@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 pub use key::{Entry, InternalKey, Kind, SeqNo, MAX_SEQ};
 pub use memtable::Memtable;
-pub use scan::{Scan, ScanRev};
+pub use scan::{prefix_end, Scan, ScanRev};
 pub use table::{BlockCache, Compression, Table, TableId, TableMeta, TableWriter};
 pub use tree::{FlushGate, Snapshot, Tree, TreeOptions, TreeStats};
 pub use verify::{is_tree_dir, verify_tree, TreeReport};

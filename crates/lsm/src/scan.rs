@@ -307,8 +307,9 @@ impl Tree {
     }
 }
 
-/// The smallest key greater than every key with this prefix, if any.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+/// The smallest key greater than every key with this prefix (`None` when the prefix is
+/// all `0xff` bytes: nothing is greater).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

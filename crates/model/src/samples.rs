@@ -10,6 +10,33 @@ fn ins(n: u64) -> InstrumentId {
     InstrumentId::new(SET[(n % 5) as usize]).unwrap_or_default()
 }
 
+/// The event mix of a busy futures exchange, by weight: mostly market data, then order
+/// flow (used by the demo and the benchmarks).
+pub const EXCHANGE_MIX: [(EventKind, u32); 9] = [
+    (EventKind::Tick, 40),
+    (EventKind::BookDelta, 25),
+    (EventKind::OrderRequested, 10),
+    (EventKind::OrderAccepted, 8),
+    (EventKind::TradeExecuted, 6),
+    (EventKind::AccountUpdated, 4),
+    (EventKind::PositionUpdated, 4),
+    (EventKind::CancelRequested, 2),
+    (EventKind::OrderCancelled, 1),
+];
+
+/// The kind of event number `n` in [`EXCHANGE_MIX`] (a deterministic hash of `n` picks it).
+pub fn mixed_kind(n: u64) -> EventKind {
+    let total: u32 = EXCHANGE_MIX.iter().map(|(_, w)| w).sum();
+    let mut x = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32 % total;
+    for (kind, w) in EXCHANGE_MIX {
+        if x < w {
+            return kind;
+        }
+        x -= w;
+    }
+    EventKind::Tick
+}
+
 fn ts(n: u64) -> i64 {
     1_763_800_000_000_000_000 + (n as i64) * 500_000_000
 }

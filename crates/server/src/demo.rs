@@ -14,35 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use bourse_engine::{Durability, Engine, EngineOptions, OrderFilter};
 use bourse_fs::RealFs;
-use bourse_model::samples::sample;
+use bourse_model::samples::{mixed_kind, sample};
 use bourse_model::{Event, EventKind};
 use bourse_wal::{Wal, WalOptions};
 use indicatif::{ProgressBar, ProgressStyle};
-
-/// The event mix of a busy futures exchange: mostly market data, then order flow.
-const MIX: [(EventKind, u32); 9] = [
-    (EventKind::Tick, 40),
-    (EventKind::BookDelta, 25),
-    (EventKind::OrderRequested, 10),
-    (EventKind::OrderAccepted, 8),
-    (EventKind::TradeExecuted, 6),
-    (EventKind::AccountUpdated, 4),
-    (EventKind::PositionUpdated, 4),
-    (EventKind::CancelRequested, 2),
-    (EventKind::OrderCancelled, 1),
-];
-
-fn kind_for(n: u64) -> EventKind {
-    let total: u32 = MIX.iter().map(|(_, w)| w).sum();
-    let mut x = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32 % total;
-    for (kind, w) in MIX {
-        if x < w {
-            return kind;
-        }
-        x -= w;
-    }
-    EventKind::Tick
-}
 
 fn wal_options() -> WalOptions {
     WalOptions { segment_bytes: 64 << 20, ..WalOptions::default() }
@@ -170,7 +145,7 @@ fn write(
                     let n = (events - first).min(batch as u64);
                     batch_events.clear();
                     for i in first..first + n {
-                        let mut e = sample(kind_for(start + i), start + i);
+                        let mut e = sample(mixed_kind(start + i), start + i);
                         stamp(&mut e);
                         batch_events.push(e);
                     }
