@@ -8,7 +8,7 @@
 //! an LSN (its tables are past it) can be skipped during replay without changing what
 //! the others compute.
 
-use bourse_model::{Event, Order, OrderStatus};
+use bourse_model::{Event, InstrumentId, Order, OrderStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::layout::{acct, inst, market, users, Key, PartitionId};
@@ -106,8 +106,8 @@ pub fn apply(
     match event {
         Event::OrderRequested(r) => {
             flow(out, &r.instrument_id);
-            let key = Key::new(acct::ORDER).str(&r.user_id).str(&r.order_id);
-            if state.get(&PartitionId::Accounts, key.as_slice())?.is_some() {
+            let prev = existing_order(state, &r.user_id, &r.order_id)?;
+            if prev.is_some() {
                 // A repeated order id changes nothing but the flow log.
                 return Ok(());
             }
@@ -131,42 +131,22 @@ pub fn apply(
                 frozen_margin: 0.0,
                 last_msg: "requested".into(),
             };
-            store_order(out, state, lsn, order)?;
+            store_order(out, lsn, prev, order)?;
         }
         Event::OrderAccepted(o) | Event::OrderUpdated(o) => {
             flow(out, &o.instrument_id);
-            store_order(out, state, lsn, o.clone())?;
+            let prev = existing_order(state, &o.user_id, &o.order_id)?;
+            store_order(out, lsn, prev, o.clone())?;
         }
         Event::OrderRejected(r) => {
             flow(out, &r.instrument_id);
-            let mut order = existing_order(state, &r.user_id, &r.order_id)?
-                .map(|rec| rec.order)
-                .unwrap_or_else(|| Order {
-                    user_id: r.user_id.clone(),
-                    order_id: r.order_id.clone(),
-                    instrument_id: r.instrument_id.clone(),
-                    insert_date_time: r.datetime,
-                    ..Order::default()
-                });
-            order.status = OrderStatus::Finished;
-            order.last_msg.clone_from(&r.last_msg);
-            store_order(out, state, lsn, order)?;
+            let ids = (&r.user_id, &r.order_id, &r.instrument_id, r.datetime);
+            finish_order(out, state, lsn, ids, None, &r.last_msg)?;
         }
         Event::OrderCancelled(c) => {
             flow(out, &c.instrument_id);
-            let mut order = existing_order(state, &c.user_id, &c.order_id)?
-                .map(|rec| rec.order)
-                .unwrap_or_else(|| Order {
-                    user_id: c.user_id.clone(),
-                    order_id: c.order_id.clone(),
-                    instrument_id: c.instrument_id.clone(),
-                    insert_date_time: c.datetime,
-                    ..Order::default()
-                });
-            order.status = OrderStatus::Finished;
-            order.volume_left = c.volume_left;
-            order.last_msg.clone_from(&c.last_msg);
-            store_order(out, state, lsn, order)?;
+            let ids = (&c.user_id, &c.order_id, &c.instrument_id, c.datetime);
+            finish_order(out, state, lsn, ids, Some(c.volume_left), &c.last_msg)?;
         }
         Event::CancelRequested(c) => {
             let key = Key::new(acct::CANCEL).str(&c.user_id).str(&c.order_id).u64(lsn);
@@ -271,9 +251,40 @@ fn existing_order(
         .transpose()
 }
 
-/// Writes an order's new state and keeps the by-time and open indexes in step.
-fn store_order(out: &mut Vec<Write>, state: &dyn StateRead, lsn: u64, order: Order) -> Result<()> {
-    let prev = existing_order(state, &order.user_id, &order.order_id)?;
+/// Marks an order `FINISHED` (rejected or cancelled) with its message and, for a cancel,
+/// the volume left; an order never seen before is created from the event's ids.
+fn finish_order(
+    out: &mut Vec<Write>,
+    state: &dyn StateRead,
+    lsn: u64,
+    (user_id, order_id, instrument_id, datetime): (&String, &String, &InstrumentId, i64),
+    volume_left: Option<i64>,
+    last_msg: &str,
+) -> Result<()> {
+    let prev = existing_order(state, user_id, order_id)?;
+    let mut order = prev.as_ref().map(|rec| rec.order.clone()).unwrap_or_else(|| Order {
+        user_id: user_id.clone(),
+        order_id: order_id.clone(),
+        instrument_id: instrument_id.clone(),
+        insert_date_time: datetime,
+        ..Order::default()
+    });
+    order.status = OrderStatus::Finished;
+    if let Some(v) = volume_left {
+        order.volume_left = v;
+    }
+    order.last_msg = last_msg.to_string();
+    store_order(out, lsn, prev, order)
+}
+
+/// Writes an order's new state (`prev` is its stored record, if any) and keeps the
+/// by-time and open indexes in step.
+fn store_order(
+    out: &mut Vec<Write>,
+    lsn: u64,
+    prev: Option<OrderRecord>,
+    order: Order,
+) -> Result<()> {
     let created = prev.as_ref().map_or(lsn, |p| p.created_lsn);
     let by_time = Key::new(acct::ORDER_BY_TIME).str(&order.user_id).u64(!created);
     let open = Key::new(acct::OPEN_ORDER).str(&order.user_id).u64(!created);
