@@ -28,13 +28,25 @@ pub(crate) struct Partition {
 
 /// The LSN-ordered apply: who applied last, whether an apply failed, and the writers
 /// waiting for their turn (by the first LSN of their batch).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Sequencer {
     pub applied: u64,
     pub poisoned: Option<String>,
     /// Each waiting writer is woken alone when its turn comes: waking every waiter
     /// for every batch would cost 64 context switches per batch with 64 writers.
     pub waiters: BTreeMap<u64, std::thread::Thread>,
+    /// Receives every applied batch before it becomes visible (the bus).
+    pub sink: Option<Arc<dyn CommitSink>>,
+}
+
+/// Receives every applied event in LSN order, before readers can see it, from the
+/// thread whose batch it is (one call at a time: calls are serialised by the apply
+/// order). The bus implements it; it must not block for long, since every writer waits
+/// behind it.
+pub trait CommitSink: Send + Sync {
+    /// Event `lsn`, submitted at `timestamp` (ns since the Unix epoch), with its
+    /// encoded form as the WAL holds it.
+    fn committed(&self, lsn: u64, timestamp: i64, event: &Event, encoded: &[u8]);
 }
 
 pub(crate) struct Inner {
@@ -254,6 +266,42 @@ impl Engine {
     /// Makes everything applied so far durable.
     pub fn sync(&self) -> Result<u64> {
         Ok(self.inner.wal.sync()?.0)
+    }
+
+    /// Waits until every event up to `lsn` (already applied) is durable, joining or
+    /// leading a group commit.
+    pub fn wait_durable(&self, lsn: u64) -> Result<()> {
+        Ok(self.inner.wal.wait_durable(Lsn(lsn))?)
+    }
+
+    /// Installs the one commit sink (replacing any earlier one) and returns the first
+    /// LSN it will receive: every event at or after it reaches the sink before it is
+    /// visible, every event before it is already applied (and readable through
+    /// [`Engine::commits`]). The two sets meet with no gap and no overlap.
+    pub fn attach_sink(&self, sink: Arc<dyn CommitSink>) -> u64 {
+        let mut seq = self.inner.seq.lock();
+        seq.sink = Some(sink);
+        seq.applied + 1
+    }
+
+    /// Removes the commit sink.
+    pub fn detach_sink(&self) {
+        self.inner.seq.lock().sink = None;
+    }
+
+    /// The options the engine was opened with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.opts
+    }
+
+    /// The file system the engine runs on.
+    pub fn vfs(&self) -> Arc<dyn Vfs> {
+        self.inner.vfs.clone()
+    }
+
+    /// The oldest LSN the WAL still holds.
+    pub fn first_retained_lsn(&self) -> u64 {
+        self.inner.wal.first_lsn().0
     }
 
     /// The market cache (latest tick and book per instrument).
@@ -617,7 +665,7 @@ impl Inner {
             .map(|(e, p)| Entry { kind: e.kind().as_u16(), timestamp: ts, payload: p })
             .collect();
         let range = self.wal.append_batch(&entries, bourse_wal::Durability::Buffered)?;
-        self.apply_in_order(range, events, &payloads)?;
+        self.apply_in_order(range, ts, events, &payloads)?;
         if durability == Durability::Durable {
             self.wal.wait_durable(range.last)?;
         }
@@ -636,6 +684,7 @@ impl Inner {
     fn apply_in_order(
         &self,
         range: LsnRange,
+        timestamp: i64,
         events: &[Event],
         payloads: &[Vec<u8>],
     ) -> Result<()> {
@@ -664,6 +713,11 @@ impl Inner {
         }
         match result {
             Ok(()) => {
+                if let Some(sink) = &seq.sink {
+                    for (i, (e, p)) in events.iter().zip(payloads).enumerate() {
+                        sink.committed(range.first.0 + i as u64, timestamp, e, p);
+                    }
+                }
                 seq.applied = range.last.0;
                 self.visible.store(range.last.0, Ordering::Release);
             }

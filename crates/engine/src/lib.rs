@@ -52,10 +52,11 @@ pub use apply::{OrderRecord, UserRecord};
 pub use bourse_wal::{Lsn, LsnRange};
 pub use cache::{apply_delta, MarketCache};
 pub use engine::{
-    BackupReport, Engine, EngineStats, OpenProgress, PartitionStats, WalPin, PARTITION_LIST,
+    BackupReport, CommitSink, Engine, EngineStats, OpenProgress, PartitionStats, WalPin,
+    PARTITION_LIST,
 };
 pub use query::{OrderFilter, Rows};
-pub use stream::{CommitStream, Committed};
+pub use stream::{CommitStream, Committed, RawCommitted};
 pub use users::NewUser;
 
 /// How much of a submit must hold before it is acknowledged.

@@ -22,6 +22,19 @@ pub struct Committed {
     pub event: Event,
 }
 
+/// One committed event in its encoded form (see [`CommitStream::next_raw`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RawCommitted<'a> {
+    /// Its LSN.
+    pub lsn: u64,
+    /// When it was submitted (ns since the Unix epoch).
+    pub timestamp: i64,
+    /// The event kind's number ([`bourse_model::EventKind::as_u16`]).
+    pub kind: u16,
+    /// The encoded event ([`Event::decode`] reads it).
+    pub payload: &'a [u8],
+}
+
 /// Committed events in LSN order. [`CommitStream::next_event`] returns what is already
 /// applied and `None` when caught up; [`CommitStream::wait_next`] blocks for more.
 pub struct CommitStream {
@@ -70,6 +83,23 @@ impl CommitStream {
         let c = Committed { lsn: rec.lsn.0, timestamp: rec.timestamp, event };
         self.next = c.lsn + 1;
         Ok(Some(c))
+    }
+
+    /// The next committed event as the WAL holds it (its kind and encoded payload,
+    /// borrowed until the next call), or `None` when every applied event has been
+    /// returned. The cheap path for relaying events without decoding them.
+    pub fn next_raw(&mut self) -> Result<Option<RawCommitted<'_>>> {
+        if self.next > self.inner.visible.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let Some(rec) = self.reader.next_record()? else { return Ok(None) };
+        self.next = rec.lsn.0 + 1;
+        Ok(Some(RawCommitted {
+            lsn: rec.lsn.0,
+            timestamp: rec.timestamp,
+            kind: rec.kind,
+            payload: rec.payload,
+        }))
     }
 
     /// Like [`CommitStream::next_event`], waiting up to `timeout` for an event to be

@@ -186,6 +186,24 @@ impl Event {
         }
     }
 
+    /// The trading account the event belongs to, when it has one (`user_id` of the
+    /// trading events, `account_id` of bindings).
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            Self::OrderRequested(e) => Some(&e.user_id),
+            Self::OrderAccepted(e) | Self::OrderUpdated(e) => Some(&e.user_id),
+            Self::OrderRejected(e) => Some(&e.user_id),
+            Self::CancelRequested(e) => Some(&e.user_id),
+            Self::OrderCancelled(e) => Some(&e.user_id),
+            Self::TradeExecuted(e) => Some(&e.user_id),
+            Self::AccountUpdated(e) => Some(&e.user_id),
+            Self::PositionUpdated(e) => Some(&e.user_id),
+            Self::Transfer(e) => Some(&e.user_id),
+            Self::AccountBound(e) | Self::AccountUnbound(e) => Some(&e.account_id),
+            _ => None,
+        }
+    }
+
     /// The business time the event carries, when it has one (nanoseconds).
     pub fn datetime(&self) -> Option<i64> {
         match self {

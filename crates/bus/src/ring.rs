@@ -1,0 +1,318 @@
+//! The broadcast ring: one writer, any number of readers, variable-length records in a
+//! bounded array of 64-bit words, read under a sequence lock.
+//!
+//! Written in safe Rust: every word is an `AtomicU64`, so a reader racing the writer
+//! reads stale or new words, never undefined ones, and the validation below tells which.
+//!
+//! # Layout
+//!
+//! Positions are logical word offsets that only grow; a position's word is
+//! `words[pos & mask]`. A record never straddles the end of the array: when it does not
+//! fit, the writer stores [`PAD`] at the current offset and starts at the next lap.
+//!
+//! | word | holds |
+//! |---|---|
+//! | 0 | the LSN (never 0; [`PAD`] marks padding to the end of the lap) |
+//! | 1 | the submit timestamp (ns since the Unix epoch, as `i64` bits) |
+//! | 2 | `meta`: payload length (bits 0–31), event kind (32–39), instrument hash (40–51), account hash (52–63) |
+//! | 3.. | the payload, 8 bytes per word, little-endian, the last word zero-padded |
+//!
+//! # Protocol
+//!
+//! The writer first stores `intent` = the end position of what it is about to write,
+//! issues a release fence, stores the words (relaxed), then publishes `tail` (the same
+//! end position). A reader at position `p` loads `tail` (acquire), copies the words
+//! (relaxed), issues an acquire fence and loads `intent`: the copy is whole if
+//! `intent <= p + capacity`, because any overwrite of the words it read is preceded by
+//! an `intent` store past `p + capacity`, and the fences order that store before the
+//! reader's check once the reader has seen any overwritten word. Otherwise the reader
+//! was lapped and must not use what it copied.
+//!
+//! An index of `(lsn, position)` slots lets a reader find where an LSN starts (replay
+//! switching to live, and lapped readers jumping ahead). It has at least as many slots
+//! as the ring can hold records, so a record still in the ring always has its slot.
+
+use crate::sync::{fence, AtomicU64, Ordering};
+
+/// Marks padding from here to the end of the lap.
+pub(crate) const PAD: u64 = u64::MAX;
+/// Words in a record header.
+pub(crate) const HEADER_WORDS: u64 = 3;
+
+/// A record's header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub lsn: u64,
+    pub timestamp: i64,
+    pub meta: u64,
+}
+
+impl Header {
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        (self.meta & 0xffff_ffff) as usize
+    }
+}
+
+/// Packs the `meta` word.
+pub fn meta(len: usize, kind: u8, instrument_hash: u16, account_hash: u16) -> u64 {
+    (len as u64 & 0xffff_ffff)
+        | (kind as u64) << 32
+        | ((instrument_hash & 0xfff) as u64) << 40
+        | ((account_hash & 0xfff) as u64) << 52
+}
+
+fn payload_words(len: usize) -> u64 {
+    len.div_ceil(8) as u64
+}
+
+struct Slot {
+    lsn: AtomicU64,
+    pos: AtomicU64,
+}
+
+/// The shared memory of the ring.
+pub struct Ring {
+    words: Box<[AtomicU64]>,
+    mask: u64,
+    slots: Box<[Slot]>,
+    slot_mask: u64,
+    intent: AtomicU64,
+    tail: AtomicU64,
+    last_lsn: AtomicU64,
+    first_lsn: AtomicU64,
+}
+
+/// What a read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Nothing published at this position yet.
+    Empty,
+    /// A whole record; its payload is in the buffer and the position moved past it.
+    Record(Header),
+    /// The writer overwrote (or may have overwritten) the position: resynchronise.
+    Lapped,
+}
+
+impl Ring {
+    /// A ring of at least `bytes` (rounded up to a power of two of 8-byte words, at
+    /// least 8 words).
+    pub fn new(bytes: usize) -> Ring {
+        let cap = (bytes / 8).max(8).next_power_of_two();
+        // The smallest record is a header plus one word.
+        let slots = (cap / (HEADER_WORDS as usize + 1)).max(2).next_power_of_two();
+        Ring {
+            words: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+            mask: cap as u64 - 1,
+            slots: (0..slots)
+                .map(|_| Slot { lsn: AtomicU64::new(0), pos: AtomicU64::new(0) })
+                .collect(),
+            slot_mask: slots as u64 - 1,
+            intent: AtomicU64::new(0),
+            tail: AtomicU64::new(0),
+            last_lsn: AtomicU64::new(0),
+            first_lsn: AtomicU64::new(0),
+        }
+    }
+
+    /// Capacity in words.
+    pub fn capacity(&self) -> u64 {
+        self.mask + 1
+    }
+
+    /// The largest payload a record may carry: a quarter of the ring, so a reader
+    /// always has room to catch up.
+    pub fn max_payload(&self) -> usize {
+        (self.capacity() as usize / 4).saturating_sub(HEADER_WORDS as usize) * 8
+    }
+
+    /// The end of the last published record.
+    pub fn tail(&self) -> u64 {
+        self.tail.load(Ordering::SeqCst)
+    }
+
+    /// The LSN of the last published record (0 before the first).
+    pub fn last_lsn(&self) -> u64 {
+        self.last_lsn.load(Ordering::Acquire)
+    }
+
+    /// The LSN of the first record ever published (0 before the first).
+    pub fn first_lsn(&self) -> u64 {
+        self.first_lsn.load(Ordering::Acquire)
+    }
+
+    /// Where the record of `lsn` starts, if its index slot still names it and the
+    /// writer has not yet claimed its words. The caller still validates the record it
+    /// reads there (the writer may overwrite it at any moment).
+    pub fn locate(&self, lsn: u64) -> Option<u64> {
+        if lsn == 0 {
+            return None;
+        }
+        let slot = &self.slots[(lsn & self.slot_mask) as usize];
+        let l1 = slot.lsn.load(Ordering::Acquire);
+        if l1 != lsn {
+            return None;
+        }
+        let pos = slot.pos.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let l2 = slot.lsn.load(Ordering::Relaxed);
+        let live = pos + self.capacity() >= self.intent.load(Ordering::Relaxed);
+        (l2 == lsn && live).then_some(pos)
+    }
+
+    fn whole(&self, pos: u64) -> bool {
+        fence(Ordering::Acquire);
+        self.intent.load(Ordering::Relaxed) <= pos + self.capacity()
+    }
+
+    /// Reads the record at `*pos`, which must carry `expect` (the LSN after the last
+    /// one read), into `buf`.
+    pub fn read(&self, pos: &mut u64, expect: u64, buf: &mut Vec<u8>) -> Read {
+        let cap = self.capacity();
+        loop {
+            let tail = self.tail.load(Ordering::Acquire);
+            if *pos >= tail {
+                return Read::Empty;
+            }
+            if tail - *pos > cap {
+                return Read::Lapped;
+            }
+            let off = *pos & self.mask;
+            let w0 = self.words[off as usize].load(Ordering::Relaxed);
+            if w0 == PAD {
+                if !self.whole(*pos) {
+                    return Read::Lapped;
+                }
+                *pos += cap - off;
+                continue;
+            }
+            if off + HEADER_WORDS > cap {
+                // Only a torn read can put a header here.
+                return Read::Lapped;
+            }
+            let ts = self.words[off as usize + 1].load(Ordering::Relaxed);
+            let meta = self.words[off as usize + 2].load(Ordering::Relaxed);
+            if !self.whole(*pos) {
+                return Read::Lapped;
+            }
+            let h = Header { lsn: w0, timestamp: ts as i64, meta };
+            if h.lsn != expect && expect != 0 {
+                return Read::Lapped;
+            }
+            let n = payload_words(h.len());
+            let start = off + HEADER_WORDS;
+            if start + n > cap {
+                return Read::Lapped;
+            }
+            buf.clear();
+            buf.reserve(n as usize * 8);
+            for w in &self.words[start as usize..(start + n) as usize] {
+                buf.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+            }
+            if !self.whole(*pos) {
+                return Read::Lapped;
+            }
+            buf.truncate(h.len());
+            *pos += HEADER_WORDS + n;
+            return Read::Record(h);
+        }
+    }
+
+    /// For a lapped reader: the oldest LSN still in the ring whose record starts at
+    /// least half a ring behind the writer's intent (so the reader has room), and
+    /// where it starts. `None` if nothing qualifies right now (retry).
+    pub fn resync_point(&self) -> Option<(u64, u64)> {
+        let last = self.last_lsn();
+        if last == 0 {
+            return None;
+        }
+        let floor = self.intent.load(Ordering::Acquire).saturating_sub(self.capacity() / 2);
+        let mut lo = last.saturating_sub(self.slot_mask).max(self.first_lsn()).max(1);
+        let mut hi = last;
+        // Smallest LSN in [lo, hi] located at or after `floor`; positions grow with LSNs.
+        let mut found = None;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.locate(mid) {
+                Some(p) if p >= floor => {
+                    found = Some((mid, p));
+                    if mid == 0 {
+                        break;
+                    }
+                    hi = mid - 1;
+                }
+                _ => lo = mid + 1,
+            }
+        }
+        found
+    }
+
+    /// The position the next record will start at (the writer's view).
+    fn writer_end(&self, pos: u64, len: usize) -> (u64, u64) {
+        let n = HEADER_WORDS + payload_words(len);
+        let off = pos & self.mask;
+        let start = if off + n > self.capacity() { pos + self.capacity() - off } else { pos };
+        (start, start + n)
+    }
+}
+
+/// The one writer of a ring. Not `Clone`: the single-writer rule is in the type.
+pub struct Writer {
+    ring: std::sync::Arc<Ring>,
+    pos: u64,
+}
+
+impl Writer {
+    pub fn new(ring: std::sync::Arc<Ring>) -> Writer {
+        Writer { ring, pos: 0 }
+    }
+
+    /// The end position that publishing a payload of `len` bytes will claim: readers
+    /// at positions below `end - capacity` will be overwritten.
+    pub fn end_for(&self, len: usize) -> u64 {
+        self.ring.writer_end(self.pos, len).1
+    }
+
+    /// Publishes one record. `payload.len()` must not exceed [`Ring::max_payload`].
+    pub fn publish(&mut self, h: Header, payload: &[u8]) {
+        let ring = &*self.ring;
+        debug_assert!(payload.len() <= ring.max_payload());
+        debug_assert_eq!(h.len(), payload.len());
+        let (start, end) = ring.writer_end(self.pos, payload.len());
+        ring.intent.store(end, Ordering::Relaxed);
+        fence(Ordering::Release);
+        if start != self.pos {
+            ring.words[(self.pos & ring.mask) as usize].store(PAD, Ordering::Relaxed);
+        }
+        let off = (start & ring.mask) as usize;
+        ring.words[off].store(h.lsn, Ordering::Relaxed);
+        ring.words[off + 1].store(h.timestamp as u64, Ordering::Relaxed);
+        ring.words[off + 2].store(h.meta, Ordering::Relaxed);
+        let mut i = off + HEADER_WORDS as usize;
+        let mut chunks = payload.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            ring.words[i].store(u64::from_le_bytes(b), Ordering::Relaxed);
+            i += 1;
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            ring.words[i].store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+        let slot = &ring.slots[(h.lsn & ring.slot_mask) as usize];
+        slot.lsn.store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+        slot.pos.store(start, Ordering::Relaxed);
+        slot.lsn.store(h.lsn, Ordering::Release);
+        if ring.first_lsn.load(Ordering::Relaxed) == 0 {
+            ring.first_lsn.store(h.lsn, Ordering::Release);
+        }
+        ring.last_lsn.store(h.lsn, Ordering::Release);
+        // SeqCst pairs with a waiting reader's SeqCst registration (see `Bus`).
+        ring.tail.store(end, Ordering::SeqCst);
+        self.pos = end;
+    }
+}
