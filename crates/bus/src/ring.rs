@@ -42,13 +42,17 @@ pub(crate) const HEADER_WORDS: u64 = 3;
 /// A record's header fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The record's LSN.
     pub lsn: u64,
+    /// Submit time (ns since the Unix epoch).
     pub timestamp: i64,
+    /// Length, kind and filter hashes ([`meta`]).
     pub meta: u64,
 }
 
 impl Header {
     /// Payload length in bytes.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         (self.meta & 0xffff_ffff) as usize
     }
@@ -168,6 +172,18 @@ impl Ring {
     /// Reads the record at `*pos`, which must carry `expect` (the LSN after the last
     /// one read), into `buf`.
     pub fn read(&self, pos: &mut u64, expect: u64, buf: &mut Vec<u8>) -> Read {
+        self.read_impl(pos, expect, buf, true)
+    }
+
+    /// CANARY for the loom model: [`Ring::read`] without its final check, which the
+    /// model must catch returning a torn record.
+    #[cfg(feature = "loom")]
+    pub fn read_canary(&self, pos: &mut u64, expect: u64, buf: &mut Vec<u8>) -> Read {
+        self.read_impl(pos, expect, buf, false)
+    }
+
+    #[inline(always)]
+    fn read_impl(&self, pos: &mut u64, expect: u64, buf: &mut Vec<u8>, check: bool) -> Read {
         let cap = self.capacity();
         loop {
             let tail = self.tail.load(Ordering::Acquire);
@@ -209,7 +225,7 @@ impl Ring {
             for w in &self.words[start as usize..(start + n) as usize] {
                 buf.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
             }
-            if !self.whole(*pos) {
+            if check && !self.whole(*pos) {
                 return Read::Lapped;
             }
             buf.truncate(h.len());
@@ -263,6 +279,7 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// The writer of `ring` (there must be only one).
     pub fn new(ring: std::sync::Arc<Ring>) -> Writer {
         Writer { ring, pos: 0 }
     }
