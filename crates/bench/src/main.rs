@@ -7,6 +7,7 @@
 //!
 //! This crate is **not** compiled into Bourse and is not a test: it asserts nothing.
 
+mod bus;
 mod engine;
 mod lsm;
 mod report;
@@ -45,6 +46,8 @@ enum Suite {
     Engine,
     /// Reopen and WAL replay of the exchange store.
     Recovery,
+    /// The bus: in-process fan-out, the SPSC floor, replay.
+    Bus,
     /// Every suite.
     All,
 }
@@ -61,11 +64,13 @@ fn main() -> anyhow::Result<()> {
         Suite::Lsm => lsm::run(tmp.path(), cli.quick)?,
         Suite::Engine => engine::run(tmp.path(), cli.quick)?,
         Suite::Recovery => engine::run_recovery(tmp.path(), cli.quick)?,
+        Suite::Bus => bus::run(tmp.path(), cli.quick)?,
         Suite::All => {
             wal::run(tmp.path(), cli.quick)?;
             lsm::run(tmp.path(), cli.quick)?;
             engine::run(tmp.path(), cli.quick)?;
             engine::run_recovery(tmp.path(), cli.quick)?;
+            bus::run(tmp.path(), cli.quick)?;
         }
     }
     Ok(())

@@ -124,10 +124,10 @@ impl Ring {
         self.mask + 1
     }
 
-    /// The largest payload a record may carry: a quarter of the ring, so a reader
-    /// always has room to catch up.
+    /// The largest payload a record may carry: a quarter of the ring (plus the
+    /// header), so a reader always has room to catch up.
     pub fn max_payload(&self) -> usize {
-        (self.capacity() as usize / 4).saturating_sub(HEADER_WORDS as usize) * 8
+        self.capacity() as usize / 4 * 8
     }
 
     /// The end of the last published record.

@@ -1,0 +1,273 @@
+//! `bus`: in-process one-way latency and throughput of the bus's ring, a bare SPSC ring
+//! (rtrb) as the floor, and replay from the WAL through a subscriber.
+//!
+//! Latency: the publisher writes its send time (ns since a shared `Instant`) into the
+//! first 8 bytes of the payload and paces itself; each subscriber takes the difference
+//! when it sees the event. One subscriber spins on its own core; with 4 and 16 on a
+//! 2-core machine they sleep until woken (spinning would starve the publisher), so
+//! those numbers include a futex wake-up.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use bourse_bus::{Bus, BusOptions, Message, OnLag, Policy, SubscribeOptions};
+use bourse_engine::{Durability, Engine, EngineOptions};
+use bourse_model::samples::{mixed_kind, sample};
+use bourse_model::EventKind;
+use serde_json::json;
+
+use crate::report::{emit, histogram, record, Latency};
+
+const SUITE: &str = "bus";
+
+fn ns_since(base: Instant) -> u64 {
+    base.elapsed().as_nanos() as u64
+}
+
+fn stamp(buf: &mut [u8], t: u64) {
+    buf[..8].copy_from_slice(&t.to_le_bytes());
+}
+
+fn read_stamp(buf: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// Busy-waits `d` (pacing between latency samples).
+fn pause(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+pub fn run(dir: &Path, quick: bool) -> anyhow::Result<()> {
+    let samples = if quick { 10_000 } else { 100_000 };
+    let burst = if quick { 1_000_000 } else { 5_000_000 };
+    for bytes in [64usize, 512] {
+        spsc_floor(bytes, samples, burst)?;
+        for subs in [1usize, 4, 16] {
+            inproc(bytes, subs, samples, burst)?;
+        }
+    }
+    replay(dir, quick)?;
+    eprintln!("bus: ipc (iceoryx2) is not built yet; no ipc case");
+    Ok(())
+}
+
+fn spsc_floor(bytes: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
+    let params = json!({"bytes": bytes});
+    let base = Instant::now();
+    // Latency.
+    let (mut tx, mut rx) = rtrb::RingBuffer::<Vec<u8>>::new(4096);
+    let n = samples;
+    let reader = std::thread::spawn(move || {
+        let mut h = histogram();
+        let mut got = 0;
+        while got < n {
+            if let Ok(v) = rx.pop() {
+                let now = ns_since(base);
+                record(&mut h, Duration::from_nanos(now.saturating_sub(read_stamp(&v))));
+                got += 1;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        h
+    });
+    // Buffers are made before the clock starts, so the floor excludes allocation.
+    let mut bufs: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; bytes]).collect();
+    for mut b in bufs.drain(..) {
+        stamp(&mut b, ns_since(base));
+        while let Err(rtrb::PushError::Full(v)) = tx.push(b) {
+            b = v;
+        }
+        pause(Duration::from_micros(2));
+    }
+    let h = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    Latency::of(&h).emit(SUITE, "spsc_floor", "raw", &params);
+    // Throughput: fixed-size arrays, no allocation.
+    let (mut tx, mut rx) = rtrb::RingBuffer::<[u8; 64]>::new(1 << 16);
+    let t = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let mut got = 0u64;
+        while got < burst {
+            if rx.pop().is_ok() {
+                got += 1;
+            }
+        }
+    });
+    let msg = [7u8; 64];
+    let mut sent = 0;
+    while sent < burst {
+        if tx.push(msg).is_ok() {
+            sent += 1;
+        }
+    }
+    reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let rate = burst as f64 / t.elapsed().as_secs_f64();
+    emit(SUITE, "spsc_floor", "raw", &json!({"bytes": 64}), "throughput", rate, "msg/s");
+    Ok(())
+}
+
+fn inproc(bytes: usize, subs: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
+    let params = json!({"subscribers": subs, "bytes": bytes});
+    let base = Instant::now();
+    let spin = if subs == 1 { Duration::from_millis(50) } else { Duration::ZERO };
+    // Latency: paced publishes, DropOldest (nothing should lag at this pace).
+    let (bus, p) = Bus::detached(BusOptions::default())?;
+    let start = Arc::new(Barrier::new(subs + 1));
+    let readers: Vec<_> = (0..subs)
+        .map(|_| {
+            let mut s = bus.subscribe(SubscribeOptions::live().spin(spin))?;
+            let start = start.clone();
+            Ok(std::thread::spawn(move || -> anyhow::Result<_> {
+                let mut h = histogram();
+                let mut got = 0u64;
+                let mut lagged = 0u64;
+                start.wait();
+                while got + lagged < samples {
+                    match s.next(Duration::from_secs(5))? {
+                        Some(Message::Event(d)) => {
+                            let now = ns_since(base);
+                            record(
+                                &mut h,
+                                Duration::from_nanos(now.saturating_sub(read_stamp(d.payload))),
+                            );
+                            got += 1;
+                        }
+                        Some(Message::Lagged { from, to }) => lagged += to - from + 1,
+                        Some(Message::Heartbeat { .. }) => {}
+                        None => anyhow::bail!("no event for 5 s"),
+                    }
+                }
+                Ok((h, lagged))
+            }))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    start.wait();
+    let mut payload = vec![0u8; bytes];
+    for lsn in 1..=samples {
+        stamp(&mut payload, ns_since(base));
+        p.publish_raw(lsn, 0, EventKind::Extension, &payload)?;
+        // Paced above the cost of waking every subscriber on 2 cores, so the
+        // numbers are latency, not queueing.
+        pause(Duration::from_micros(match subs {
+            1 => 2,
+            4 => 60,
+            _ => 250,
+        }));
+    }
+    let mut all = histogram();
+    let mut lagged = 0;
+    for r in readers {
+        let (h, l) = r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        all.add(&h).map_err(|e| anyhow::anyhow!("{e}"))?;
+        lagged += l;
+    }
+    Latency::of(&all).emit(SUITE, "inproc", "bourse", &params);
+    emit(SUITE, "inproc", "bourse", &params, "lagged_in_latency_run", lagged as f64, "events");
+    drop(bus);
+
+    // Throughput: as fast as possible, Block so no subscriber loses anything.
+    let (bus, p) = Bus::detached(BusOptions::default())?;
+    let n = if subs == 1 { burst } else { burst / 4 };
+    let done = Arc::new(AtomicBool::new(false));
+    let policy = Policy::Block { budget: Duration::from_secs(10) };
+    let start = Arc::new(Barrier::new(subs + 1));
+    let readers: Vec<_> = (0..subs)
+        .map(|_| {
+            let mut s = bus.subscribe(SubscribeOptions::live().policy(policy).spin(spin))?;
+            let start = start.clone();
+            let done = done.clone();
+            Ok(std::thread::spawn(move || -> anyhow::Result<u64> {
+                let mut got = 0u64;
+                start.wait();
+                while got < n {
+                    match s.next(Duration::from_secs(5))? {
+                        Some(Message::Event(_)) => got += 1,
+                        Some(Message::Lagged { .. }) => anyhow::bail!("a Block subscriber lagged"),
+                        _ if done.load(Ordering::Acquire) => break,
+                        _ => {}
+                    }
+                }
+                Ok(got)
+            }))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    start.wait();
+    let payload = vec![1u8; bytes];
+    let t = Instant::now();
+    for lsn in 1..=n {
+        p.publish_raw(lsn, 0, EventKind::Extension, &payload)?;
+    }
+    done.store(true, Ordering::Release);
+    let mut delivered = 0;
+    for r in readers {
+        delivered += r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    emit(SUITE, "inproc", "bourse", &params, "throughput", n as f64 / secs, "msg/s");
+    emit(SUITE, "inproc", "bourse", &params, "deliveries", delivered as f64 / secs, "msg/s");
+    Ok(())
+}
+
+fn replay(dir: &Path, quick: bool) -> anyhow::Result<()> {
+    let n: u64 = if quick { 300_000 } else { 2_000_000 };
+    let path = dir.join("bus-replay");
+    let engine = Arc::new(Engine::open(&path, EngineOptions::default())?);
+    let mut i = 0;
+    let mut bytes = 0u64;
+    while i < n {
+        let batch: Vec<_> = (i..i + 256).map(|j| sample(mixed_kind(j), j)).collect();
+        for e in &batch {
+            bytes += e.encode()?.len() as u64;
+        }
+        engine.submit(&batch, Durability::Buffered)?;
+        i += 256;
+    }
+    let n = i;
+    let params = json!({"events": n, "payload_bytes": bytes});
+    // Floor: the engine's commit stream, raw records, no bus.
+    let t = Instant::now();
+    let mut s = engine.commits(1)?;
+    let mut got = 0;
+    while s.next_raw()?.is_some() {
+        got += 1;
+    }
+    anyhow::ensure!(got == n, "commit stream gave {got} of {n}");
+    let secs = t.elapsed().as_secs_f64();
+    emit(
+        SUITE,
+        "replay",
+        "commit_stream",
+        &params,
+        "throughput",
+        bytes as f64 / secs / 1e9,
+        "GB/s",
+    );
+    // The bus: a subscriber from LSN 1 (replays the WAL, then would switch to live).
+    let bus = Bus::attach(engine.clone(), BusOptions::default())?;
+    let mut sub = bus.subscribe(SubscribeOptions::from_lsn(1).on_lag(OnLag::Replay))?;
+    let t = Instant::now();
+    let mut got = 0;
+    while got < n {
+        match sub.try_next()? {
+            Some(Message::Event(_)) => got += 1,
+            Some(m) => anyhow::bail!("unexpected {m:?}"),
+            None => anyhow::bail!("replay stopped at {got} of {n}"),
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    emit(SUITE, "replay", "bourse", &params, "throughput", bytes as f64 / secs / 1e9, "GB/s");
+    emit(SUITE, "replay", "bourse", &params, "events", n as f64 / secs, "events/s");
+    drop(sub);
+    drop(bus);
+    if let Ok(e) = Arc::try_unwrap(engine) {
+        e.close()?;
+    }
+    Ok(())
+}
