@@ -487,7 +487,9 @@ fn check_opts(opts: &BusOptions) -> Result<()> {
 impl Bus {
     /// A bus fed by `engine`: every event applied from now on is published, every
     /// older retained one can be replayed. Loads the durable cursors (and pins the WAL
-    /// for them). One bus per engine: attaching another replaces the first's feed.
+    /// for them). Open the engine with `wal_hold_at_open` set to
+    /// [`crate::cursor_floor`] of its directory, or its maintenance may truncate
+    /// what a cursor needs before this call; attach releases that hold. One bus per engine: attaching another replaces the first's feed.
     pub fn attach(engine: Arc<Engine>, opts: BusOptions) -> Result<Bus> {
         check_opts(&opts)?;
         let side = Arc::new(PubSide::new(opts.ring_bytes));
@@ -500,6 +502,8 @@ impl Bus {
             return Err(Error::BadOption { what: "ring_bytes", why });
         }
         let cursors = Cursors::load(&engine)?;
+        // The cursors now hold their own pins.
+        engine.release_open_hold();
         let start_lsn = engine.attach_sink(side.clone());
         let shared = Arc::new(Shared {
             side,

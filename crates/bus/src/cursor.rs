@@ -68,6 +68,33 @@ pub fn decode_cursor(b: &[u8]) -> std::result::Result<(u64, i64), &'static str> 
     Ok((acked, i64::from_le_bytes(u64b)))
 }
 
+/// The lowest LSN the durable cursors under the engine directory `dir` still need
+/// (`None` without cursors). Pass it as `EngineOptions::wal_hold_at_open` so nothing is
+/// truncated between the engine's open and [`crate::Bus::attach`].
+pub fn cursor_floor(dir: &std::path::Path) -> Result<Option<u64>> {
+    let cdir = dir.join(CURSOR_DIR);
+    let io = |op, source| Error::CursorIo { name: "*".into(), op, source };
+    let names = match std::fs::read_dir(&cdir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("list directory", e)),
+    };
+    let mut floor: Option<u64> = None;
+    for entry in names {
+        let entry = entry.map_err(|e| io("list directory", e))?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if !name.ends_with(SUFFIX) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| io("read", e))?;
+        let (acked, _) = decode_cursor(&bytes)
+            .map_err(|why| Error::CursorCorrupt { path: path.clone(), why })?;
+        floor = Some(floor.map_or(acked + 1, |f: u64| f.min(acked + 1)));
+    }
+    Ok(floor)
+}
+
 pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64

@@ -47,7 +47,7 @@ pub use bus::{
     Bus, BusOptions, BusStats, Delivery, Message, OnLag, Policy, Publisher, Start,
     SubscribeOptions, Subscriber, SubscriberInfo, SubscriberState,
 };
-pub use cursor::{decode_cursor, encode_cursor, CURSOR_BYTES, CURSOR_DIR};
+pub use cursor::{cursor_floor, decode_cursor, encode_cursor, CURSOR_BYTES, CURSOR_DIR};
 pub use delayed::{Batch, DelayedSubscriber};
 pub use filter::{Filter, Topic};
 

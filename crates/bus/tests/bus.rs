@@ -453,7 +453,14 @@ fn durable_cursors_resume_after_the_last_ack_across_restarts_and_hold_the_wal() 
         drop(bus);
         // The engine is dropped without close: like a crash of the process.
     }
-    let engine = Arc::new(Engine::open(dir.path(), engine_opts()).unwrap());
+    let floor = bourse_bus::cursor_floor(dir.path()).unwrap();
+    assert_eq!(floor, Some(15_001));
+    let opts = EngineOptions { wal_hold_at_open: floor, ..engine_opts() };
+    let engine = Arc::new(Engine::open(dir.path(), opts).unwrap());
+    // Maintenance runs before the bus attaches; the hold keeps the cursor's events.
+    std::thread::sleep(Duration::from_millis(100));
+    engine.checkpoint().unwrap();
+    assert!(engine.first_retained_lsn() <= 15_001);
     let bus = Bus::attach(engine.clone(), small_bus()).unwrap();
     assert_eq!(bus.cursors_list(), vec![("gateway".to_owned(), 15_000, false)]);
     let mut s = bus.durable("gateway", SubscribeOptions::live()).unwrap();

@@ -201,6 +201,7 @@ impl Engine {
         vfs.create_dir_all(&dir.join("parts/instruments"))
             .map_err(io_err("create directory", dir.join("parts/instruments")))?;
         let wal = Arc::new(Wal::open(vfs.clone(), dir.join("wal"), opts.wal.clone())?);
+        let hold = opts.wal_hold_at_open;
         let inner = Arc::new(Inner {
             vfs: vfs.clone(),
             dir: dir.to_path_buf(),
@@ -212,7 +213,8 @@ impl Engine {
             visible: AtomicU64::new(0),
             cache: MarketCache::default(),
             catalogue: RwLock::new(HashSet::new()),
-            pins: Mutex::new(BTreeMap::new()),
+            // Pin id 0 is the hold at open (see `EngineOptions::wal_hold_at_open`).
+            pins: Mutex::new(hold.map(|l| (0, l)).into_iter().collect()),
             next_pin: AtomicU64::new(1),
             users_lock: Mutex::new(()),
             shutdown: AtomicBool::new(false),
@@ -287,6 +289,12 @@ impl Engine {
     /// Removes the commit sink.
     pub fn detach_sink(&self) {
         self.inner.seq.lock().sink = None;
+    }
+
+    /// Releases [`EngineOptions::wal_hold_at_open`] (the bus does it once its cursors
+    /// hold their own pins).
+    pub fn release_open_hold(&self) {
+        self.inner.pins.lock().remove(&0);
     }
 
     /// The options the engine was opened with.

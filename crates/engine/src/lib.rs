@@ -118,6 +118,10 @@ pub struct EngineOptions {
     pub argon2_memory_kib: u32,
     /// Argon2 iterations.
     pub argon2_iterations: u32,
+    /// Holds the WAL from this LSN from the moment the engine opens, until
+    /// [`Engine::release_open_hold`]: the bus's durable cursors
+    /// (`bourse_bus::cursor_floor`) must be protected before anything can truncate.
+    pub wal_hold_at_open: Option<u64>,
 }
 
 impl Default for EngineOptions {
@@ -135,6 +139,7 @@ impl Default for EngineOptions {
             wal_bytes_max: 1 << 30,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
+            wal_hold_at_open: None,
         }
     }
 }
