@@ -47,8 +47,9 @@ fn pause(d: Duration) {
 pub fn run(dir: &Path, quick: bool) -> anyhow::Result<()> {
     let samples = if quick { 10_000 } else { 100_000 };
     let burst = if quick { 1_000_000 } else { 5_000_000 };
+    spsc_floor_throughput(burst)?;
     for bytes in [64usize, 512] {
-        spsc_floor(bytes, samples, burst)?;
+        spsc_floor(bytes, samples)?;
         for subs in [1usize, 4, 16] {
             inproc(bytes, subs, samples, burst)?;
         }
@@ -58,7 +59,7 @@ pub fn run(dir: &Path, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spsc_floor(bytes: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
+fn spsc_floor(bytes: usize, samples: u64) -> anyhow::Result<()> {
     let params = json!({"bytes": bytes});
     let base = Instant::now();
     // Latency.
@@ -89,7 +90,11 @@ fn spsc_floor(bytes: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
     }
     let h = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
     Latency::of(&h).emit(SUITE, "spsc_floor", "raw", &params);
-    // Throughput: fixed-size arrays, no allocation.
+    Ok(())
+}
+
+/// Floor throughput: 64-byte arrays through rtrb, no allocation.
+fn spsc_floor_throughput(burst: u64) -> anyhow::Result<()> {
     let (mut tx, mut rx) = rtrb::RingBuffer::<[u8; 64]>::new(1 << 16);
     let t = Instant::now();
     let reader = std::thread::spawn(move || {

@@ -489,7 +489,8 @@ impl Bus {
     /// older retained one can be replayed. Loads the durable cursors (and pins the WAL
     /// for them). Open the engine with `wal_hold_at_open` set to
     /// [`crate::cursor_floor`] of its directory, or its maintenance may truncate
-    /// what a cursor needs before this call; attach releases that hold. One bus per engine: attaching another replaces the first's feed.
+    /// what a cursor needs before this call; attach releases that hold, and dropping
+    /// the bus sets it again at its cursors' floor. One bus per engine: attaching another replaces the first's feed.
     pub fn attach(engine: Arc<Engine>, opts: BusOptions) -> Result<Bus> {
         check_opts(&opts)?;
         let side = Arc::new(PubSide::new(opts.ring_bytes));
@@ -503,7 +504,7 @@ impl Bus {
         }
         let cursors = Cursors::load(&engine)?;
         // The cursors now hold their own pins.
-        engine.release_open_hold();
+        engine.set_wal_hold(None);
         let start_lsn = engine.attach_sink(side.clone());
         let shared = Arc::new(Shared {
             side,
@@ -645,7 +646,7 @@ impl Bus {
     /// Every subscriber with its state and lag.
     pub fn subscribers(&self) -> Vec<SubscriberInfo> {
         let last = self.shared.head();
-        let now = bourse_now();
+        let now = now_ns();
         self.shared
             .subs
             .lock()
@@ -709,10 +710,22 @@ impl Drop for Bus {
         if let Err(e) = self.flush_cursors() {
             tracing::error!(error = %e, "durable cursors could not be written at close");
         }
+        // The cursors' pins go with the bus: hold the WAL for them until a bus attaches.
+        if let (Some(engine), Some(c)) = (&self.shared.engine, &self.shared.cursors) {
+            let floor = c
+                .map
+                .lock()
+                .values()
+                .filter(|c| !c.fell_behind.load(Ordering::Acquire))
+                .map(|c| c.acked.load(Ordering::Acquire) + 1)
+                .min();
+            engine.set_wal_hold(floor);
+        }
     }
 }
 
-fn bourse_now() -> i64 {
+/// Nanoseconds since the Unix epoch.
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)

@@ -72,27 +72,38 @@ pub fn decode_cursor(b: &[u8]) -> std::result::Result<(u64, i64), &'static str> 
 /// (`None` without cursors). Pass it as `EngineOptions::wal_hold_at_open` so nothing is
 /// truncated between the engine's open and [`crate::Bus::attach`].
 pub fn cursor_floor(dir: &std::path::Path) -> Result<Option<u64>> {
-    let cdir = dir.join(CURSOR_DIR);
+    let vfs = bourse_fs::RealFs::shared();
+    let cursors = read_cursors(&*vfs, &dir.join(CURSOR_DIR))?;
+    Ok(cursors.iter().map(|(_, acked)| acked + 1).min())
+}
+
+/// Every cursor file in `dir`: (name, acknowledged LSN). A missing directory has none.
+fn read_cursors(vfs: &dyn Vfs, dir: &std::path::Path) -> Result<Vec<(String, u64)>> {
     let io = |op, source| Error::CursorIo { name: "*".into(), op, source };
-    let names = match std::fs::read_dir(&cdir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io("list directory", e)),
-    };
-    let mut floor: Option<u64> = None;
-    for entry in names {
-        let entry = entry.map_err(|e| io("list directory", e))?;
-        let path = entry.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        if !name.ends_with(SUFFIX) {
+    if !vfs.exists(dir).map_err(|e| io("stat directory", e))? {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for file in vfs.list_dir(dir).map_err(|e| io("list directory", e))? {
+        let Some(name) = file.strip_suffix(SUFFIX) else {
+            // A leftover temporary file of an interrupted write: the previous
+            // version is still in place.
+            continue;
+        };
+        if check_name(name).is_err() {
             continue;
         }
-        let bytes = std::fs::read(&path).map_err(|e| io("read", e))?;
+        let path = dir.join(&file);
+        let bytes = bourse_fs::read_file(vfs, &path).map_err(|source| Error::CursorIo {
+            name: name.into(),
+            op: "read",
+            source,
+        })?;
         let (acked, _) = decode_cursor(&bytes)
             .map_err(|why| Error::CursorCorrupt { path: path.clone(), why })?;
-        floor = Some(floor.map_or(acked + 1, |f: u64| f.min(acked + 1)));
+        out.push((name.to_owned(), acked));
     }
-    Ok(floor)
+    Ok(out)
 }
 
 pub(crate) fn check_name(name: &str) -> Result<()> {
@@ -137,25 +148,9 @@ impl Cursors {
         let io = |op, source| Error::CursorIo { name: "*".into(), op, source };
         vfs.create_dir_all(&dir).map_err(|e| io("create directory", e))?;
         let mut map = std::collections::BTreeMap::new();
-        for file in vfs.list_dir(&dir).map_err(|e| io("list directory", e))? {
-            let Some(name) = file.strip_suffix(SUFFIX) else {
-                // A leftover temporary file of an interrupted write: the previous
-                // version is still in place.
-                continue;
-            };
-            if check_name(name).is_err() {
-                continue;
-            }
-            let path = dir.join(&file);
-            let bytes = bourse_fs::read_file(&*vfs, &path).map_err(|source| Error::CursorIo {
-                name: name.into(),
-                op: "read",
-                source,
-            })?;
-            let (acked, _) = decode_cursor(&bytes)
-                .map_err(|why| Error::CursorCorrupt { path: path.clone(), why })?;
+        for (name, acked) in read_cursors(&*vfs, &dir)? {
             let pin = engine.pin_wal(acked + 1);
-            map.insert(name.to_owned(), Arc::new(Cursor::new(name, acked, Some(pin))));
+            map.insert(name.clone(), Arc::new(Cursor::new(&name, acked, Some(pin))));
         }
         Ok(Cursors { vfs, dir, map: Mutex::new(map) })
     }
@@ -167,9 +162,7 @@ impl Cursors {
         if acked == c.persisted.load(Ordering::Acquire) && self.exists(&c.name) {
             return Ok(());
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
+        let now = crate::bus::now_ns();
         let file = format!("{}{SUFFIX}", c.name);
         bourse_fs::write_file_atomic(&*self.vfs, &self.dir, &file, &encode_cursor(acked, now))
             .map_err(|source| Error::CursorIo { name: c.name.clone(), op: "write", source })?;

@@ -252,9 +252,7 @@ impl Ring {
             match self.locate(mid) {
                 Some(p) if p >= floor => {
                     found = Some((mid, p));
-                    if mid == 0 {
-                        break;
-                    }
+                    // mid >= lo >= 1, so this cannot underflow.
                     hi = mid - 1;
                 }
                 _ => lo = mid + 1,

@@ -291,10 +291,16 @@ impl Engine {
         self.inner.seq.lock().sink = None;
     }
 
-    /// Releases [`EngineOptions::wal_hold_at_open`] (the bus does it once its cursors
-    /// hold their own pins).
-    pub fn release_open_hold(&self) {
-        self.inner.pins.lock().remove(&0);
+    /// Sets (or with `None` releases) the engine-wide WAL hold that starts as
+    /// [`EngineOptions::wal_hold_at_open`]. The bus releases it while its cursors hold
+    /// their own pins and sets it again when it is dropped, so durable cursors stay
+    /// protected while no bus is attached.
+    pub fn set_wal_hold(&self, lsn: Option<u64>) {
+        let mut pins = self.inner.pins.lock();
+        match lsn {
+            Some(l) => pins.insert(0, l),
+            None => pins.remove(&0),
+        };
     }
 
     /// The options the engine was opened with.

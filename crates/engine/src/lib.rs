@@ -119,7 +119,7 @@ pub struct EngineOptions {
     /// Argon2 iterations.
     pub argon2_iterations: u32,
     /// Holds the WAL from this LSN from the moment the engine opens, until
-    /// [`Engine::release_open_hold`]: the bus's durable cursors
+    /// [`Engine::set_wal_hold`]: the bus's durable cursors
     /// (`bourse_bus::cursor_floor`) must be protected before anything can truncate.
     pub wal_hold_at_open: Option<u64>,
 }
