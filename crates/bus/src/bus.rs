@@ -447,9 +447,9 @@ struct SubShared {
     last_ts: AtomicI64,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     side: Arc<PubSide>,
-    engine: Option<Arc<Engine>>,
+    pub(crate) engine: Option<Arc<Engine>>,
     /// The first LSN the ring receives (engine mode; 0 when detached).
     start_lsn: u64,
     opts: BusOptions,
@@ -463,7 +463,7 @@ struct Shared {
 /// The bus. Dropping it detaches it from the engine; subscribers then see no new
 /// events.
 pub struct Bus {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -619,6 +619,23 @@ impl Bus {
         Ok(())
     }
 
+    /// Opens the durable cursor `name` for a reader that is not a [`Subscriber`] of
+    /// this bus (another process over [`crate::ipc`], a network stream), creating it at
+    /// `start` if it does not exist, and returns its acknowledged LSN: the reader
+    /// resumes at the next one. Unlike [`Bus::durable`] it does not mark the cursor in
+    /// use, because the bus cannot see such a reader go away; one reader per name is
+    /// the caller's rule. The cursor holds the WAL like any other.
+    pub fn open_cursor(&self, name: &str, start: Start) -> Result<u64> {
+        self.shared.open_cursor(name, start)
+    }
+
+    /// Acknowledges `lsn` on the cursor `name` opened with [`Bus::open_cursor`]
+    /// (acknowledgements never move it backwards); with `flush` it is on disk before
+    /// this returns, otherwise within [`BusOptions::ack_flush_interval`].
+    pub fn ack_cursor(&self, name: &str, lsn: u64, flush: bool) -> Result<u64> {
+        self.shared.ack_cursor(name, lsn, flush)
+    }
+
     /// Durable cursors: (name, acknowledged LSN, whether it fell behind).
     pub fn cursors_list(&self) -> Vec<(String, u64, bool)> {
         let Some(c) = &self.shared.cursors else { return Vec::new() };
@@ -732,9 +749,68 @@ pub(crate) fn now_ns() -> i64 {
 }
 
 impl Shared {
+    fn engine(&self, what: &'static str) -> Result<&Arc<Engine>> {
+        self.engine.as_ref().ok_or(Error::NoEngine { what })
+    }
+
+    fn cursors(&self) -> Result<&Cursors> {
+        self.cursors.as_ref().ok_or(Error::NoEngine { what: "durable cursors" })
+    }
+
+    pub(crate) fn open_cursor(&self, name: &str, start: Start) -> Result<u64> {
+        check_name(name)?;
+        let engine = self.engine("durable cursors")?;
+        let cursors = self.cursors()?;
+        let cursor = {
+            let mut map = cursors.map.lock();
+            match map.get(name) {
+                Some(c) => c.clone(),
+                None => {
+                    let first = match start {
+                        Start::Live => self.head() + 1,
+                        Start::Lsn(n) => n.max(1),
+                    };
+                    let c = Arc::new(Cursor::new(name, first - 1, Some(engine.pin_wal(first))));
+                    c.persisted.store(u64::MAX, Ordering::Release);
+                    cursors.persist(&c)?;
+                    map.insert(name.to_owned(), c.clone());
+                    c
+                }
+            }
+        };
+        let acked = cursor.acked.load(Ordering::Acquire);
+        let journal_end = engine.applied_lsn();
+        if acked > journal_end {
+            return Err(Error::CursorAhead { name: name.to_owned(), acked, journal_end });
+        }
+        if cursor.fell_behind.swap(false, Ordering::AcqRel) {
+            *cursor.pin.lock() = Some(engine.pin_wal(acked + 1));
+        }
+        Ok(acked)
+    }
+
+    pub(crate) fn ack_cursor(&self, name: &str, lsn: u64, flush: bool) -> Result<u64> {
+        check_name(name)?;
+        let engine = self.engine("durable cursors")?;
+        let cursors = self.cursors()?;
+        let Some(cursor) = cursors.map.lock().get(name).cloned() else {
+            let why = format!("no durable cursor named {name:?}: open it first");
+            return Err(Error::BadOption { what: "cursor", why });
+        };
+        let end = engine.applied_lsn();
+        if lsn > end {
+            return Err(Error::AckAhead { lsn, delivered: end });
+        }
+        cursor.ack(lsn);
+        if flush {
+            cursors.persist(&cursor)?;
+        }
+        Ok(cursor.acked.load(Ordering::Acquire))
+    }
+
     /// The last LSN published (or, before the first publish, the one before the
     /// attach point).
-    fn head(&self) -> u64 {
+    pub(crate) fn head(&self) -> u64 {
         match self.side.ring.last_lsn() {
             0 => self.start_lsn.saturating_sub(1),
             n => n,

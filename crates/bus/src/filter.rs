@@ -147,6 +147,25 @@ impl Filter {
         self.topics == 0 && self.instruments.is_empty() && self.accounts.is_empty()
     }
 
+    /// The accepted topics as bits (bit `i` is `Topic::ALL[i]`; 0 means every topic).
+    pub(crate) fn topic_bits(&self) -> u8 {
+        self.topics
+    }
+
+    /// Whether the filter looks at topics only (no instruments, no accounts).
+    pub(crate) fn topics_only(&self) -> bool {
+        self.instruments.is_empty() && self.accounts.is_empty()
+    }
+
+    /// The one topic this filter accepts, if it names exactly one.
+    pub(crate) fn single_topic(&self) -> Option<Topic> {
+        if self.topics.count_ones() == 1 {
+            Topic::ALL.into_iter().find(|t| self.topics & t.bit() != 0)
+        } else {
+            None
+        }
+    }
+
     /// Whether the topic is accepted.
     pub fn accepts_topic(&self, t: Topic) -> bool {
         self.topics == 0 || self.topics & t.bit() != 0

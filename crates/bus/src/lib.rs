@@ -36,6 +36,8 @@ mod bus;
 mod cursor;
 mod delayed;
 mod filter;
+#[cfg(feature = "ipc")]
+pub mod ipc;
 mod ring;
 mod sync;
 
@@ -145,6 +147,14 @@ pub enum Error {
         /// The option.
         what: &'static str,
         /// Why.
+        why: String,
+    },
+    /// iceoryx2 failed, or a peer process sent something malformed.
+    #[error("ipc: {op}: {why}")]
+    Ipc {
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
         why: String,
     },
     /// An event in the ring or the WAL does not decode.

@@ -1,0 +1,587 @@
+//! The publishing side: a bus subscriber that republishes into iceoryx2, and the
+//! request server (replay pages, durable cursors).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bourse_engine::{CommitStream, Engine};
+use iceoryx2::port::publisher::Publisher;
+use iceoryx2::port::server::Server;
+use iceoryx2::prelude::*;
+use iceoryx2::service::port_factory::publish_subscribe::PortFactory;
+use iceoryx2::service::port_factory::PortFactory as _;
+
+use super::frame::{self, Frame, Request, FRAME_EVENT, FRAME_HEARTBEAT};
+use super::{check_instance, ipc_err, node, requests_name, service, service_name, Backoff};
+use crate::bus::{now_ns, Shared};
+use crate::filter::{hashes, Topic};
+use crate::{Bus, Error, Message, OnLag, Policy, Result, Start, SubscribeOptions};
+
+/// How a bridge publishes.
+#[derive(Debug, Clone)]
+pub struct IpcOptions {
+    /// Names the services (`bourse/<instance>/...`), so several Bourse processes can
+    /// share a machine. `[A-Za-z0-9_.-]{1,64}`.
+    pub instance: String,
+    /// Each subscriber's queue, in frames (iceoryx2's `subscriber_max_buffer_size`).
+    /// A subscriber that falls this far behind loses the oldest frames, and learns
+    /// it from the next frame's `prev`.
+    pub buffer: usize,
+    /// Subscribers per service.
+    pub max_subscribers: usize,
+    /// The first size of a frame's shared-memory slot in bytes; larger events make
+    /// iceoryx2 allocate bigger slots (power-of-two growth).
+    pub initial_frame_bytes: usize,
+    /// A service that sent nothing for this long gets a heartbeat.
+    pub heartbeat: Duration,
+    /// The largest replay page (a page always holds at least one event).
+    pub page_bytes: usize,
+    /// How often dead nodes are looked for and removed.
+    pub cleanup_interval: Duration,
+    /// How long the bridge spins on the bus before it sleeps.
+    pub spin: Duration,
+}
+
+impl Default for IpcOptions {
+    fn default() -> Self {
+        IpcOptions {
+            instance: "default".into(),
+            buffer: 1024,
+            max_subscribers: 16,
+            initial_frame_bytes: 1024,
+            heartbeat: Duration::from_millis(100),
+            page_bytes: 1 << 20,
+            cleanup_interval: Duration::from_secs(5),
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+/// A bridge's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IpcStats {
+    /// Events seen on the bus.
+    pub events: u64,
+    /// Frames sent (an event goes to `all` and to its topic's service).
+    pub frames: u64,
+    /// Heartbeats sent.
+    pub heartbeats: u64,
+    /// Frames iceoryx2 could not take (out of slots); subscribers see the gap.
+    pub send_failures: u64,
+    /// Requests answered.
+    pub requests: u64,
+    /// Events served as replay.
+    pub replayed: u64,
+    /// Dead nodes removed.
+    pub dead_nodes_removed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    events: AtomicU64,
+    frames: AtomicU64,
+    heartbeats: AtomicU64,
+    send_failures: AtomicU64,
+    requests: AtomicU64,
+    replayed: AtomicU64,
+    dead_nodes_removed: AtomicU64,
+}
+
+/// Republishes a bus into iceoryx2 services and answers replay and cursor
+/// requests, each on its own thread. Dropping it stops both.
+pub struct IpcBridge {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<()>>>,
+    counters: Arc<Counters>,
+    instance: String,
+}
+
+impl std::fmt::Debug for IpcBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpcBridge")
+            .field("instance", &self.instance)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl IpcBridge {
+    /// Starts publishing `bus` from its next event on. Fails (and starts nothing)
+    /// when the services cannot be created or opened, for instance because another
+    /// process runs a bridge of the same instance.
+    pub fn start(bus: &Bus, opts: IpcOptions) -> Result<IpcBridge> {
+        check_instance(&opts.instance)?;
+        if opts.buffer == 0 || opts.max_subscribers == 0 || opts.page_bytes < 4096 {
+            let why = "buffer and max_subscribers must be positive, page_bytes at least 4096";
+            return Err(Error::BadOption { what: "ipc", why: why.into() });
+        }
+        let removed = super::cleanup_dead_nodes()?;
+        if removed > 0 {
+            tracing::info!(removed, "removed the shared memory of dead iceoryx2 nodes");
+        }
+        let counters = Arc::new(Counters::default());
+        counters.dead_nodes_removed.fetch_add(removed as u64, Ordering::Relaxed);
+        let stop = Arc::new(AtomicBool::new(false));
+        let on_lag = if bus.shared.engine.is_some() { OnLag::Replay } else { OnLag::Signal };
+        let sub = bus.subscribe(
+            SubscribeOptions::live()
+                .policy(Policy::DropOldest)
+                .on_lag(on_lag)
+                .name("ipc-bridge")
+                .spin(opts.spin),
+        )?;
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = sync_channel::<Result<()>>(2);
+        {
+            let (stop, counters, opts, ready) =
+                (stop.clone(), counters.clone(), opts.clone(), ready_tx.clone());
+            threads.push(spawn("bourse-ipc-pub", move || {
+                publish_loop(sub, &opts, &stop, &counters, &ready)
+            })?);
+        }
+        {
+            let (stop, counters, opts, ready) =
+                (stop.clone(), counters.clone(), opts.clone(), ready_tx);
+            let shared = bus.shared.clone();
+            threads.push(spawn("bourse-ipc-req", move || {
+                serve_loop(&shared, &opts, &stop, &counters, &ready)
+            })?);
+        }
+        let mut bridge = IpcBridge { stop, threads, counters, instance: opts.instance.clone() };
+        for _ in 0..2 {
+            let r = ready_rx.recv().unwrap_or_else(|_| {
+                Err(Error::Ipc { op: "start", why: "a bridge thread ended early".into() })
+            });
+            if let Err(e) = r {
+                let _ = bridge.shutdown();
+                return Err(e);
+            }
+        }
+        Ok(bridge)
+    }
+
+    /// The services' instance name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> IpcStats {
+        let c = &self.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        IpcStats {
+            events: g(&c.events),
+            frames: g(&c.frames),
+            heartbeats: g(&c.heartbeats),
+            send_failures: g(&c.send_failures),
+            requests: g(&c.requests),
+            replayed: g(&c.replayed),
+            dead_nodes_removed: g(&c.dead_nodes_removed),
+        }
+    }
+
+    /// Stops both threads and reports the first error either ended with.
+    pub fn shutdown(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Release);
+        let mut first = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t.join().unwrap_or_else(|_| {
+                Err(Error::Ipc { op: "join", why: "a bridge thread panicked".into() })
+            });
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for IpcBridge {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "the iceoryx2 bridge ended with an error");
+        }
+    }
+}
+
+fn spawn(
+    name: &str,
+    f: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<JoinHandle<Result<()>>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::Ipc { op: "spawn thread", why: e.to_string() })
+}
+
+/// One published service: all topics (`topic == None`) or one.
+struct Out {
+    topic: Option<Topic>,
+    factory: PortFactory<ipc::Service, [u8], ()>,
+    publisher: Publisher<ipc::Service, [u8], ()>,
+    /// The last LSN of this service's topics the bridge has seen (sent or not).
+    prev: u64,
+    last_sent: Instant,
+    subscribers: usize,
+}
+
+fn open_outs(node: &Node<ipc::Service>, opts: &IpcOptions) -> Result<Vec<Out>> {
+    let mut outs = Vec::new();
+    for topic in std::iter::once(None).chain(Topic::ALL.into_iter().map(Some)) {
+        let name = service(&service_name(&opts.instance, topic))?;
+        let factory = node
+            .service_builder(&name)
+            .publish_subscribe::<[u8]>()
+            .subscriber_max_buffer_size(opts.buffer)
+            .max_subscribers(opts.max_subscribers)
+            // A restarted bridge may meet its dead predecessor before the cleanup.
+            .max_publishers(2)
+            .history_size(0)
+            .enable_safe_overflow(true)
+            .open_or_create()
+            .map_err(|e| ipc_err("open or create a topic service", e))?;
+        let publisher = factory
+            .publisher_builder()
+            .initial_max_slice_len(opts.initial_frame_bytes)
+            .allocation_strategy(AllocationStrategy::PowerOfTwo)
+            .create()
+            .map_err(|e| ipc_err("create a publisher", e))?;
+        outs.push(Out {
+            topic,
+            factory,
+            publisher,
+            prev: 0,
+            last_sent: Instant::now(),
+            subscribers: 0,
+        });
+    }
+    Ok(outs)
+}
+
+fn send(out: &mut Out, bytes: &[u8], counters: &Counters) {
+    let sent = out
+        .publisher
+        .loan_slice_uninit(bytes.len())
+        .map_err(|e| format!("{e:?}"))
+        .and_then(|s| s.write_from_slice(bytes).send().map_err(|e| format!("{e:?}")));
+    match sent {
+        Ok(_) => {
+            counters.frames.fetch_add(1, Ordering::Relaxed);
+            out.last_sent = Instant::now();
+        }
+        Err(why) => {
+            // The subscribers see the gap in the next frame's `prev`.
+            counters.send_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%why, topic = ?out.topic, "iceoryx2 could not take a frame");
+        }
+    }
+}
+
+fn publish_loop(
+    mut sub: crate::Subscriber,
+    opts: &IpcOptions,
+    stop: &AtomicBool,
+    counters: &Counters,
+    ready: &std::sync::mpsc::SyncSender<Result<()>>,
+) -> Result<()> {
+    let setup = node().and_then(|n| open_outs(&n, opts).map(|o| (n, o)));
+    let (_node, mut outs) = match setup {
+        Ok(x) => {
+            let _ = ready.send(Ok(()));
+            x
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
+    let epoch = now_ns() as u64;
+    // Everything before the bridge's first event is, for its subscribers, a range
+    // they may have missed: `prev` of the first frames says so.
+    let mut head = sub.position();
+    for o in &mut outs {
+        o.prev = head;
+    }
+    let mut buf = Vec::with_capacity(opts.initial_frame_bytes);
+    let tick = (opts.heartbeat / 2).min(Duration::from_millis(20));
+    let mut last_refresh = Instant::now() - Duration::from_secs(1);
+    let mut last_cleanup = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if now.duration_since(last_refresh) >= Duration::from_millis(5) {
+            for o in &mut outs {
+                o.subscribers = o.factory.dynamic_config().number_of_subscribers();
+            }
+            last_refresh = now;
+        }
+        match sub.next(tick)? {
+            Some(Message::Event(d)) => {
+                counters.events.fetch_add(1, Ordering::Relaxed);
+                head = d.lsn;
+                let kind = d.kind.map_or(0, |k| k.as_u16());
+                let topic = d.kind.map(Topic::of);
+                let (ih, ah) = match d.event() {
+                    Ok(e) => hashes(&e),
+                    Err(_) => (0, 0),
+                };
+                for o in &mut outs {
+                    if o.topic.is_some() && o.topic != topic {
+                        continue;
+                    }
+                    if o.subscribers > 0 {
+                        let f = Frame {
+                            typ: FRAME_EVENT,
+                            kind,
+                            ih,
+                            ah,
+                            lsn: d.lsn,
+                            timestamp: d.timestamp,
+                            prev: o.prev,
+                            epoch,
+                            len: d.payload.len() as u32,
+                        };
+                        f.encode(d.payload, &mut buf);
+                        send(o, &buf, counters);
+                    }
+                    o.prev = d.lsn;
+                }
+            }
+            Some(Message::Lagged { to, .. }) => {
+                // Only without an engine (no replay): whatever was skipped may have
+                // been in any topic.
+                head = to;
+                for o in &mut outs {
+                    o.prev = o.prev.max(to);
+                }
+            }
+            Some(Message::Heartbeat { lsn }) => head = head.max(lsn),
+            None => {}
+        }
+        let now = Instant::now();
+        for o in &mut outs {
+            if o.subscribers > 0 && now.duration_since(o.last_sent) >= opts.heartbeat {
+                let f = Frame {
+                    typ: FRAME_HEARTBEAT,
+                    kind: 0,
+                    ih: 0,
+                    ah: 0,
+                    lsn: head,
+                    timestamp: now_ns(),
+                    prev: o.prev,
+                    epoch,
+                    len: 0,
+                };
+                f.encode(&[], &mut buf);
+                send(o, &buf, counters);
+                counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if now.duration_since(last_cleanup) >= opts.cleanup_interval {
+            last_cleanup = now;
+            match super::cleanup_dead_nodes() {
+                Ok(n) => {
+                    counters.dead_nodes_removed.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(error = %e, "dead-node cleanup failed"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Open commit streams kept between replay pages, so a client paging through the
+/// WAL does not make the bridge seek from a segment's start for every page.
+struct Streams {
+    open: VecDeque<CommitStream>,
+}
+
+const STREAMS_KEPT: usize = 8;
+
+impl Streams {
+    fn take(&mut self, engine: &Engine, from: u64) -> bourse_engine::Result<CommitStream> {
+        if let Some(i) = self.open.iter().position(|s| s.position() == from) {
+            if let Some(s) = self.open.remove(i) {
+                return Ok(s);
+            }
+        }
+        engine.commits(from)
+    }
+
+    fn keep(&mut self, s: CommitStream) {
+        if self.open.len() == STREAMS_KEPT {
+            self.open.pop_front();
+        }
+        self.open.push_back(s);
+    }
+}
+
+fn serve_loop(
+    shared: &Arc<Shared>,
+    opts: &IpcOptions,
+    stop: &AtomicBool,
+    counters: &Counters,
+    ready: &std::sync::mpsc::SyncSender<Result<()>>,
+) -> Result<()> {
+    let setup = node().and_then(|n| {
+        let name = service(&requests_name(&opts.instance))?;
+        let svc = n
+            .service_builder(&name)
+            .request_response::<[u8], [u8]>()
+            .max_clients(opts.max_subscribers * 8)
+            .max_servers(2)
+            .max_active_requests_per_client(2)
+            .max_response_buffer_size(2)
+            .open_or_create()
+            .map_err(|e| ipc_err("open or create the request service", e))?;
+        let server = svc
+            .server_builder()
+            .initial_max_slice_len(opts.page_bytes + 64 * 1024)
+            .allocation_strategy(AllocationStrategy::PowerOfTwo)
+            .create()
+            .map_err(|e| ipc_err("create the request server", e))?;
+        Ok((n, svc, server))
+    });
+    let (_node, _svc, server) = match setup {
+        Ok(x) => {
+            let _ = ready.send(Ok(()));
+            x
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
+    let server: Server<ipc::Service, [u8], (), [u8], ()> = server;
+    let mut streams = Streams { open: VecDeque::new() };
+    let mut out = Vec::new();
+    let mut backoff = Backoff::new(Duration::from_micros(200));
+    while !stop.load(Ordering::Acquire) {
+        let active = match server.receive() {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                backoff.wait();
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, "receiving an iceoryx2 request failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        backoff = Backoff::new(Duration::from_micros(200));
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        match Request::decode(active.payload()) {
+            Ok(req) => answer(shared, opts, &req, &mut streams, &mut out, counters),
+            Err(why) => frame::error_response(&mut out, why),
+        }
+        let sent = active
+            .loan_slice_uninit(out.len())
+            .map_err(|e| format!("{e:?}"))
+            .and_then(|r| r.write_from_slice(&out).send().map_err(|e| format!("{e:?}")));
+        if let Err(why) = sent {
+            tracing::warn!(%why, "an iceoryx2 response could not be sent");
+        }
+    }
+    Ok(())
+}
+
+fn answer(
+    shared: &Arc<Shared>,
+    opts: &IpcOptions,
+    req: &Request,
+    streams: &mut Streams,
+    out: &mut Vec<u8>,
+    counters: &Counters,
+) {
+    let Some(engine) = shared.engine.clone() else {
+        frame::error_response(out, "this bus has no engine: no replay and no durable cursors");
+        return;
+    };
+    match req {
+        Request::Replay { from, to, topics, max_bytes } => {
+            let max = (*max_bytes as usize).clamp(4096, opts.page_bytes);
+            if let Err(e) = replay_page(&engine, *from, *to, *topics, max, streams, out, counters) {
+                frame::error_response(out, &e.to_string());
+            }
+        }
+        Request::Open { name, start } => {
+            let start = if *start == 0 { Start::Live } else { Start::Lsn(*start) };
+            match shared.open_cursor(name, start) {
+                Ok(acked) => {
+                    frame::begin_response(out);
+                    frame::finish_response(out, 0, acked, engine.applied_lsn());
+                }
+                Err(e) => frame::error_response(out, &e.to_string()),
+            }
+        }
+        Request::Ack { name, lsn, flush } => match shared.ack_cursor(name, *lsn, *flush) {
+            Ok(acked) => {
+                frame::begin_response(out);
+                frame::finish_response(out, 0, acked, engine.applied_lsn());
+            }
+            Err(e) => frame::error_response(out, &e.to_string()),
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replay_page(
+    engine: &Engine,
+    from: u64,
+    to: u64,
+    topics: u8,
+    max: usize,
+    streams: &mut Streams,
+    out: &mut Vec<u8>,
+    counters: &Counters,
+) -> bourse_engine::Result<()> {
+    let from = from.max(1);
+    let head = engine.applied_lsn();
+    frame::begin_response(out);
+    if from > head || from > to {
+        frame::finish_response(out, 0, from, head);
+        return Ok(());
+    }
+    let _pin = engine.pin_wal(from);
+    let first = engine.first_retained_lsn();
+    if from < first {
+        frame::gone_response(out, first, head);
+        return Ok(());
+    }
+    let mut stream = match streams.take(engine, from) {
+        Ok(s) => s,
+        Err(bourse_engine::Error::NotRetained { first, .. }) if from < first => {
+            frame::gone_response(out, first, head);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut count = 0u32;
+    let mut next = from;
+    while out.len() < max {
+        let Some(rec) = stream.next_raw()? else { break };
+        if rec.lsn > to {
+            // Read one too far: this stream cannot be kept at `next`.
+            frame::finish_response(out, count, next, head);
+            counters.replayed.fetch_add(count as u64, Ordering::Relaxed);
+            return Ok(());
+        }
+        next = rec.lsn + 1;
+        let wanted = topics == 0
+            || bourse_model::EventKind::from_u16(rec.kind)
+                .is_some_and(|k| topics & frame::topic_bit(Topic::of(k)) != 0);
+        if wanted {
+            frame::push_record(out, rec.lsn, rec.timestamp, rec.kind, rec.payload);
+            count += 1;
+        }
+    }
+    next = next.max(stream.position());
+    frame::finish_response(out, count, next, head);
+    counters.replayed.fetch_add(count as u64, Ordering::Relaxed);
+    streams.keep(stream);
+    Ok(())
+}
