@@ -779,7 +779,7 @@ impl Shared {
             }
         };
         let acked = cursor.acked.load(Ordering::Acquire);
-        let journal_end = engine.applied_lsn();
+        let journal_end = engine.applied_lsn().max(self.head());
         if acked > journal_end {
             return Err(Error::CursorAhead { name: name.to_owned(), acked, journal_end });
         }
@@ -797,7 +797,8 @@ impl Shared {
             let why = format!("no durable cursor named {name:?}: open it first");
             return Err(Error::BadOption { what: "cursor", why });
         };
-        let end = engine.applied_lsn();
+        // The ring publishes an event just before the engine makes it visible.
+        let end = engine.applied_lsn().max(self.head());
         if lsn > end {
             return Err(Error::AckAhead { lsn, delivered: end });
         }

@@ -439,6 +439,8 @@ fn serve_loop(
             .map_err(|e| ipc_err("open or create the request service", e))?;
         let server = svc
             .server_builder()
+            // A dead or stuck client must not block the bridge.
+            .backpressure_strategy(BackpressureStrategy::DiscardData)
             .initial_max_slice_len(opts.page_bytes + 64 * 1024)
             .allocation_strategy(AllocationStrategy::PowerOfTwo)
             .create()

@@ -51,6 +51,10 @@ pub struct IpcSubscribeOptions {
     pub ack_interval: Duration,
     /// The subscriber queue in frames (at most the bridge's `buffer`; `None`: that).
     pub buffer: Option<usize>,
+    /// CANARY for the tests: ignore `prev`, so an overflowed queue becomes a silent
+    /// gap. Never set it.
+    #[doc(hidden)]
+    pub canary_ignore_prev: bool,
 }
 
 impl IpcSubscribeOptions {
@@ -66,6 +70,7 @@ impl IpcSubscribeOptions {
             page_bytes: 1 << 20,
             ack_interval: Duration::from_millis(100),
             buffer: None,
+            canary_ignore_prev: false,
         }
     }
 
@@ -121,6 +126,7 @@ pub struct IpcSubscriber {
     request_timeout: Duration,
     page_bytes: u32,
     ack_interval: Duration,
+    canary_ignore_prev: bool,
     // Ports before the node: fields drop in order.
     sub: Subscriber<ipc::Service, [u8], ()>,
     client: Client<ipc::Service, [u8], (), [u8], ()>,
@@ -182,6 +188,8 @@ impl IpcSubscriber {
             .map_err(|e| ipc_err("open the request service (is a bridge running?)", e))?;
         let client = rr
             .client_builder()
+            // A dead bridge must not block us: the request is re-sent on timeout.
+            .backpressure_strategy(BackpressureStrategy::DiscardData)
             .initial_max_slice_len(256)
             .allocation_strategy(AllocationStrategy::PowerOfTwo)
             .create()
@@ -194,6 +202,7 @@ impl IpcSubscriber {
             request_timeout: opts.request_timeout,
             page_bytes: opts.page_bytes.max(4096),
             ack_interval: opts.ack_interval,
+            canary_ignore_prev: opts.canary_ignore_prev,
             sub,
             client,
             _node: node,
@@ -429,7 +438,7 @@ impl IpcSubscriber {
             self.held = None;
             return Ok(None);
         }
-        if f.prev > last {
+        if f.prev > last && !self.canary_ignore_prev {
             match self.on_lag {
                 OnLag::Replay => self.gap = Some((last + 1, f.prev)),
                 OnLag::Signal => {
