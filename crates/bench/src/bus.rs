@@ -1,5 +1,6 @@
 //! `bus`: in-process one-way latency and throughput of the bus's ring, a bare SPSC ring
-//! (rtrb) as the floor, and replay from the WAL through a subscriber.
+//! (rtrb) as the floor, replay from the WAL through a subscriber, and (`ipc.rs`) the
+//! cross-process case over iceoryx2.
 //!
 //! Latency: the publisher writes its send time (ns since a shared `Instant`) into the
 //! first 8 bytes of the payload and paces itself; each subscriber takes the difference
@@ -55,7 +56,7 @@ pub fn run(dir: &Path, quick: bool) -> anyhow::Result<()> {
         }
     }
     replay(dir, quick)?;
-    eprintln!("bus: ipc (iceoryx2) is not built yet; no ipc case");
+    crate::ipc::run(quick)?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 
 mod bus;
 mod engine;
+mod ipc;
 mod lsm;
 mod report;
 mod wal;
@@ -53,6 +54,9 @@ enum Suite {
 }
 
 fn main() -> anyhow::Result<()> {
+    if let Some(r) = ipc::child_main() {
+        return r;
+    }
     let cli = Cli::parse();
     let tmp = tempfile::Builder::new().prefix("bourse-bench-").tempdir_in(&cli.dir)?;
     eprintln!("bourse-bench: measuring in {}", tmp.path().display());

@@ -273,8 +273,18 @@ struct Gate {
     budget: Duration,
 }
 
+/// Sees every published record, in LSN order, on the publishing thread, right after
+/// the ring has it (the iceoryx2 transport publishes from here, so other processes
+/// get an event without a thread hop).
+pub(crate) trait Tap: Send + Sync {
+    /// Record `h` with `payload` was published.
+    fn published(&self, h: &Header, payload: &[u8]);
+}
+
 /// The publishing side: the ring, its one writer, the blocking gates and the wake-up.
 struct PubSide {
+    tap: RwLock<Option<Arc<dyn Tap>>>,
+    has_tap: AtomicBool,
     ring: Arc<Ring>,
     writer: Mutex<Writer>,
     gates: RwLock<Vec<Arc<Gate>>>,
@@ -290,6 +300,8 @@ impl PubSide {
     fn new(ring_bytes: usize) -> PubSide {
         let ring = Arc::new(Ring::new(ring_bytes));
         PubSide {
+            tap: RwLock::new(None),
+            has_tap: AtomicBool::new(false),
             writer: Mutex::new(Writer::new(ring.clone())),
             ring,
             gates: RwLock::new(Vec::new()),
@@ -316,6 +328,12 @@ impl PubSide {
             self.wait_gates(w.end_for(payload.len()));
         }
         w.publish(h, payload);
+        if self.has_tap.load(Ordering::Acquire) {
+            // Under the writer's lock: taps see LSN order.
+            if let Some(t) = &*self.tap.read() {
+                t.published(&h, payload);
+            }
+        }
         drop(w);
         self.published.fetch_add(1, Ordering::Relaxed);
         if self.waiters.load(Ordering::SeqCst) > 0 {
@@ -811,6 +829,16 @@ impl Shared {
 
     /// The last LSN published (or, before the first publish, the one before the
     /// attach point).
+    /// Installs (or with `None` removes) the tap. `init` runs first, under the
+    /// writer's lock, with the last LSN published (the tap's stream starts right
+    /// after it).
+    pub(crate) fn set_tap(&self, tap: Option<Arc<dyn Tap>>, init: impl FnOnce(u64)) {
+        let _w = self.side.writer.lock();
+        init(self.head());
+        self.side.has_tap.store(tap.is_some(), Ordering::Release);
+        *self.side.tap.write() = tap;
+    }
+
     pub(crate) fn head(&self) -> u64 {
         match self.side.ring.last_lsn() {
             0 => self.start_lsn.saturating_sub(1),

@@ -1,11 +1,13 @@
 //! `bourse`: the command-line front of Bourse.
 //!
-//! Today it generates, verifies and inspects journals; the server (`bourse serve`, and
+//! Today it generates, verifies and inspects journals and publishes a store to
+//! other processes over iceoryx2 (`bourse publish`); the server (`bourse serve`, and
 //! `bourse demo` serving the simulated exchange) arrives with the server issue. This
 //! binary wires crates together and holds no business logic.
 
 mod demo;
 mod inspect;
+mod publish;
 mod verify;
 
 use std::path::PathBuf;
@@ -38,6 +40,23 @@ enum Command {
         /// Events per batch.
         #[arg(long, default_value_t = 64)]
         batch: usize,
+    },
+    /// Publish a store's committed events to other processes over iceoryx2 shared
+    /// memory (services `bourse/INSTANCE/all`, `.../trades`, ...), optionally writing
+    /// the exchange-shaped sample mix; stops on SIGINT/SIGTERM or after `--seconds`.
+    Publish {
+        /// Data directory.
+        #[arg(long, default_value = "./bourse-data")]
+        data: PathBuf,
+        /// The iceoryx2 instance name (several stores can share a machine).
+        #[arg(long, default_value = "default")]
+        instance: String,
+        /// Sample events written per second (0: publish only what others write).
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
     },
     /// Check every WAL segment and every LSM tree (manifest, every table block by block)
     /// of a data directory; exit 0 only when it is clean (a torn tail of the newest WAL
@@ -101,6 +120,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { data, events, writers, batch } => demo::run(&data, events, writers, batch),
+        Command::Publish { data, instance, rate, seconds } => {
+            publish::run(&data, &instance, rate, seconds)
+        }
         Command::Verify { data } => verify::run(&data),
         Command::Backup { data, to } => backup(&data, &to),
         Command::Inspect { what: Inspect::Wal { path, limit } } => inspect::wal(&path, limit),

@@ -5,6 +5,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,10 +18,11 @@ use iceoryx2::service::port_factory::publish_subscribe::PortFactory;
 use iceoryx2::service::port_factory::PortFactory as _;
 
 use super::frame::{self, Frame, Request, FRAME_EVENT, FRAME_HEARTBEAT};
-use super::{check_instance, ipc_err, node, requests_name, service, service_name, Backoff};
-use crate::bus::{now_ns, Shared};
-use crate::filter::{hashes, Topic};
-use crate::{Bus, Error, Message, OnLag, Policy, Result, Start, SubscribeOptions};
+use super::{check_instance, ipc_err, node, requests_name, service, service_name, wake_name};
+use crate::bus::{now_ns, Shared, Tap};
+use crate::filter::Topic;
+use crate::ring::Header;
+use crate::{Bus, Error, Result, Start};
 
 /// How a bridge publishes.
 #[derive(Debug, Clone)]
@@ -42,8 +45,6 @@ pub struct IpcOptions {
     pub page_bytes: usize,
     /// How often dead nodes are looked for and removed.
     pub cleanup_interval: Duration,
-    /// How long the bridge spins on the bus before it sleeps.
-    pub spin: Duration,
 }
 
 impl Default for IpcOptions {
@@ -56,7 +57,6 @@ impl Default for IpcOptions {
             heartbeat: Duration::from_millis(100),
             page_bytes: 1 << 20,
             cleanup_interval: Duration::from_secs(5),
-            spin: Duration::from_micros(50),
         }
     }
 }
@@ -92,12 +92,17 @@ struct Counters {
 }
 
 /// Republishes a bus into iceoryx2 services and answers replay and cursor
-/// requests, each on its own thread. Dropping it stops both.
+/// requests. Events are published on the bus's publishing thread (no thread hop:
+/// a frame costs a shared-memory loan, a copy and a send per service with
+/// subscribers); heartbeats, subscriber counts and dead-node cleanup run on a
+/// housekeeping thread, requests on a third. Dropping it stops them.
 pub struct IpcBridge {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<()>>>,
     counters: Arc<Counters>,
     instance: String,
+    shared: Arc<Shared>,
+    _node: Node<ipc_threadsafe::Service>,
 }
 
 impl std::fmt::Debug for IpcBridge {
@@ -126,23 +131,17 @@ impl IpcBridge {
         let counters = Arc::new(Counters::default());
         counters.dead_nodes_removed.fetch_add(removed as u64, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
-        let on_lag = if bus.shared.engine.is_some() { OnLag::Replay } else { OnLag::Signal };
-        let sub = bus.subscribe(
-            SubscribeOptions::live()
-                .policy(Policy::DropOldest)
-                .on_lag(on_lag)
-                .name("ipc-bridge")
-                .spin(opts.spin),
-        )?;
+        let node = super::node_threadsafe()?;
+        let outs = open_outs(&node, &opts)?;
+        let outs = Arc::new(Mutex::new(Outs {
+            outs,
+            head: 0,
+            epoch: now_ns() as u64,
+            buf: Vec::with_capacity(opts.initial_frame_bytes),
+            counted: Instant::now(),
+        }));
         let mut threads = Vec::new();
-        let (ready_tx, ready_rx) = sync_channel::<Result<()>>(2);
-        {
-            let (stop, counters, opts, ready) =
-                (stop.clone(), counters.clone(), opts.clone(), ready_tx.clone());
-            threads.push(spawn("bourse-ipc-pub", move || {
-                publish_loop(sub, &opts, &stop, &counters, &ready)
-            })?);
-        }
+        let (ready_tx, ready_rx) = sync_channel::<Result<()>>(1);
         {
             let (stop, counters, opts, ready) =
                 (stop.clone(), counters.clone(), opts.clone(), ready_tx);
@@ -151,16 +150,38 @@ impl IpcBridge {
                 serve_loop(&shared, &opts, &stop, &counters, &ready)
             })?);
         }
-        let mut bridge = IpcBridge { stop, threads, counters, instance: opts.instance.clone() };
-        for _ in 0..2 {
-            let r = ready_rx.recv().unwrap_or_else(|_| {
-                Err(Error::Ipc { op: "start", why: "a bridge thread ended early".into() })
-            });
-            if let Err(e) = r {
-                let _ = bridge.shutdown();
-                return Err(e);
-            }
+        let shared = bus.shared.clone();
+        let mut bridge = IpcBridge {
+            stop: stop.clone(),
+            threads,
+            counters: counters.clone(),
+            instance: opts.instance.clone(),
+            shared: shared.clone(),
+            _node: node,
+        };
+        let r = ready_rx.recv().unwrap_or_else(|_| {
+            Err(Error::Ipc { op: "start", why: "the request thread ended early".into() })
+        });
+        if let Err(e) = r {
+            let _ = bridge.shutdown();
+            return Err(e);
         }
+        // Everything before the first frame is, for a subscriber, a range it may have
+        // missed: the first frames' `prev` says so.
+        let tap = Arc::new(IpcTap { outs: outs.clone(), counters: counters.clone() });
+        // Under the bus writer's lock (taken before ours, as the tap does), so no
+        // event passes between the head and the tap.
+        shared.set_tap(Some(tap), |head| {
+            let mut g = outs.lock();
+            g.head = head;
+            for o in &mut g.outs {
+                o.prev = head;
+            }
+        });
+        let (stop2, counters2, opts2) = (stop, counters, opts);
+        bridge
+            .threads
+            .push(spawn("bourse-ipc-hk", move || housekeeping(&outs, &opts2, &stop2, &counters2))?);
         Ok(bridge)
     }
 
@@ -186,6 +207,7 @@ impl IpcBridge {
 
     /// Stops both threads and reports the first error either ended with.
     pub fn shutdown(&mut self) -> Result<()> {
+        self.shared.set_tap(None, |_| {});
         self.stop.store(true, Ordering::Release);
         let mut first = Ok(());
         for t in self.threads.drain(..) {
@@ -221,15 +243,41 @@ fn spawn(
 /// One published service: all topics (`topic == None`) or one.
 struct Out {
     topic: Option<Topic>,
-    factory: PortFactory<ipc::Service, [u8], ()>,
-    publisher: Publisher<ipc::Service, [u8], ()>,
+    factory: PortFactory<ipc_threadsafe::Service, [u8], ()>,
+    publisher: Publisher<ipc_threadsafe::Service, [u8], ()>,
     /// The last LSN of this service's topics the bridge has seen (sent or not).
     prev: u64,
     last_sent: Instant,
     subscribers: usize,
 }
 
-fn open_outs(node: &Node<ipc::Service>, opts: &IpcOptions) -> Result<Vec<Out>> {
+/// The publishing state, shared by the tap (the bus's publishing thread) and the
+/// housekeeping thread (heartbeats, subscriber counts, cleanup).
+struct Outs {
+    outs: Vec<Out>,
+    /// The last LSN published.
+    head: u64,
+    epoch: u64,
+    buf: Vec<u8>,
+    /// When the subscriber counts were last read.
+    counted: Instant,
+}
+
+/// How often the publishing thread re-reads the subscriber counts (a subscriber
+/// that connects receives frames at most this much later; it sees the gap before
+/// them in `prev`).
+const RECOUNT: Duration = Duration::from_millis(2);
+
+impl Outs {
+    fn recount(&mut self, now: Instant) {
+        for o in &mut self.outs {
+            o.subscribers = o.factory.dynamic_config().number_of_subscribers();
+        }
+        self.counted = now;
+    }
+}
+
+fn open_outs(node: &Node<ipc_threadsafe::Service>, opts: &IpcOptions) -> Result<Vec<Out>> {
     let mut outs = Vec::new();
     for topic in std::iter::once(None).chain(Topic::ALL.into_iter().map(Some)) {
         let name = service(&service_name(&opts.instance, topic))?;
@@ -250,13 +298,14 @@ fn open_outs(node: &Node<ipc::Service>, opts: &IpcOptions) -> Result<Vec<Out>> {
             .allocation_strategy(AllocationStrategy::PowerOfTwo)
             .create()
             .map_err(|e| ipc_err("create a publisher", e))?;
+        let subscribers = factory.dynamic_config().number_of_subscribers();
         outs.push(Out {
             topic,
             factory,
             publisher,
             prev: 0,
             last_sent: Instant::now(),
-            subscribers: 0,
+            subscribers,
         });
     }
     Ok(outs)
@@ -281,107 +330,87 @@ fn send(out: &mut Out, bytes: &[u8], counters: &Counters) {
     }
 }
 
-fn publish_loop(
-    mut sub: crate::Subscriber,
+/// Publishes each event into iceoryx2 on the bus's publishing thread.
+struct IpcTap {
+    outs: Arc<Mutex<Outs>>,
+    counters: Arc<Counters>,
+}
+
+impl Tap for IpcTap {
+    fn published(&self, h: &Header, payload: &[u8]) {
+        let kind = ((h.meta >> 32) & 0xff) as u16;
+        let ih = ((h.meta >> 40) & 0xfff) as u16;
+        let ah = ((h.meta >> 52) & 0xfff) as u16;
+        let topic = bourse_model::EventKind::from_u16(kind).map(Topic::of);
+        self.counters.events.fetch_add(1, Ordering::Relaxed);
+        let mut g = self.outs.lock();
+        let now = Instant::now();
+        if now.duration_since(g.counted) >= RECOUNT {
+            g.recount(now);
+        }
+        let Outs { outs, head, epoch, buf, .. } = &mut *g;
+        *head = h.lsn;
+        for o in outs.iter_mut() {
+            if o.topic.is_some() && o.topic != topic {
+                continue;
+            }
+            if o.subscribers > 0 {
+                let f = Frame {
+                    typ: FRAME_EVENT,
+                    kind,
+                    ih,
+                    ah,
+                    lsn: h.lsn,
+                    timestamp: h.timestamp,
+                    prev: o.prev,
+                    epoch: *epoch,
+                    len: payload.len() as u32,
+                };
+                f.encode(payload, buf);
+                send(o, buf, &self.counters);
+            }
+            o.prev = h.lsn;
+        }
+    }
+}
+
+/// Heartbeats on idle services, subscriber counts, dead-node cleanup.
+fn housekeeping(
+    outs: &Mutex<Outs>,
     opts: &IpcOptions,
     stop: &AtomicBool,
     counters: &Counters,
-    ready: &std::sync::mpsc::SyncSender<Result<()>>,
 ) -> Result<()> {
-    let setup = node().and_then(|n| open_outs(&n, opts).map(|o| (n, o)));
-    let (_node, mut outs) = match setup {
-        Ok(x) => {
-            let _ = ready.send(Ok(()));
-            x
-        }
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return Ok(());
-        }
-    };
-    let epoch = now_ns() as u64;
-    // Everything before the bridge's first event is, for its subscribers, a range
-    // they may have missed: `prev` of the first frames says so.
-    let mut head = sub.position();
-    for o in &mut outs {
-        o.prev = head;
-    }
-    let mut buf = Vec::with_capacity(opts.initial_frame_bytes);
-    let tick = (opts.heartbeat / 2).min(Duration::from_millis(20));
-    let mut last_refresh = Instant::now() - Duration::from_secs(1);
+    let tick = (opts.heartbeat / 2).clamp(Duration::from_millis(1), Duration::from_millis(50));
     let mut last_cleanup = Instant::now();
     while !stop.load(Ordering::Acquire) {
-        let now = Instant::now();
-        if now.duration_since(last_refresh) >= Duration::from_millis(5) {
-            for o in &mut outs {
-                o.subscribers = o.factory.dynamic_config().number_of_subscribers();
-            }
-            last_refresh = now;
-        }
-        match sub.next(tick)? {
-            Some(Message::Event(d)) => {
-                counters.events.fetch_add(1, Ordering::Relaxed);
-                head = d.lsn;
-                let kind = d.kind.map_or(0, |k| k.as_u16());
-                let topic = d.kind.map(Topic::of);
-                let (ih, ah) = match d.event() {
-                    Ok(e) => hashes(&e),
-                    Err(_) => (0, 0),
-                };
-                for o in &mut outs {
-                    if o.topic.is_some() && o.topic != topic {
-                        continue;
-                    }
-                    if o.subscribers > 0 {
-                        let f = Frame {
-                            typ: FRAME_EVENT,
-                            kind,
-                            ih,
-                            ah,
-                            lsn: d.lsn,
-                            timestamp: d.timestamp,
-                            prev: o.prev,
-                            epoch,
-                            len: d.payload.len() as u32,
-                        };
-                        f.encode(d.payload, &mut buf);
-                        send(o, &buf, counters);
-                    }
-                    o.prev = d.lsn;
+        std::thread::sleep(tick);
+        {
+            let mut g = outs.lock();
+            let now = Instant::now();
+            g.recount(now);
+            let Outs { outs, head, epoch, buf, .. } = &mut *g;
+            for o in outs.iter_mut() {
+                if o.subscribers > 0 && now.duration_since(o.last_sent) >= opts.heartbeat {
+                    let f = Frame {
+                        typ: FRAME_HEARTBEAT,
+                        kind: 0,
+                        ih: 0,
+                        ah: 0,
+                        lsn: *head,
+                        timestamp: now_ns(),
+                        prev: o.prev,
+                        epoch: *epoch,
+                        len: 0,
+                    };
+                    f.encode(&[], buf);
+                    send(o, buf, counters);
+                    counters.heartbeats.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Some(Message::Lagged { to, .. }) => {
-                // Only without an engine (no replay): whatever was skipped may have
-                // been in any topic.
-                head = to;
-                for o in &mut outs {
-                    o.prev = o.prev.max(to);
-                }
-            }
-            Some(Message::Heartbeat { lsn }) => head = head.max(lsn),
-            None => {}
         }
-        let now = Instant::now();
-        for o in &mut outs {
-            if o.subscribers > 0 && now.duration_since(o.last_sent) >= opts.heartbeat {
-                let f = Frame {
-                    typ: FRAME_HEARTBEAT,
-                    kind: 0,
-                    ih: 0,
-                    ah: 0,
-                    lsn: head,
-                    timestamp: now_ns(),
-                    prev: o.prev,
-                    epoch,
-                    len: 0,
-                };
-                f.encode(&[], &mut buf);
-                send(o, &buf, counters);
-                counters.heartbeats.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if now.duration_since(last_cleanup) >= opts.cleanup_interval {
-            last_cleanup = now;
+        if last_cleanup.elapsed() >= opts.cleanup_interval {
+            last_cleanup = Instant::now();
             match super::cleanup_dead_nodes() {
                 Ok(n) => {
                     counters.dead_nodes_removed.fetch_add(n as u64, Ordering::Relaxed);
@@ -445,9 +474,16 @@ fn serve_loop(
             .allocation_strategy(AllocationStrategy::PowerOfTwo)
             .create()
             .map_err(|e| ipc_err("create the request server", e))?;
-        Ok((n, svc, server))
+        let wake = n
+            .service_builder(&service(&wake_name(&opts.instance))?)
+            .event()
+            .open_or_create()
+            .map_err(|e| ipc_err("open or create the wake-up service", e))?;
+        let listener =
+            wake.listener_builder().create().map_err(|e| ipc_err("create a listener", e))?;
+        Ok((n, svc, server, wake, listener))
     });
-    let (_node, _svc, server) = match setup {
+    let (_node, _svc, server, _wake, listener) = match setup {
         Ok(x) => {
             let _ = ready.send(Ok(()));
             x
@@ -460,12 +496,16 @@ fn serve_loop(
     let server: Server<ipc::Service, [u8], (), [u8], ()> = server;
     let mut streams = Streams { open: VecDeque::new() };
     let mut out = Vec::new();
-    let mut backoff = Backoff::new(Duration::from_micros(200));
     while !stop.load(Ordering::Acquire) {
         let active = match server.receive() {
             Ok(Some(a)) => a,
             Ok(None) => {
-                backoff.wait();
+                // Sleeps until a client signals a request (clients re-send after
+                // 500 ms, so a lost signal only delays); wakes to check `stop`.
+                if let Err(e) = listener.timed_wait(|_| {}, Duration::from_millis(50)) {
+                    tracing::warn!(error = ?e, "waiting for requests failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 continue;
             }
             Err(e) => {
@@ -474,7 +514,6 @@ fn serve_loop(
                 continue;
             }
         };
-        backoff = Backoff::new(Duration::from_micros(200));
         counters.requests.fetch_add(1, Ordering::Relaxed);
         match Request::decode(active.payload()) {
             Ok(req) => answer(shared, opts, &req, &mut streams, &mut out, counters),

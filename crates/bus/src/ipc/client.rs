@@ -4,12 +4,15 @@ use std::time::{Duration, Instant};
 
 use bourse_model::{Event, EventKind};
 use iceoryx2::port::client::Client;
+use iceoryx2::port::notifier::Notifier;
 use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::prelude::*;
 use iceoryx2::sample::Sample;
 
 use super::frame::{self, Frame, Reply, Request, FRAME_EVENT, FRAME_HEADER, RESPONSE_HEADER};
-use super::{check_instance, ipc_err, node, requests_name, service, service_name, Backoff};
+use super::{
+    check_instance, ipc_err, node, requests_name, service, service_name, wake_name, Backoff,
+};
 use crate::filter::{Filter, Topic};
 use crate::{Delivery, Error, Message, OnLag, Result};
 
@@ -130,6 +133,7 @@ pub struct IpcSubscriber {
     // Ports before the node: fields drop in order.
     sub: Subscriber<ipc::Service, [u8], ()>,
     client: Client<ipc::Service, [u8], (), [u8], ()>,
+    notifier: Notifier<ipc::Service>,
     _node: Node<ipc::Service>,
     /// Every LSN up to this one was delivered or filtered out (`None`: live, before
     /// the first frame).
@@ -194,6 +198,14 @@ impl IpcSubscriber {
             .allocation_strategy(AllocationStrategy::PowerOfTwo)
             .create()
             .map_err(|e| ipc_err("create a request client", e))?;
+        let notifier = node
+            .service_builder(&service(&wake_name(&opts.instance))?)
+            .event()
+            .open()
+            .map_err(|e| ipc_err("open the wake-up service (is a bridge running?)", e))?
+            .notifier_builder()
+            .create()
+            .map_err(|e| ipc_err("create a notifier", e))?;
         let mut s = IpcSubscriber {
             instance: opts.instance,
             filter: opts.filter,
@@ -205,6 +217,7 @@ impl IpcSubscriber {
             canary_ignore_prev: opts.canary_ignore_prev,
             sub,
             client,
+            notifier,
             _node: node,
             last: None,
             held: None,
@@ -508,6 +521,9 @@ impl IpcSubscriber {
                 .write_from_slice(&self.req)
                 .send()
                 .map_err(|e| ipc_err("send a request", e))?;
+            if let Err(e) = self.notifier.notify() {
+                tracing::debug!(error = ?e, "the request wake-up was not delivered");
+            }
             let resend_at = (Instant::now() + Duration::from_millis(500)).min(deadline);
             let mut backoff = Backoff::new(Duration::from_micros(50));
             while Instant::now() < resend_at {

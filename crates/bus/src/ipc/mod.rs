@@ -44,6 +44,12 @@ fn requests_name(instance: &str) -> String {
     format!("bourse/{instance}/requests")
 }
 
+/// The event service a client signals after sending a request, so the request
+/// server can sleep instead of polling.
+fn wake_name(instance: &str) -> String {
+    format!("bourse/{instance}/requests-wake")
+}
+
 fn check_instance(instance: &str) -> Result<()> {
     let ok = !instance.is_empty()
         && instance.len() <= 64
@@ -65,6 +71,15 @@ pub(crate) fn node() -> Result<Node<ipc::Service>> {
     NodeBuilder::new()
         .signal_handling_mode(SignalHandlingMode::Disabled)
         .create::<ipc::Service>()
+        .map_err(|e| ipc_err("create node", e))
+}
+
+/// A node whose ports may be used from any thread (the publishers are driven by the
+/// bus's publishing thread). Same shared memory as `ipc::Service`.
+pub(crate) fn node_threadsafe() -> Result<Node<ipc_threadsafe::Service>> {
+    NodeBuilder::new()
+        .signal_handling_mode(SignalHandlingMode::Disabled)
+        .create::<ipc_threadsafe::Service>()
         .map_err(|e| ipc_err("create node", e))
 }
 
