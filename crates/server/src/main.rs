@@ -113,7 +113,8 @@ enum Inspect {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,iceoryx2_bb_loggers=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
