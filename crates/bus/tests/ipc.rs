@@ -460,7 +460,13 @@ fn kill_9_of_the_publisher_never_shows_a_torn_or_reordered_event() {
     assert!(c.violations.is_empty(), "{:?}", c.violations);
     assert_eq!(c.lagged, 0);
     assert_eq!(c.seen.len() as u64, c.last, "every LSN from 1 exactly once");
-    assert!(s.bridge_restarts() >= kills, "restarts seen: {}", s.bridge_restarts());
+    // Frames (not replay pages) carry the incarnation: an incarnation killed while
+    // the subscriber was replaying may go unseen, the first and the last may not.
+    assert!(
+        s.bridge_restarts() >= 1 && s.bridge_restarts() <= kills,
+        "restarts seen: {}",
+        s.bridge_restarts()
+    );
     assert!(bourse_bus::ipc::cleanup_dead_nodes().is_ok());
 }
 
