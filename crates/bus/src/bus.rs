@@ -574,39 +574,17 @@ impl Bus {
     /// WAL no longer holds (a cursor past `cursor_lag_max`) is signalled as `Lagged`.
     /// Delivery is at least once: events after the last persisted ack come again.
     pub fn durable(&self, name: &str, mut opts: SubscribeOptions) -> Result<Subscriber> {
-        check_name(name)?;
-        let engine = self.engine("durable cursors")?;
-        let cursors = self.cursors()?;
-        let cursor = {
-            let mut map = cursors.map.lock();
-            if let Some(c) = map.get(name) {
-                c.clone()
-            } else {
-                let start = match opts.start {
-                    Start::Live => self.shared.head() + 1,
-                    Start::Lsn(n) => n.max(1),
-                };
-                let pin = engine.pin_wal(start);
-                let c = Arc::new(Cursor::new(name, start - 1, Some(pin)));
-                // Written at once, so a new cursor's existence survives a restart.
-                c.persisted.store(u64::MAX, Ordering::Release);
-                cursors.persist(&c)?;
-                map.insert(name.to_owned(), c.clone());
-                c
-            }
-        };
+        let cursor = self.shared.cursor(name, opts.start)?;
         if cursor.in_use.swap(true, Ordering::AcqRel) {
             return Err(Error::CursorInUse { name: name.to_owned() });
         }
-        let acked = cursor.acked.load(Ordering::Acquire);
-        let journal_end = engine.applied_lsn();
-        if acked > journal_end {
-            cursor.in_use.store(false, Ordering::Release);
-            return Err(Error::CursorAhead { name: name.to_owned(), acked, journal_end });
-        }
-        if cursor.fell_behind.swap(false, Ordering::AcqRel) {
-            *cursor.pin.lock() = Some(engine.pin_wal(acked + 1));
-        }
+        let acked = match self.shared.resume(&cursor) {
+            Ok(a) => a,
+            Err(e) => {
+                cursor.in_use.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
         opts.start = Start::Lsn(acked + 1);
         opts.name = Some(name.to_owned());
         // A durable subscriber exists not to lose events: it catches up from the WAL.
@@ -624,8 +602,8 @@ impl Bus {
     /// after [`Error::CursorAhead`]. The cursor must not be in use.
     pub fn reset_cursor(&self, name: &str, acked: u64) -> Result<()> {
         check_name(name)?;
-        let engine = self.engine("durable cursors")?;
-        let cursors = self.cursors()?;
+        let engine = self.shared.engine("durable cursors")?;
+        let cursors = self.shared.cursors()?;
         let mut map = cursors.map.lock();
         if map.get(name).is_some_and(|c| c.in_use.load(Ordering::Acquire)) {
             return Err(Error::CursorInUse { name: name.to_owned() });
@@ -722,14 +700,6 @@ impl Bus {
             blocked_publishes: side.blocked.load(Ordering::Relaxed),
         }
     }
-
-    fn engine(&self, what: &'static str) -> Result<&Arc<Engine>> {
-        self.shared.engine.as_ref().ok_or(Error::NoEngine { what })
-    }
-
-    fn cursors(&self) -> Result<&Cursors> {
-        self.shared.cursors.as_ref().ok_or(Error::NoEngine { what: "durable cursors" })
-    }
 }
 
 impl Drop for Bus {
@@ -776,30 +746,41 @@ impl Shared {
     }
 
     pub(crate) fn open_cursor(&self, name: &str, start: Start) -> Result<u64> {
+        let cursor = self.cursor(name, start)?;
+        self.resume(&cursor)
+    }
+
+    /// The durable cursor `name`, created at `start` (persisted at once, so its
+    /// existence survives a restart) when it does not exist.
+    fn cursor(&self, name: &str, start: Start) -> Result<Arc<Cursor>> {
         check_name(name)?;
         let engine = self.engine("durable cursors")?;
         let cursors = self.cursors()?;
-        let cursor = {
-            let mut map = cursors.map.lock();
-            match map.get(name) {
-                Some(c) => c.clone(),
-                None => {
-                    let first = match start {
-                        Start::Live => self.head() + 1,
-                        Start::Lsn(n) => n.max(1),
-                    };
-                    let c = Arc::new(Cursor::new(name, first - 1, Some(engine.pin_wal(first))));
-                    c.persisted.store(u64::MAX, Ordering::Release);
-                    cursors.persist(&c)?;
-                    map.insert(name.to_owned(), c.clone());
-                    c
-                }
-            }
+        let mut map = cursors.map.lock();
+        if let Some(c) = map.get(name) {
+            return Ok(c.clone());
+        }
+        let first = match start {
+            Start::Live => self.head() + 1,
+            Start::Lsn(n) => n.max(1),
         };
+        let c = Arc::new(Cursor::new(name, first - 1, Some(engine.pin_wal(first))));
+        c.persisted.store(u64::MAX, Ordering::Release);
+        cursors.persist(&c)?;
+        map.insert(name.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Checks a cursor can resume (it does not acknowledge events the journal lost)
+    /// and pins the WAL again for one that had fallen behind; returns its
+    /// acknowledged LSN.
+    fn resume(&self, cursor: &Cursor) -> Result<u64> {
+        let engine = self.engine("durable cursors")?;
         let acked = cursor.acked.load(Ordering::Acquire);
+        // The ring publishes an event just before the engine makes it visible.
         let journal_end = engine.applied_lsn().max(self.head());
         if acked > journal_end {
-            return Err(Error::CursorAhead { name: name.to_owned(), acked, journal_end });
+            return Err(Error::CursorAhead { name: cursor.name.clone(), acked, journal_end });
         }
         if cursor.fell_behind.swap(false, Ordering::AcqRel) {
             *cursor.pin.lock() = Some(engine.pin_wal(acked + 1));
