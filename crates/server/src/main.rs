@@ -1,13 +1,14 @@
 //! `bourse`: the command-line front of Bourse.
 //!
-//! Today it generates, verifies and inspects journals and publishes a store to
-//! other processes over iceoryx2 (`bourse publish`); the server (`bourse serve`, and
-//! `bourse demo` serving the simulated exchange) arrives with the server issue. This
-//! binary wires crates together and holds no business logic.
+//! `bourse demo` serves the simulated exchange over HTTP and WebSocket; `bourse serve`
+//! serves a store without it. The other commands verify, back up, inspect and publish
+//! stores, and `bourse selftest` writes, replays and verifies an exchange-shaped journal.
+//! This binary wires crates together and holds no business logic.
 
 mod demo;
 mod inspect;
 mod publish;
+mod serve;
 mod verify;
 
 use std::path::PathBuf;
@@ -25,9 +26,41 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the simulated exchange: a store in DATA, the reference exchange answering
+    /// orders, simulated traders, demo users (credentials printed), HTTP and WebSocket
+    /// on LISTEN. Stops cleanly on SIGINT/SIGTERM.
+    Demo {
+        /// Data directory.
+        #[arg(long, default_value = "./bourse-data")]
+        data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
+        /// Server configuration (TOML); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Orders per second sent by the simulated traders.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Run the exchange without simulated traders.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Serve a store over HTTP and WebSocket without the simulated exchange.
+    Serve {
+        /// Data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Address to listen on.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Server configuration (TOML); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Write an exchange-shaped journal through the WAL (concurrent durable writers),
     /// replay it, verify it and show what is in it.
-    Demo {
+    Selftest {
         /// Data directory (the WAL goes to DATA/wal).
         #[arg(long, default_value = "./bourse-data")]
         data: PathBuf,
@@ -120,7 +153,20 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo { data, events, writers, batch } => demo::run(&data, events, writers, batch),
+        Command::Demo { data, listen, config, rate, quiet } => {
+            server_config(config.as_deref(), Some(data), Some(listen)).and_then(|cfg| {
+                let mode = serve::Mode { sim: true, demo: !quiet, demo_rate: rate };
+                serve::run(cfg, mode).map(|()| ExitCode::SUCCESS)
+            })
+        }
+        Command::Serve { data, listen, config } => server_config(config.as_deref(), data, listen)
+            .and_then(|cfg| {
+                let mode = serve::Mode { sim: false, demo: false, demo_rate: 0 };
+                serve::run(cfg, mode).map(|()| ExitCode::SUCCESS)
+            }),
+        Command::Selftest { data, events, writers, batch } => {
+            demo::run(&data, events, writers, batch)
+        }
         Command::Publish { data, instance, rate, seconds } => {
             publish::run(&data, &instance, rate, seconds)
         }
@@ -137,6 +183,25 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The configuration file (if any) with the flags laid over it.
+fn server_config(
+    file: Option<&std::path::Path>,
+    data: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<serve::ServerConfig> {
+    let mut cfg = match file {
+        Some(f) => serve::ServerConfig::load(f)?,
+        None => serve::ServerConfig::default(),
+    };
+    if let Some(d) = data {
+        cfg.data = d;
+    }
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    Ok(cfg)
 }
 
 fn backup(data: &std::path::Path, to: &std::path::Path) -> anyhow::Result<ExitCode> {

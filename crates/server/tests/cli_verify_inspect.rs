@@ -105,15 +105,24 @@ fn verify_without_a_journal_is_an_error() {
 fn the_demo_writes_a_journal_that_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().to_str().unwrap();
-    let (code, out) =
-        bourse(&["demo", "--data", data, "--events", "5000", "--writers", "3", "--batch", "16"]);
+    let (code, out) = bourse(&[
+        "selftest",
+        "--data",
+        data,
+        "--events",
+        "5000",
+        "--writers",
+        "3",
+        "--batch",
+        "16",
+    ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("submitted 5000 events") && out.contains("verify: clean"), "{out}");
     assert!(out.contains("recovery replayed 5000 WAL records"), "{out}");
     assert!(out.contains("applied LSN 5000"), "{out}");
     // The second run starts where the first ended; its checkpoint left nothing to replay
     // but what it wrote itself.
-    let (code, out) = bourse(&["demo", "--data", data, "--events", "1000"]);
+    let (code, out) = bourse(&["selftest", "--data", data, "--events", "1000"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("the journal ends at LSN 5000") && out.contains("LSN 1..=6000"), "{out}");
     assert!(out.contains("recovery replayed 1000 WAL records"), "{out}");

@@ -1018,9 +1018,9 @@ fn refresh_account(a: &mut AccountState) {
         acc.frozen_commission = 0.0;
     }
     acc.static_balance = acc.pre_balance + acc.deposit - acc.withdraw;
-    acc.margin = a.positions.values().map(|p| p.margin).sum();
-    acc.position_profit = a.positions.values().map(|p| p.position_profit).sum();
-    acc.float_profit = a.positions.values().map(|p| p.float_profit).sum();
+    acc.margin = total(a.positions.values().map(|p| p.margin));
+    acc.position_profit = total(a.positions.values().map(|p| p.position_profit));
+    acc.float_profit = total(a.positions.values().map(|p| p.float_profit));
     acc.balance =
         acc.static_balance + acc.close_profit - acc.commission + acc.premium + acc.position_profit;
     acc.available =
@@ -1028,4 +1028,9 @@ fn refresh_account(a: &mut AccountState) {
     acc.risk_ratio = if acc.balance > 0.0 { acc.margin / acc.balance } else { 0.0 };
     acc.ctp_balance = acc.balance;
     acc.ctp_available = acc.available;
+}
+
+/// A sum that starts from +0.0 (`Iterator::sum` of no floats is -0.0).
+fn total(it: impl Iterator<Item = f64>) -> f64 {
+    it.fold(0.0, |a, b| a + b)
 }
