@@ -155,13 +155,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo { data, listen, config, rate, quiet } => {
             server_config(config.as_deref(), Some(data), Some(listen)).and_then(|cfg| {
-                let mode = serve::Mode { sim: true, demo: !quiet, demo_rate: rate };
+                let mode = serve::Mode { sim: true, demo: true, traders: !quiet, demo_rate: rate };
                 serve::run(cfg, mode).map(|()| ExitCode::SUCCESS)
             })
         }
         Command::Serve { data, listen, config } => server_config(config.as_deref(), data, listen)
             .and_then(|cfg| {
-                let mode = serve::Mode { sim: false, demo: false, demo_rate: 0 };
+                let mode = serve::Mode { sim: false, demo: false, traders: false, demo_rate: 0 };
                 serve::run(cfg, mode).map(|()| ExitCode::SUCCESS)
             }),
         Command::Selftest { data, events, writers, batch } => {

@@ -31,8 +31,10 @@ pub use config::ServerConfig;
 pub struct Mode {
     /// Run the simulated exchange.
     pub sim: bool,
-    /// Run simulated traders (and create the demo users).
+    /// Create the demo users (with the exchange).
     pub demo: bool,
+    /// Run simulated traders (with the exchange).
+    pub traders: bool,
     /// Orders per second of the simulated traders.
     pub demo_rate: u32,
 }
@@ -148,7 +150,7 @@ pub fn run(cfg: ServerConfig, mode: Mode) -> anyhow::Result<()> {
             demo_users(&engine, sim)?;
         }
     }
-    let participants = match (&sim, mode.demo) {
+    let participants = match (&sim, mode.traders) {
         (Some(sim), true) => Some(Participants::start(
             engine.clone(),
             sim.clone(),
