@@ -5,9 +5,9 @@
 //! stores, and `bourse selftest` writes, replays and verifies an exchange-shaped journal.
 //! This binary wires crates together and holds no business logic.
 
-mod demo;
 mod inspect;
 mod publish;
+mod selftest;
 mod serve;
 mod verify;
 
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
                 serve::run(cfg, mode).map(|()| ExitCode::SUCCESS)
             }),
         Command::Selftest { data, events, writers, batch } => {
-            demo::run(&data, events, writers, batch)
+            selftest::run(&data, events, writers, batch)
         }
         Command::Publish { data, instance, rate, seconds } => {
             publish::run(&data, &instance, rate, seconds)

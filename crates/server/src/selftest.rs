@@ -1,4 +1,4 @@
-//! `bourse demo`: what exists so far, end to end, in one command.
+//! `bourse selftest`: the store on its own, end to end, in one command.
 //!
 //! Submits an exchange-shaped event mix to the engine from several threads with
 //! `Durable` acknowledgements (one WAL, group commit, partitions per instrument),
@@ -39,7 +39,7 @@ pub(crate) fn run(
             .with_context(|| format!("opening {}", data.display()))?,
     );
     let start_lsn = engine.applied_lsn();
-    println!("Bourse demo: store in {}", data.display());
+    println!("Bourse selftest: store in {}", data.display());
     println!("  opened in {:.2?}: the journal ends at LSN {start_lsn}", t.elapsed());
     let elapsed = write(&engine, start_lsn, events, writers.max(1), batch.clamp(1, 4096))?;
     let stats = engine.stats();
@@ -85,7 +85,7 @@ pub(crate) fn run(
     let code = crate::verify::run(data)?;
     println!();
     println!(
-        "Next: `bourse inspect wal {}/wal --limit 20`, `bourse backup --data {} --to BACKUP_DIR`, or run the demo again to append more.",
+        "Next: `bourse inspect wal {}/wal --limit 20`, `bourse backup --data {} --to BACKUP_DIR`, or run the selftest again to append more.",
         data.display(),
         data.display()
     );
