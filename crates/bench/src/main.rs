@@ -12,6 +12,7 @@ mod engine;
 mod ipc;
 mod lsm;
 mod report;
+mod server;
 mod wal;
 
 #[cfg(feature = "peers")]
@@ -49,6 +50,8 @@ enum Suite {
     Recovery,
     /// The bus: in-process fan-out, the SPSC floor, replay.
     Bus,
+    /// The `bourse` server over loopback HTTP and WebSocket.
+    Server,
     /// Every suite.
     All,
 }
@@ -69,12 +72,14 @@ fn main() -> anyhow::Result<()> {
         Suite::Engine => engine::run(tmp.path(), cli.quick)?,
         Suite::Recovery => engine::run_recovery(tmp.path(), cli.quick)?,
         Suite::Bus => bus::run(tmp.path(), cli.quick)?,
+        Suite::Server => server::run(tmp.path(), cli.quick)?,
         Suite::All => {
             wal::run(tmp.path(), cli.quick)?;
             lsm::run(tmp.path(), cli.quick)?;
             engine::run(tmp.path(), cli.quick)?;
             engine::run_recovery(tmp.path(), cli.quick)?;
             bus::run(tmp.path(), cli.quick)?;
+            server::run(tmp.path(), cli.quick)?;
         }
     }
     Ok(())

@@ -87,6 +87,26 @@ pub(crate) async fn render(State(app): State<Arc<App>>) -> impl IntoResponse {
     );
     let mem: usize = s.partitions.iter().map(|p| p.memtable_bytes).sum();
     metric(&mut out, "bourse_lsm_memtable_bytes", "gauge", "Bytes in all memtables.", mem);
+    let tables: usize =
+        s.partitions.iter().map(|p| p.tree.tables_per_level.iter().sum::<usize>()).sum();
+    let table_bytes: u64 =
+        s.partitions.iter().map(|p| p.tree.bytes_per_level.iter().sum::<u64>()).sum();
+    let pending: u64 = s.partitions.iter().map(|p| p.tree.pending_compaction_bytes).sum();
+    metric(&mut out, "bourse_lsm_tables", "gauge", "SSTables in all partitions.", tables);
+    metric(
+        &mut out,
+        "bourse_lsm_table_bytes",
+        "gauge",
+        "Bytes of SSTables in all partitions.",
+        table_bytes,
+    );
+    metric(
+        &mut out,
+        "bourse_lsm_pending_compaction_bytes",
+        "gauge",
+        "Bytes waiting for compaction.",
+        pending,
+    );
     let b = app.bus.stats();
     metric(
         &mut out,

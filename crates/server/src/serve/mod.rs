@@ -199,24 +199,36 @@ pub fn run(cfg: ServerConfig, mode: Mode) -> anyhow::Result<()> {
     eprintln!("shutting down: stopping intake, draining the exchange, checkpointing");
     drop(participants);
     drop(rt);
-    let app =
-        Arc::try_unwrap(app).map_err(|_| anyhow::anyhow!("connections still hold the store"))?;
+    // Reader threads of closed /ws/events connections notice within one heartbeat.
+    let drain = Duration::from_millis(cfg.heartbeat_ms.saturating_mul(3).max(2000));
+    let app = unwrap_within(app, drain, "connections still hold the store")?;
     let App { engine: app_engine, bus, sim: app_sim, .. } = app;
     drop(app_engine);
     drop(sim);
     if let Some(sim) = app_sim {
-        match Arc::try_unwrap(sim) {
-            Ok(sim) => sim.stop()?,
-            Err(_) => anyhow::bail!("the exchange is still in use"),
-        }
+        unwrap_within(sim, drain, "the exchange is still in use")?.stop()?;
     }
     drop(bus);
     engine.checkpoint()?;
-    let engine =
-        Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("the store is still in use"))?;
+    let engine = unwrap_within(engine, drain, "the store is still in use")?;
     engine.close()?;
     eprintln!("closed cleanly");
     Ok(())
+}
+
+/// Takes `arc` back once every other reference is gone, waiting up to `timeout`.
+fn unwrap_within<T>(mut arc: Arc<T>, timeout: Duration, what: &str) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match Arc::try_unwrap(arc) {
+            Ok(v) => return Ok(v),
+            Err(a) if std::time::Instant::now() < deadline => {
+                arc = a;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => anyhow::bail!("{what} after {timeout:?}; closing without a checkpoint"),
+        }
+    }
 }
 
 /// Registers the demo users, binds their accounts and funds them (once).
