@@ -15,6 +15,8 @@ use bourse_model::{
     Position, PriceType, Side, Tick, TimeCondition, Trade, Transfer, TransferKind, VolumeCondition,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::{InstrumentSpec, SimConfig};
 
 /// Why an order was refused. The code is the `error_id` of the `OrderRejected` event.
@@ -108,7 +110,7 @@ impl RejectReason {
 type OrderKey = (String, String);
 
 /// A live order and what it holds frozen.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Live {
     order: Order,
     /// Limit in ticks (the limit price for LIMIT, the price limit for market orders).
@@ -125,14 +127,14 @@ struct Live {
     fills: u32,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct PriceLevel {
     queue: VecDeque<OrderKey>,
     total: i64,
 }
 
 /// One instrument's market: its book and its day statistics.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Market {
     spec: InstrumentSpec,
     /// Bids by price in ticks; the best is the last.
@@ -152,7 +154,7 @@ struct Market {
 }
 
 /// One account: its funds and positions.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct AccountState {
     account: Account,
     positions: BTreeMap<InstrumentId, Position>,
@@ -186,7 +188,7 @@ pub struct BookLevel {
 }
 
 /// The reference exchange. See the module documentation.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Exchange {
     cfg: SimConfig,
     markets: BTreeMap<InstrumentId, Market>,

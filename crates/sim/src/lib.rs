@@ -8,7 +8,8 @@
 //!   (margin, frozen funds, commission, today/history positions, close and position
 //!   profit marked to the last price). A pure state machine: requests in, events out.
 //! - [`runner`]: drives an [`Exchange`] from an engine's commit stream, journaling its
-//!   answers, and recovers exactly after a crash by replaying the journal.
+//!   answers, and recovers exactly after a crash by replaying the journal from the last
+//!   [`snapshot`].
 //! - [`participants`]: simulated traders that keep the demo's markets alive.
 //!
 //! ```
@@ -36,6 +37,7 @@ pub mod config;
 mod exchange;
 pub mod participants;
 pub mod runner;
+pub mod snapshot;
 
 pub use config::{InstrumentSpec, SimConfig};
 pub use exchange::{BookLevel, Exchange, RejectReason};
@@ -53,4 +55,7 @@ pub enum Error {
     /// The journal cannot rebuild the exchange.
     #[error("sim recovery: {0}")]
     Recovery(String),
+    /// A snapshot cannot be written or read.
+    #[error("sim snapshot: {0}")]
+    Snapshot(String),
 }

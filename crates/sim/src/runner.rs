@@ -10,8 +10,13 @@
 //! left unmatched when the replay catches up is exactly what a crash lost, and it is
 //! journaled before the runner goes live. Nothing is answered twice and nothing is lost.
 //!
-//! The journal must therefore reach back to LSN 1: the runner pins it
-//! ([`Engine::pin_wal`]). Bounding that with exchange snapshots is future work.
+//! **Snapshots.** Every [`SimOptions::snapshot_every`] requests, and when it stops, the
+//! runner syncs the journal (so every answer so far is durable) and writes the whole
+//! exchange to `DATA/sim/snapshot` ([`crate::snapshot`]). Recovery then starts from the
+//! snapshot and replays the journal after it, and the runner's WAL pin
+//! ([`Engine::pin_wal`]) moves up to the snapshot, so the journal can be truncated below
+//! it. Answers to requests the snapshot includes may follow it in the journal; with no
+//! request of their own waiting, they match nothing and are passed over.
 //!
 //! **Durability of answers.** The answers are journaled at
 //! [`SimOptions::durability`] (`Buffered` by default). They need not be durable: after a
@@ -35,17 +40,25 @@ pub struct SimOptions {
     pub durability: Durability,
     /// Most events per submit (answers longer than this are split, in order).
     pub batch_events_max: usize,
+    /// Requests between snapshots (0: only when the runner stops).
+    pub snapshot_every: u64,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { durability: Durability::Buffered, batch_events_max: 4096 }
+        SimOptions {
+            durability: Durability::Buffered,
+            batch_events_max: 4096,
+            snapshot_every: 100_000,
+        }
     }
 }
 
 /// What recovery found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
+    /// LSN of the snapshot recovery started from (0: none, replayed from LSN 1).
+    pub snapshot_lsn: u64,
     /// Events read from the journal.
     pub events: u64,
     /// Requests replayed.
@@ -63,6 +76,8 @@ struct Shared {
     changed: Condvar,
     error: Mutex<Option<String>>,
     stop: AtomicBool,
+    /// Holds the journal from the request after the latest snapshot.
+    pin: WalPin,
 }
 
 /// A running exchange. Dropping it stops the thread.
@@ -70,7 +85,6 @@ pub struct SimRunner {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     report: RecoveryReport,
-    _pin: WalPin,
 }
 
 impl std::fmt::Debug for SimRunner {
@@ -96,20 +110,36 @@ impl SimRunner {
         opts: SimOptions,
     ) -> Result<SimRunner, Error> {
         cfg.check()?;
-        let pin = engine.pin_wal(1);
-        let first = engine.first_retained_lsn();
-        if first > 1 && engine.applied_lsn() > 0 {
+        let (base, exchange) = match crate::snapshot::read(engine.dir())? {
+            Some((lsn, ex)) => {
+                if ex.config() != &cfg {
+                    tracing::warn!(
+                        "sim: the snapshot was taken with another configuration; it is kept"
+                    );
+                }
+                (lsn, ex)
+            }
+            None => (0, Exchange::new(cfg)),
+        };
+        let pin = engine.pin_wal(base + 1);
+        let (first, applied) = (engine.first_retained_lsn(), engine.applied_lsn());
+        if applied < base {
             return Err(Error::Recovery(format!(
-                "the journal starts at LSN {first}; the exchange is rebuilt from LSN 1, so \
-                 this store cannot run the simulator"
+                "the snapshot is as of LSN {base} but the journal ends at LSN {applied}"
+            )));
+        }
+        if first > base + 1 && applied > base {
+            return Err(Error::Recovery(format!(
+                "the journal starts at LSN {first}, but the exchange must replay it from LSN {}",
+                base + 1
             )));
         }
         let started = Instant::now();
-        let mut exchange = Exchange::new(cfg);
-        let mut stream = engine.commits(1)?;
+        let mut exchange = exchange;
+        let mut stream = engine.commits(base + 1)?;
         let mut pending: std::collections::VecDeque<Pending> = Default::default();
-        let mut report = RecoveryReport::default();
-        let mut processed = 0;
+        let mut report = RecoveryReport { snapshot_lsn: base, ..RecoveryReport::default() };
+        let mut processed = base;
         while let Some(c) = stream.next_event()? {
             report.events += 1;
             if Exchange::is_request(&c.event) {
@@ -147,6 +177,7 @@ impl SimRunner {
             changed: Condvar::new(),
             error: Mutex::new(None),
             stop: AtomicBool::new(false),
+            pin,
         });
         let thread = {
             let shared = shared.clone();
@@ -161,7 +192,7 @@ impl SimRunner {
                 })
                 .map_err(|e| Error::Recovery(format!("cannot start the sim thread: {e}")))?
         };
-        Ok(SimRunner { shared, thread: Some(thread), report, _pin: pin })
+        Ok(SimRunner { shared, thread: Some(thread), report })
     }
 
     /// What recovery found at start.
@@ -229,17 +260,40 @@ fn live(
     shared: &Shared,
     opts: &SimOptions,
 ) -> Result<(), Error> {
-    while !shared.stop.load(Ordering::Acquire) {
-        let Some(c) = stream.wait_next(Duration::from_millis(50))? else { continue };
-        if !Exchange::is_request(&c.event) {
-            continue;
+    let mut since_snapshot = 0u64;
+    let result = (|| {
+        while !shared.stop.load(Ordering::Acquire) {
+            let Some(c) = stream.wait_next(Duration::from_millis(50))? else { continue };
+            if !Exchange::is_request(&c.event) {
+                continue;
+            }
+            let answer = shared.exchange.lock().process(&c.event);
+            for chunk in answer.chunks(opts.batch_events_max.max(1)) {
+                engine.submit(chunk, opts.durability)?;
+            }
+            *shared.processed.lock() = c.lsn;
+            shared.changed.notify_all();
+            since_snapshot += 1;
+            if opts.snapshot_every > 0 && since_snapshot >= opts.snapshot_every {
+                snapshot(engine, shared)?;
+                since_snapshot = 0;
+            }
         }
-        let answer = shared.exchange.lock().process(&c.event);
-        for chunk in answer.chunks(opts.batch_events_max.max(1)) {
-            engine.submit(chunk, opts.durability)?;
-        }
-        *shared.processed.lock() = c.lsn;
-        shared.changed.notify_all();
+        Ok(())
+    })();
+    if result.is_ok() && since_snapshot > 0 {
+        snapshot(engine, shared)?;
     }
+    result
+}
+
+/// Makes every answer so far durable, then writes the exchange as of the last processed
+/// request and lets the journal go below it.
+fn snapshot(engine: &Engine, shared: &Shared) -> Result<(), Error> {
+    engine.sync()?;
+    let lsn = *shared.processed.lock();
+    crate::snapshot::write(engine.dir(), lsn, &shared.exchange.lock())?;
+    shared.pin.advance(lsn + 1);
+    tracing::debug!(lsn, "sim: snapshot written");
     Ok(())
 }

@@ -73,14 +73,17 @@ fn recompute(events: &[Event]) -> (Vec<Event>, Vec<Event>) {
     (requests, answers)
 }
 
+fn sim_opts() -> SimOptions {
+    SimOptions { snapshot_every: 7, ..SimOptions::default() }
+}
+
 #[test]
 fn a_crash_between_requests_and_answers_is_recovered_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     // Phase 1: a live runner answers requests.
     {
         let engine = Arc::new(Engine::open(dir.path(), opts()).unwrap());
-        let sim =
-            SimRunner::start(engine.clone(), SimConfig::default(), SimOptions::default()).unwrap();
+        let sim = SimRunner::start(engine.clone(), SimConfig::default(), sim_opts()).unwrap();
         engine.submit(&[deposit("a"), deposit("b"), deposit("c")], Durability::Buffered).unwrap();
         let mut last = 0;
         for n in 0..60 {
@@ -96,10 +99,13 @@ fn a_crash_between_requests_and_answers_is_recovered_exactly_once() {
     }
     // Phase 3: restart; recovery answers exactly the 30 unanswered requests.
     let engine = Arc::new(Engine::open(dir.path(), opts()).unwrap());
-    let sim =
-        SimRunner::start(engine.clone(), SimConfig::default(), SimOptions::default()).unwrap();
+    let sim = SimRunner::start(engine.clone(), SimConfig::default(), sim_opts()).unwrap();
     let report = sim.recovery();
-    assert_eq!(report.requests, 93);
+    // Phase 1's 63 requests ended with a snapshot when the runner stopped; recovery
+    // replays only the 30 after it and answers each.
+    assert!(bourse_sim::snapshot::path(dir.path()).exists());
+    assert_eq!(report.requests, 30, "{report:?}");
+    assert!(report.snapshot_lsn >= 63, "{report:?}");
     assert_eq!(report.answered_now, 30, "{report:?}");
     let mut last = 0;
     for n in 90..120 {
@@ -126,8 +132,55 @@ fn a_crash_between_requests_and_answers_is_recovered_exactly_once() {
     sim.stop().unwrap();
     drop(engine);
     let engine = Arc::new(Engine::open(dir.path(), opts()).unwrap());
-    let sim =
-        SimRunner::start(engine.clone(), SimConfig::default(), SimOptions::default()).unwrap();
+    let sim = SimRunner::start(engine.clone(), SimConfig::default(), sim_opts()).unwrap();
     assert_eq!(sim.recovery().answered_now, 0);
     assert_eq!(sim.processed(), last);
+    // Without snapshots, the journal alone rebuilds the same exchange.
+    sim.stop().unwrap();
+    let from_snapshot = bourse_sim::snapshot::read(dir.path()).unwrap().unwrap().1;
+    std::fs::remove_file(bourse_sim::snapshot::path(dir.path())).unwrap();
+    let no_snapshots = SimOptions { snapshot_every: 0, ..SimOptions::default() };
+    let sim = SimRunner::start(engine.clone(), SimConfig::default(), no_snapshots).unwrap();
+    assert_eq!(sim.recovery().snapshot_lsn, 0);
+    assert_eq!(sim.recovery().answered_now, 0);
+    for a in ["a", "b", "c"] {
+        let rebuilt = sim.with_exchange(|x| x.account(a).cloned());
+        assert_eq!(rebuilt.as_ref(), from_snapshot.account(a), "account {a}");
+    }
+    assert_eq!(sim.with_exchange(|x| x.live_orders()), from_snapshot.live_orders());
+}
+
+#[test]
+fn a_damaged_snapshot_is_reported_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(dir.path(), opts()).unwrap());
+    {
+        let sim = SimRunner::start(engine.clone(), SimConfig::default(), sim_opts()).unwrap();
+        let r = engine.submit(&[deposit("a"), order(0), order(3)], Durability::Buffered).unwrap();
+        assert!(sim.wait_processed(r.last.0, Duration::from_secs(10)));
+        sim.stop().unwrap();
+    }
+    let path = bourse_sim::snapshot::path(dir.path());
+    let good = std::fs::read(&path).unwrap();
+    for at in [0, 9, 13, 30, 40, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        std::fs::write(&path, &bad).unwrap();
+        let err = SimRunner::start(engine.clone(), SimConfig::default(), sim_opts())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("snapshot") && err.contains("damaged"), "byte {at}: {err}");
+    }
+    std::fs::write(&path, &good[..good.len() - 3]).unwrap();
+    assert!(
+        SimRunner::start(engine.clone(), SimConfig::default(), sim_opts()).is_err(),
+        "a short file"
+    );
+    std::fs::write(&path, &good).unwrap();
+    let sim = SimRunner::start(engine.clone(), SimConfig::default(), sim_opts()).unwrap();
+    assert_eq!(sim.recovery().requests, 0);
+    assert!(
+        sim.with_exchange(|x| x.live_order("a", "o3").is_some()),
+        "the snapshot holds the resting order"
+    );
 }

@@ -125,7 +125,12 @@ pub fn run(cfg: ServerConfig, mode: Mode) -> anyhow::Result<()> {
         let runner = SimRunner::start(engine.clone(), sim_config.clone(), SimOptions::default())?;
         let r = runner.recovery();
         eprintln!(
-            "exchange rebuilt from {} requests in {:.2?}{}",
+            "exchange rebuilt from {} ({} requests replayed) in {:.2?}{}",
+            if r.snapshot_lsn > 0 {
+                format!("its snapshot at LSN {}", r.snapshot_lsn)
+            } else {
+                "the journal".to_string()
+            },
             r.requests,
             r.elapsed,
             if r.answered_now > 0 {
