@@ -6,8 +6,9 @@
 //! - `order_roundtrip`: a resting order from one demo user, then a crossing order from the
 //!   other; time from sending the crossing `POST /api/v1/orders` until its trade arrives on
 //!   `/ws/events`.
-//! - `stream_fanout` (params `subscribers`): ticks ingested at a steady rate while 100
-//!   `/ws/events` clients read; delivery latency from the commit timestamp to receipt.
+//! - `stream_fanout` (params `subscribers`, `events_per_second`): ticks ingested at a
+//!   steady rate in batches of 10 while 1 or 100 `/ws/events` clients read; delivery
+//!   latency from the commit timestamp to receipt, and deliveries against those expected.
 //!
 //! The server is the release `bourse` binary next to this one (build it with
 //! `cargo build --release -p bourse`), started as a child process with its data in the
@@ -102,7 +103,10 @@ pub fn run(dir: &Path, quick: bool) -> anyhow::Result<()> {
     rt.block_on(async {
         ingest(dir, quick).await?;
         roundtrip(dir, quick).await?;
-        fanout(dir, quick).await
+        for (subscribers, rate) in [(1, 100), (100, 100), (100, 500)] {
+            fanout(dir, quick, subscribers, rate).await?;
+        }
+        Ok(())
     })
 }
 
@@ -233,10 +237,14 @@ async fn roundtrip(dir: &Path, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fanout(dir: &Path, quick: bool) -> anyhow::Result<()> {
-    let server = start(&["serve"], &dir.join("server-fanout"))?;
-    let subscribers = 100;
-    let rate = 1000u64; // events per second
+/// Only the field the fan-out reader needs (the rest of the frame is skipped).
+#[derive(serde::Deserialize)]
+struct Frame {
+    timestamp: Option<i64>,
+}
+
+async fn fanout(dir: &Path, quick: bool, subscribers: u64, rate: u64) -> anyhow::Result<()> {
+    let server = start(&["serve"], &dir.join(format!("server-fanout-{subscribers}-{rate}")))?;
     let run_for = Duration::from_secs(if quick { 4 } else { 20 });
     let ws_url = format!(
         "{}/ws/events?topics=market&token={ADMIN}",
@@ -257,8 +265,8 @@ async fn fanout(dir: &Path, quick: bool) -> anyhow::Result<()> {
                     continue;
                 };
                 let Ok(text) = msg.to_text() else { continue };
-                let Ok(v) = serde_json::from_str::<Value>(text) else { continue };
-                if let Some(ts) = v["timestamp"].as_i64() {
+                let Ok(f) = serde_json::from_str::<Frame>(text) else { continue };
+                if let Some(ts) = f.timestamp {
                     let _ = h.record(((now_ns() - ts).max(1)) as u64);
                 }
             }
@@ -287,13 +295,23 @@ async fn fanout(dir: &Path, quick: bool) -> anyhow::Result<()> {
     }
     let params = json!({ "subscribers": subscribers, "events_per_second": rate });
     let l = Latency::of(&hist);
+    let expected = n as u64 * subscribers;
     eprintln!(
-        "server stream_fanout: {} deliveries, p50 {:.0} us, p99 {:.0} us",
+        "server stream_fanout {rate} events/s to {subscribers}: {} of {expected} deliveries, p50 {:.0} us, p99 {:.0} us",
         hist.len(),
         l.p50,
         l.p99
     );
     emit(SUITE, "stream_fanout", "bourse", &params, "deliveries", hist.len() as f64, "count");
+    emit(
+        SUITE,
+        "stream_fanout",
+        "bourse",
+        &params,
+        "deliveries_expected",
+        expected as f64,
+        "count",
+    );
     l.emit(SUITE, "stream_fanout", "bourse", &params);
     Ok(())
 }

@@ -57,8 +57,8 @@ impl Metrics {
         self.orders.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn ws_sent(&self) {
-        self.ws_sent.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn ws_sent(&self, frames: u64) {
+        self.ws_sent.fetch_add(frames, Ordering::Relaxed);
     }
 }
 

@@ -196,6 +196,12 @@ pub fn run(cfg: ServerConfig, mode: Mode) -> anyhow::Result<()> {
             println!("  try: curl -s http://{addr}/api/v1/ticks?instrument=SHFE.rb2601\\&limit=3 -H 'authorization: Bearer {admin_token}'");
         }
         println!("ready");
+        // Small frames (events, order answers) must leave at once: no Nagle delay.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, http::router(app.clone()))
             .with_graceful_shutdown(shutdown_signal())
             .await?;

@@ -119,9 +119,19 @@ async fn serve(app: Arc<App>, _slot: WsSlot, mut sub: bourse_bus::Subscriber, so
         tokio::select! {
             frame = rx.recv() => match frame {
                 Some(text) => {
-                    let last = text.starts_with("{\"error\"");
-                    if sink.send(WsMessage::Text(Utf8Bytes::from(text))).await.is_err() { break; }
-                    app.metrics.ws_sent();
+                    // Queue every frame already waiting, then flush once: one write
+                    // for a burst instead of one per event.
+                    let mut last = text.starts_with("{\"error\"");
+                    let mut sent = 1;
+                    if sink.feed(WsMessage::Text(Utf8Bytes::from(text))).await.is_err() { break; }
+                    while !last && sent < 256 {
+                        let Ok(text) = rx.try_recv() else { break };
+                        last = text.starts_with("{\"error\"");
+                        if sink.feed(WsMessage::Text(Utf8Bytes::from(text))).await.is_err() { break; }
+                        sent += 1;
+                    }
+                    if sink.flush().await.is_err() { break; }
+                    app.metrics.ws_sent(sent);
                     if last { break; }
                 }
                 None => break,
