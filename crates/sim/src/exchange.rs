@@ -295,6 +295,17 @@ impl Exchange {
         self.live.get(&(account.to_string(), order_id.to_string())).map(|l| &l.order)
     }
 
+    /// Orders accepted and matches (each a trade per side, sharing its
+    /// `exchange_trade_id`) since the exchange started.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.orders, self.trades)
+    }
+
+    /// Trading accounts.
+    pub fn accounts(&self) -> usize {
+        self.accounts.len()
+    }
+
     /// How many orders are live.
     pub fn live_orders(&self) -> usize {
         self.live.len()
@@ -616,6 +627,7 @@ impl Exchange {
                 book.remove(&price);
             }
             fx.levels.insert((side_code(opposite(dir)), price));
+            self.trades += 1;
             let maker_opens = self.fill(&maker_key, &ins, price, volume, time, fx);
             let taker_opens = self.fill(key, &ins, price, volume, time, fx);
             self.record_match(&ins, price, volume, [maker_opens, taker_opens]);
@@ -756,7 +768,6 @@ impl Exchange {
             m.holders.remove(&key.0);
         }
         acc.seqno += 1;
-        self.trades += 1;
         fx.events.push(Event::TradeExecuted(Trade {
             seqno: acc.seqno,
             user_id: key.0.clone(),

@@ -115,6 +115,10 @@ fn a_crossing_order_trades_at_the_resting_price_and_updates_both_accounts() {
     assert_eq!(trades[0].user_id, "a");
     assert_eq!(trades[0].trade_id, "1|1");
     assert_eq!(trades[1].user_id, "b");
+    assert_eq!(
+        trades[0].exchange_trade_id, trades[1].exchange_trade_id,
+        "one match, one exchange id"
+    );
     assert_eq!(ex.open_interest(&ins(RB)), 3);
     assert_eq!(ex.last_price(&ins(RB)), Some(3100.0));
     // b's remaining 2 lots rest as the best ask.

@@ -131,8 +131,24 @@ pub(crate) async fn render(State(app): State<Arc<App>>) -> impl IntoResponse {
             "LSN of the newest answered request.",
             sim.processed(),
         );
-        let live = sim.with_exchange(|x| x.live_orders());
+        let (live, (orders, matches), accounts) =
+            sim.with_exchange(|x| (x.live_orders(), x.counts(), x.accounts()));
         metric(&mut out, "bourse_sim_live_orders", "gauge", "Orders resting in the books.", live);
+        metric(
+            &mut out,
+            "bourse_sim_orders_accepted_total",
+            "counter",
+            "Orders the exchange accepted.",
+            orders,
+        );
+        metric(
+            &mut out,
+            "bourse_sim_matches_total",
+            "counter",
+            "Matches (each one a trade per side).",
+            matches,
+        );
+        metric(&mut out, "bourse_sim_accounts", "gauge", "Trading accounts with funds.", accounts);
     }
     metric(
         &mut out,
