@@ -299,6 +299,34 @@ async fn users_are_confined_to_their_own_accounts() {
         "the cancel released the frozen margin: {acc}"
     );
     assert_eq!(acc["items"][0]["balance"], 1_000_000.0);
+    // The admin ends the day: live orders expire and the limits move.
+    let (code, r) = place(&c, &s, &t2, rest("demo2", "x3")).await;
+    assert_eq!(code, 201, "{r}");
+    let (code, _) = send(c.post(s.url("/api/v1/settle")).bearer_auth(&t2).body("{}")).await;
+    assert_eq!(code, 403);
+    let (code, _) = send(
+        c.post(s.url("/api/v1/settle")).bearer_auth(ADMIN).body(r#"{"prices":{"DCE.zz":1.0}}"#),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, r) = send(
+        c.post(s.url("/api/v1/settle"))
+            .bearer_auth(ADMIN)
+            .body(r#"{"prices":{"DCE.m2601":2950.0}}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{r}");
+    let (_, o) = send(c.get(s.url("/api/v1/orders/x3")).bearer_auth(&t2)).await;
+    assert_eq!(o["order"]["status"], "FINISHED", "{o}");
+    let (_, i) = send(c.get(s.url("/api/v1/instruments"))).await;
+    let m = i["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["instrument_id"] == "DCE.m2601")
+        .unwrap()
+        .clone();
+    assert_eq!(m["pre_settlement"], 2950.0, "{m}");
 }
 
 /// Reads event frames until `until` (inclusive) or `count` events; returns their LSNs.

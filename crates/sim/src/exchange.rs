@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use bourse_model::{
-    Account, BookDelta, BookSnapshot, CancelRequested, Direction, Event, InstrumentId, Level,
-    LevelChange, Offset, Order, OrderCancelled, OrderRejected, OrderRequested, OrderStatus,
+    Account, BookDelta, BookSnapshot, CancelRequested, Direction, Event, Extension, InstrumentId,
+    Level, LevelChange, Offset, Order, OrderCancelled, OrderRejected, OrderRequested, OrderStatus,
     Position, PriceType, Side, Tick, TimeCondition, Trade, Transfer, TransferKind, VolumeCondition,
 };
 
@@ -106,6 +106,47 @@ impl RejectReason {
     }
 }
 
+/// The `Extension` kind of a settlement request (see [`Settlement`]).
+pub const SETTLEMENT_KIND: u16 = 0x5E71;
+
+/// A daily settlement, journaled as `Event::Extension { kind: SETTLEMENT_KIND, data }`
+/// with `data` this struct's JSON. It ends the trading day: live orders expire, every
+/// position is marked at its instrument's settlement price, today's positions become
+/// history, each account's balance becomes the next day's `pre_balance`, and each
+/// instrument's settlement price becomes its `pre_settlement` (new price limits and
+/// margin).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settlement {
+    /// When the day ended (ns since the Unix epoch); the events' time.
+    pub datetime: i64,
+    /// Settlement prices by instrument (`EXCH.ins`); an instrument not listed settles at
+    /// its last price, or at its previous settlement when it did not trade. Prices are
+    /// rounded to the tick and kept inside the day's limits.
+    #[serde(default)]
+    pub prices: BTreeMap<String, f64>,
+}
+
+impl Settlement {
+    /// The journal event carrying this settlement.
+    pub fn to_event(&self) -> Event {
+        Event::Extension(Extension {
+            kind: SETTLEMENT_KIND,
+            data: serde_json::to_vec(self).unwrap_or_default(),
+        })
+    }
+
+    /// The settlement an event carries, if it is one (and parses).
+    pub fn from_event(event: &Event) -> Option<Settlement> {
+        match event {
+            Event::Extension(e) if e.kind == SETTLEMENT_KIND => {
+                serde_json::from_slice(&e.data).ok()
+            }
+            _ => None,
+        }
+    }
+}
+
 /// (account, order id).
 type OrderKey = (String, String);
 
@@ -148,6 +189,7 @@ struct Market {
     volume: i64,
     amount: f64,
     open_interest: i64,
+    pre_open_interest: i64,
     deltas_since_snapshot: u32,
     /// Accounts with a position here, marked to market when the price moves.
     holders: BTreeSet<String>,
@@ -222,6 +264,7 @@ impl Exchange {
                     volume: 0,
                     amount: 0.0,
                     open_interest: 0,
+                    pre_open_interest: 0,
                     deltas_since_snapshot: 0,
                     holders: BTreeSet::new(),
                 };
@@ -246,6 +289,7 @@ impl Exchange {
         match event {
             Event::OrderRequested(_) | Event::CancelRequested(_) => true,
             Event::Transfer(t) => t.error_id == 0,
+            Event::Extension(e) => e.kind == SETTLEMENT_KIND,
             _ => false,
         }
     }
@@ -259,6 +303,12 @@ impl Exchange {
             Event::OrderRequested(r) => self.order(r, &mut fx),
             Event::CancelRequested(c) => self.cancel(c, &mut fx),
             Event::Transfer(t) if t.error_id == 0 => self.transfer(t, &mut fx),
+            Event::Extension(_) => match Settlement::from_event(event) {
+                // A settlement that does not parse changes nothing (the server checks
+                // it before journaling).
+                Some(st) => return self.settle(&st),
+                None => return Vec::new(),
+            },
             _ => return Vec::new(),
         }
         let time = event.datetime().unwrap_or(0);
@@ -268,6 +318,12 @@ impl Exchange {
     /// The configuration.
     pub fn config(&self) -> &SimConfig {
         &self.cfg
+    }
+
+    /// Every instrument's rules as they stand today (`pre_settlement` moves at each
+    /// settlement), in id order.
+    pub fn instruments(&self) -> impl Iterator<Item = &InstrumentSpec> {
+        self.markets.values().map(|m| &m.spec)
     }
 
     /// The rules of one instrument.
@@ -564,6 +620,91 @@ impl Exchange {
                 }
             },
         }
+    }
+
+    /// Ends the trading day; see [`Settlement`].
+    fn settle(&mut self, st: &Settlement) -> Vec<Event> {
+        let time = st.datetime;
+        let mut fx = Effects::default();
+        // Day orders expire, in a fixed order.
+        let mut live: Vec<OrderKey> = self.live.keys().cloned().collect();
+        live.sort();
+        for key in &live {
+            let Some(l) = self.live.get(key) else { continue };
+            let (ins, limit, dir, left) =
+                (l.order.instrument_id.clone(), l.limit, l.order.direction, l.order.volume_left);
+            if let Some(m) = self.markets.get_mut(&ins) {
+                let book = if dir == Direction::Buy { &mut m.bids } else { &mut m.asks };
+                if let Some(level) = book.get_mut(&limit) {
+                    level.queue.retain(|k| k != key);
+                    level.total -= left;
+                    if level.queue.is_empty() {
+                        book.remove(&limit);
+                    }
+                }
+            }
+            self.end_order(key, "expired at the daily settlement", time, &mut fx);
+        }
+        // New day for every instrument.
+        for (id, m) in &mut self.markets {
+            let spec = &m.spec;
+            let (lower, upper) = (spec.lower_ticks(), spec.upper_ticks());
+            let given = st
+                .prices
+                .get(id.as_str())
+                .and_then(|p| p.is_finite().then(|| (p / spec.price_tick).round() as i64));
+            let pre = spec.ticks_of(spec.pre_settlement).unwrap_or(lower);
+            let settle = given.or(m.last).unwrap_or(pre).clamp(lower, upper);
+            m.spec.pre_settlement = m.spec.price_of(settle);
+            m.last = None;
+            m.open = None;
+            m.high = None;
+            m.low = None;
+            m.volume = 0;
+            m.amount = 0.0;
+            m.pre_open_interest = m.open_interest;
+            m.deltas_since_snapshot = 0;
+        }
+        // Every position at its settlement price; the day's result (close profit,
+        // commission, position profit) goes into the balance, which becomes tomorrow's
+        // pre_balance; then today's positions become history at the settlement price.
+        for acc in self.accounts.values_mut() {
+            for (id, p) in &mut acc.positions {
+                if let Some(m) = self.markets.get(id) {
+                    refresh_position(p, &m.spec, m.spec.pre_settlement);
+                }
+            }
+            refresh_account(acc);
+            let a = &mut acc.account;
+            a.pre_balance = a.balance;
+            a.deposit = 0.0;
+            a.withdraw = 0.0;
+            a.close_profit = 0.0;
+            a.commission = 0.0;
+            for (id, p) in &mut acc.positions {
+                let Some(m) = self.markets.get(id) else { continue };
+                let price = m.spec.pre_settlement;
+                let mult = m.spec.volume_multiple as f64;
+                p.volume_long_his += p.volume_long_today;
+                p.volume_long_today = 0;
+                p.volume_short_his += p.volume_short_today;
+                p.volume_short_today = 0;
+                p.position_cost_long = price * (p.volume_long_his as f64) * mult;
+                p.position_cost_short = price * (p.volume_short_his as f64) * mult;
+                refresh_position(p, &m.spec, price);
+            }
+            refresh_account(acc);
+        }
+        let mut out = fx.events;
+        for acc in self.accounts.values() {
+            out.extend(acc.positions.values().cloned().map(Event::PositionUpdated));
+        }
+        out.extend(self.accounts.values().map(|a| Event::AccountUpdated(a.account.clone())));
+        let ids: Vec<InstrumentId> = self.markets.keys().cloned().collect();
+        for id in ids {
+            self.market_events(&id, &BTreeSet::from([(0, 0)]), time, &mut out);
+        }
+        out
     }
 
     // ----- matching ---------------------------------------------------------------
@@ -918,7 +1059,7 @@ impl Exchange {
             volume: m.volume,
             amount: m.amount,
             open_interest: m.open_interest,
-            pre_open_interest: 0,
+            pre_open_interest: m.pre_open_interest,
             bid_price1: b1.0,
             bid_volume1: b1.1,
             ask_price1: a1.0,

@@ -7,7 +7,7 @@ use bourse_model::{
     CancelRequested, Direction, Event, InstrumentId, Offset, OrderRequested, OrderStatus,
     PriceType, TimeCondition, Transfer, TransferKind, VolumeCondition,
 };
-use bourse_sim::{Exchange, SimConfig};
+use bourse_sim::{Exchange, Settlement, SimConfig};
 use proptest::prelude::*;
 
 fn ins(s: &str) -> InstrumentId {
@@ -252,6 +252,63 @@ fn withdrawals_beyond_available_fail_with_a_record() {
     })));
 }
 
+fn settle(prices: &[(&str, f64)]) -> Event {
+    Settlement { datetime: 9, prices: prices.iter().map(|(i, p)| (i.to_string(), *p)).collect() }
+        .to_event()
+}
+
+#[test]
+fn settlement_carries_the_day_into_history_and_moves_the_limits() {
+    let mut ex = Exchange::new(SimConfig::default());
+    ex.process(&deposit("a", 1_000_000.0));
+    ex.process(&deposit("b", 1_000_000.0));
+    ex.process(&order("a", "1", RB, Buy, Open, 2, 3100.0, Gfd));
+    ex.process(&order("b", "1", RB, Sell, Open, 2, 3100.0, Gfd));
+    ex.process(&order("a", "2", RB, Buy, Open, 1, 3000.0, Gfd));
+    assert_eq!(ex.live_orders(), 1);
+    let out = ex.process(&settle(&[(RB, 3150.0)]));
+    assert!(Exchange::is_request(&settle(&[])));
+    let expired = out.iter().find_map(|e| match e {
+        Event::OrderCancelled(c) => Some((c.order_id.clone(), c.last_msg.clone())),
+        _ => None,
+    });
+    assert_eq!(expired.map(|(id, _)| id), Some("2".to_string()), "day orders expire");
+    assert_eq!(ex.live_orders(), 0);
+    assert!(kinds(&out).contains(&"book_snapshot") && kinds(&out).contains(&"tick"));
+    // a is long 2 from 3100, settled at 3150: +1000, less 2 commission, into pre_balance.
+    let a = ex.account("a").unwrap();
+    assert_eq!(a.pre_balance, 1_000_000.0 + 1000.0 - 2.0);
+    assert_eq!(
+        (a.balance, a.commission, a.close_profit, a.deposit),
+        (a.pre_balance, 0.0, 0.0, 0.0)
+    );
+    assert_eq!(ex.account("b").unwrap().pre_balance, 1_000_000.0 - 1000.0 - 2.0);
+    let p = ex.positions("a").next().unwrap();
+    assert_eq!((p.volume_long_today, p.volume_long_his, p.pos_long_his), (0, 2, 2));
+    assert_eq!((p.position_price_long, p.open_price_long), (3150.0, 3100.0));
+    assert_eq!((p.position_profit, p.float_profit), (0.0, 1000.0));
+    // Margin and limits now follow 3150.
+    assert_eq!(a.margin, 2.0 * 3150.0 * 10.0 * 0.10);
+    let spec = ex.spec(&ins(RB)).unwrap();
+    assert_eq!((spec.pre_settlement, spec.price_of(spec.upper_ticks())), (3150.0, 3339.0));
+    // On SHFE, history closes with CLOSE; CLOSETODAY finds no today position.
+    assert_eq!(
+        rejected(&ex.process(&order("a", "3", RB, Sell, CloseToday, 1, 3160.0, Gfd))).unwrap().0,
+        7
+    );
+    assert_eq!(rejected(&ex.process(&order("a", "4", RB, Sell, Close, 1, 3160.0, Gfd))), None);
+    ex.process(&order("b", "2", RB, Buy, Close, 1, 3160.0, Gfd));
+    // Closed at 3160 against the settlement price 3150: +100 for a, -100 for b.
+    assert_eq!(ex.account("a").unwrap().close_profit, 100.0);
+    assert_eq!(ex.account("b").unwrap().close_profit, -100.0);
+    // A settlement that does not parse changes nothing.
+    let junk = Event::Extension(bourse_model::Extension {
+        kind: bourse_sim::SETTLEMENT_KIND,
+        data: b"{".to_vec(),
+    });
+    assert!(ex.process(&junk).is_empty());
+}
+
 // ----- property tests -------------------------------------------------------------
 
 const INSTRUMENTS: [&str; 3] = ["SHFE.rb2601", "DCE.m2601", "CFFEX.IF2512"];
@@ -259,7 +316,7 @@ const USERS: [&str; 4] = ["u1", "u2", "u3", "u4"];
 
 fn request() -> impl Strategy<Value = (u8, usize, usize, bool, u8, i64, i64, bool, u32)> {
     (
-        0u8..10,
+        0u8..11,
         0..USERS.len(),
         0..INSTRUMENTS.len(),
         any::<bool>(),
@@ -278,6 +335,11 @@ fn build(ex: &Exchange, n: usize, r: (u8, usize, usize, bool, u8, i64, i64, bool
         0 => deposit(user, 200_000.0),
         1 => withdraw(user, 50_000.0),
         2 | 3 => cancel(user, &format!("o{target}")),
+        10 => {
+            let spec = ex.spec(&ins(INSTRUMENTS[i])).unwrap();
+            let price = spec.price_of(spec.ticks_of(spec.pre_settlement).unwrap() + dticks);
+            settle(&[(INSTRUMENTS[i], price)])
+        }
         _ => {
             let spec = ex.spec(&ins(INSTRUMENTS[i])).unwrap();
             let price = spec.price_of(spec.ticks_of(spec.pre_settlement).unwrap() + dticks);
@@ -289,7 +351,9 @@ fn build(ex: &Exchange, n: usize, r: (u8, usize, usize, bool, u8, i64, i64, bool
     }
 }
 
-fn check_invariants(ex: &Exchange, deposits: f64, fees: f64) {
+/// `deposits`: net money in since the start; `fees_today`: commission since the last
+/// settlement; `fees`: all commission since the start.
+fn check_invariants(ex: &Exchange, deposits: f64, fees_today: f64, fees: f64) {
     for id in INSTRUMENTS {
         let id = ins(id);
         let (mut long, mut short) = (0, 0);
@@ -320,13 +384,15 @@ fn check_invariants(ex: &Exchange, deposits: f64, fees: f64) {
         assert!((a.balance - eq).abs() < 1e-6 * (1.0 + a.balance.abs()));
         let av = a.balance - a.margin - a.frozen_margin - a.frozen_commission;
         assert!((a.available - av).abs() < 1e-6 * (1.0 + a.balance.abs()));
-        total += a.balance + a.commission;
+        total += a.balance;
         commission += a.commission;
     }
+    // Commission since the last settlement; all of it left the accounts.
     assert!(
-        (commission - fees).abs() < 1e-6 * (1.0 + fees),
-        "commission {commission} vs fees of the trades {fees}"
+        (commission - fees_today).abs() < 1e-6 * (1.0 + fees_today),
+        "commission {commission} vs fees of the trades {fees_today}"
     );
+    total += fees;
     assert!(
         (total - deposits).abs() < 1e-6 * (1.0 + deposits.abs()),
         "cash not conserved: {total} vs {deposits}"
@@ -343,6 +409,7 @@ proptest! {
         let mut answers = Vec::new();
         let mut deposits = 0.0;
         let mut fees = 0.0;
+        let mut fees_today = 0.0;
         for u in USERS {
             let e = deposit(u, 1_000_000.0);
             answers.push(ex.process(&e));
@@ -365,6 +432,7 @@ proptest! {
                         let spec = ex.spec(&t.instrument_id).unwrap();
                         prop_assert_eq!(t.commission, spec.commission * t.volume as f64);
                         fees += t.commission;
+                        fees_today += t.commission;
                     }
                     Event::Transfer(t) if t.error_id == 0 => {}
                     Event::OrderAccepted(o) | Event::OrderUpdated(o) => {
@@ -380,9 +448,13 @@ proptest! {
                     deposits += if t.kind == TransferKind::Deposit { t.amount } else { -t.amount };
                 }
             }
+            if Settlement::from_event(&e).is_some() {
+                fees_today = 0.0;
+                prop_assert_eq!(ex.live_orders(), 0);
+            }
             answers.push(out);
             journal.push(e);
-            check_invariants(&ex, deposits, fees);
+            check_invariants(&ex, deposits, fees_today, fees);
         }
         // The same requests into a fresh exchange give the same events.
         let mut again = Exchange::new(SimConfig::default());

@@ -164,6 +164,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/accounts", get(accounts))
         .route("/api/v1/positions", get(positions))
         .route("/api/v1/transfers", post(transfer))
+        .route("/api/v1/settle", post(settle))
         .route("/api/v1/users", get(users).post(register))
         .route("/api/v1/users/{user_id}/accounts", post(bind))
         .layer(middleware::from_fn_with_state(app.clone(), track))
@@ -263,20 +264,20 @@ async fn login(State(app): State<Arc<App>>, Json(b): Json<LoginBody>) -> ApiResu
 }
 
 async fn instruments(State(app): State<Arc<App>>) -> ApiResult {
-    let list: Vec<Value> = app
-        .sim_config
-        .instruments
-        .iter()
-        .map(|s| {
-            json!({
-                "instrument_id": s.id, "name": s.name, "price_tick": s.price_tick,
-                "volume_multiple": s.volume_multiple, "margin_rate": s.margin_rate,
-                "commission": s.commission, "pre_settlement": s.pre_settlement,
-                "upper_limit": s.price_of(s.upper_ticks()), "lower_limit": s.price_of(s.lower_ticks()),
-                "max_order_volume": s.max_order_volume, "trading_time": { "day": s.day, "night": s.night },
-            })
+    let describe = |s: &bourse_sim::InstrumentSpec| {
+        json!({
+            "instrument_id": s.id, "name": s.name, "price_tick": s.price_tick,
+            "volume_multiple": s.volume_multiple, "margin_rate": s.margin_rate,
+            "commission": s.commission, "pre_settlement": s.pre_settlement,
+            "upper_limit": s.price_of(s.upper_ticks()), "lower_limit": s.price_of(s.lower_ticks()),
+            "max_order_volume": s.max_order_volume, "trading_time": { "day": s.day, "night": s.night },
         })
-        .collect();
+    };
+    // The running exchange's rules (settlements move them), else the configured ones.
+    let list: Vec<Value> = match &app.sim {
+        Some(sim) => sim.with_exchange(|x| x.instruments().map(describe).collect()),
+        None => app.sim_config.instruments.iter().map(describe).collect(),
+    };
     Ok(Json(json!({ "items": list, "simulated": app.sim.is_some() })).into_response())
 }
 
@@ -618,6 +619,45 @@ async fn transfer(
     answered(&app, range.last.0).await?;
     Ok(Json(json!({ "lsn": range.last.0, "accounts": app.engine.accounts(&b.account)? }))
         .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SettleBody {
+    #[serde(default)]
+    prices: std::collections::BTreeMap<String, f64>,
+}
+
+/// `POST /api/v1/settle` (admin): ends the trading day (see `bourse_sim::Settlement`).
+async fn settle(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    admin(&app, &headers)?;
+    if app.sim.is_none() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no exchange runs here (bourse serve): settlement is the trading core's".into(),
+        ));
+    }
+    let b: SettleBody = if body.is_empty() {
+        SettleBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("settlement body: {e}")))?
+    };
+    for (id, price) in &b.prices {
+        let known = InstrumentId::new(id.as_str())
+            .ok()
+            .is_some_and(|i| app.sim_config.instruments.iter().any(|s| s.id == i));
+        if !known {
+            return Err(bad(format!("unknown instrument {id:?}")));
+        }
+        if !(price.is_finite() && *price > 0.0) {
+            return Err(bad(format!("settlement price of {id} must be positive")));
+        }
+    }
+    let event = bourse_sim::Settlement { datetime: now_ns(), prices: b.prices }.to_event();
+    let engine = app.engine.clone();
+    let range = blocking(move || Ok(engine.submit(&[event], Durability::Durable)?)).await?;
+    answered(&app, range.last.0).await?;
+    Ok(Json(json!({ "lsn": range.last.0 })).into_response())
 }
 
 fn user_json(u: &UserRecord) -> Value {
