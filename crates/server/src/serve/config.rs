@@ -8,6 +8,7 @@
 //! batch_events_max = 4096            # events in one POST /api/v1/events
 //! page_rows_max = 10000              # rows in one query page
 //! sessions_max = 10000               # logged-in sessions kept
+//! session_ttl_secs = 86400           # a login is valid this long
 //! ws_connections_max = 256           # /ws/events connections at once
 //! ws_queue_events = 4096             # events queued per connection before it lags
 //! heartbeat_ms = 1000                # idle /ws/events heartbeat
@@ -39,6 +40,8 @@ pub struct ServerConfig {
     pub page_rows_max: usize,
     /// Most logged-in sessions (the oldest is dropped past it).
     pub sessions_max: usize,
+    /// How long a login stays valid, in seconds.
+    pub session_ttl_secs: u64,
     /// Most `/ws/events` connections at once.
     pub ws_connections_max: usize,
     /// Events queued per `/ws/events` connection.
@@ -66,6 +69,7 @@ impl Default for ServerConfig {
             batch_events_max: 4096,
             page_rows_max: 10_000,
             sessions_max: 10_000,
+            session_ttl_secs: 86_400,
             ws_connections_max: 256,
             ws_queue_events: 4096,
             heartbeat_ms: 1000,
@@ -106,6 +110,7 @@ impl ServerConfig {
             "wal_segment_bytes must be at least 1 MiB"
         );
         anyhow::ensure!(self.argon2_memory_kib >= 8, "argon2_memory_kib must be at least 8");
+        anyhow::ensure!(self.session_ttl_secs > 0, "session_ttl_secs must be positive");
         anyhow::ensure!(self.heartbeat_ms > 0, "heartbeat_ms must be positive");
         if let Some(t) = &self.admin_token {
             anyhow::ensure!(t.len() >= 16, "admin_token must be at least 16 characters");

@@ -39,21 +39,26 @@ pub struct Mode {
     pub demo_rate: u32,
 }
 
-/// Logged-in sessions: token → user, the oldest dropped past the bound.
+/// Logged-in sessions: token → (user, login time); the oldest dropped past the bound,
+/// any older than the time to live refused.
 pub(crate) struct Sessions {
     max: usize,
-    inner: Mutex<(HashMap<String, String>, VecDeque<String>)>,
+    ttl: Duration,
+    inner: Mutex<(HashMap<String, Session>, VecDeque<String>)>,
 }
 
+/// Who logged in, and when.
+type Session = (String, std::time::Instant);
+
 impl Sessions {
-    fn new(max: usize) -> Sessions {
-        Sessions { max, inner: Mutex::new((HashMap::new(), VecDeque::new())) }
+    fn new(max: usize, ttl: Duration) -> Sessions {
+        Sessions { max, ttl, inner: Mutex::new((HashMap::new(), VecDeque::new())) }
     }
 
     pub(crate) fn create(&self, user: &str) -> String {
         let token = random_token();
         let mut g = self.inner.lock();
-        g.0.insert(token.clone(), user.to_string());
+        g.0.insert(token.clone(), (user.to_string(), std::time::Instant::now()));
         g.1.push_back(token.clone());
         while g.1.len() > self.max {
             if let Some(old) = g.1.pop_front() {
@@ -64,7 +69,9 @@ impl Sessions {
     }
 
     pub(crate) fn user(&self, token: &str) -> Option<String> {
-        self.inner.lock().0.get(token).cloned()
+        let g = self.inner.lock();
+        let (user, at) = g.0.get(token)?;
+        (at.elapsed() < self.ttl).then(|| user.clone())
     }
 }
 
@@ -170,7 +177,7 @@ pub fn run(cfg: ServerConfig, mode: Mode) -> anyhow::Result<()> {
         engine: engine.clone(),
         bus,
         sim: sim.clone(),
-        sessions: Sessions::new(cfg.sessions_max),
+        sessions: Sessions::new(cfg.sessions_max, Duration::from_secs(cfg.session_ttl_secs)),
         admin_token: admin_token.clone(),
         metrics: metrics::Metrics::default(),
         ws_connections: AtomicUsize::new(0),
