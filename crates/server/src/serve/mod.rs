@@ -320,3 +320,23 @@ impl Drop for WsSlot {
         self.0.ws_connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sessions_are_bounded_and_expire() {
+        let s = Sessions::new(2, Duration::from_secs(3600));
+        let (a, b, c) = (s.create("a"), s.create("b"), s.create("c"));
+        assert_eq!(s.user(&a), None, "the oldest is dropped past the bound");
+        assert_eq!((s.user(&b).as_deref(), s.user(&c).as_deref()), (Some("b"), Some("c")));
+        assert_eq!(s.user("not a token"), None);
+        let short = Sessions::new(2, Duration::from_millis(30));
+        let t = short.create("a");
+        assert_eq!(short.user(&t).as_deref(), Some("a"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(short.user(&t), None, "an expired login is refused");
+    }
+}
