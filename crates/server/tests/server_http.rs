@@ -287,6 +287,12 @@ async fn users_are_confined_to_their_own_accounts() {
     assert!(r["order"]["order"]["last_msg"].as_str().unwrap().contains("tick"), "{r}");
     let (code, _) = place(&c, &s, &t2, rest("demo2", "x1")).await;
     assert_eq!(code, 409);
+    // A body that does not parse is a 400 naming the field, as JSON.
+    let (code, r) =
+        place(&c, &s, &t1, json!({ "instrument_id": "DCE.m2601", "direction": "UP", "volume": 1 }))
+            .await;
+    assert_eq!(code, 400, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("direction"), "{r}");
     // demo2 cancels its own order; a second cancel is a conflict.
     let (code, r) = send(c.delete(s.url("/api/v1/orders/x1")).bearer_auth(&t2)).await;
     assert_eq!(code, 200, "{r}");

@@ -50,6 +50,27 @@ impl From<bourse_engine::Error> for ApiError {
     }
 }
 
+/// `Json<T>` whose rejections are API errors: `{"error"}` with 400 for a body that does
+/// not parse or fit (naming the field), 415 without a JSON content type, 413 when too big.
+pub(crate) struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(r) => {
+                let status = match r.status() {
+                    s @ (StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::PAYLOAD_TOO_LARGE) => s,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Err(ApiError(status, r.body_text()))
+            }
+        }
+    }
+}
+
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
@@ -251,7 +272,7 @@ struct LoginBody {
     password: String,
 }
 
-async fn login(State(app): State<Arc<App>>, Json(b): Json<LoginBody>) -> ApiResult {
+async fn login(State(app): State<Arc<App>>, ApiJson(b): ApiJson<LoginBody>) -> ApiResult {
     let engine = app.engine.clone();
     let user = blocking(move || Ok(engine.login(&b.user_id, &b.password)?)).await?;
     if user.frozen {
@@ -328,7 +349,7 @@ async fn answered(app: &Arc<App>, lsn: u64) -> Result<bool, ApiError> {
 async fn place_order(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Json(b): Json<PlaceOrder>,
+    ApiJson(b): ApiJson<PlaceOrder>,
 ) -> ApiResult {
     let who = caller(&app, &headers, None)?;
     let account = account_of(&app, &who, b.account.clone())?;
@@ -601,7 +622,7 @@ struct TransferBody {
 async fn transfer(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Json(b): Json<TransferBody>,
+    ApiJson(b): ApiJson<TransferBody>,
 ) -> ApiResult {
     admin(&app, &headers)?;
     let event = Event::Transfer(Transfer {
@@ -693,7 +714,7 @@ struct RegisterBody {
 async fn register(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Json(b): Json<RegisterBody>,
+    ApiJson(b): ApiJson<RegisterBody>,
 ) -> ApiResult {
     admin(&app, &headers)?;
     let engine = app.engine.clone();
@@ -719,7 +740,7 @@ async fn bind(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(user_id): Path<String>,
-    Json(b): Json<BindBody>,
+    ApiJson(b): ApiJson<BindBody>,
 ) -> ApiResult {
     admin(&app, &headers)?;
     let engine = app.engine.clone();
