@@ -897,6 +897,9 @@ pub struct Subscriber {
     cursor: Option<Arc<Cursor>>,
     disconnected: Option<u64>,
     last_msg: Instant,
+    /// A message was returned since `last_msg` was stamped: the next idle wait stamps it
+    /// (reading the clock per message would cost more than the rest of a delivery).
+    fresh: bool,
     delivered: u64,
     missed: u64,
 }
@@ -951,6 +954,7 @@ impl Subscriber {
             cursor,
             disconnected: None,
             last_msg: Instant::now(),
+            fresh: false,
             delivered: 0,
             missed: 0,
         };
@@ -1203,11 +1207,11 @@ impl Subscriber {
         match got {
             Got::Nothing => None,
             Got::Lagged(from, to) => {
-                self.last_msg = Instant::now();
+                self.fresh = true;
                 Some(Message::Lagged { from, to })
             }
             Got::Event(h) => {
-                self.last_msg = Instant::now();
+                self.fresh = true;
                 self.delivered += 1;
                 self.info.delivered.store(self.delivered, Ordering::Relaxed);
                 self.info.next.store(self.next, Ordering::Relaxed);
@@ -1232,8 +1236,9 @@ impl Subscriber {
     /// The next message, waiting up to `timeout`. Returns a heartbeat when nothing
     /// arrived for the bus's heartbeat interval, and `None` when `timeout` ran out.
     pub fn next(&mut self, timeout: Duration) -> Result<Option<Message<'_>>> {
-        let deadline = Instant::now() + timeout;
         let heartbeat = self.shared.opts.heartbeat;
+        // The clock is read only once nothing is ready.
+        let mut deadline = None;
         let got = loop {
             let seen = self.side.ring.tail();
             match self.poll()? {
@@ -1241,6 +1246,12 @@ impl Subscriber {
                 got => break got,
             }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + timeout);
+            if self.fresh {
+                // Nothing is ready right after a message: the idle time starts now.
+                self.last_msg = now;
+                self.fresh = false;
+            }
             if now >= self.last_msg + heartbeat {
                 self.last_msg = now;
                 self.info.next.store(self.next, Ordering::Relaxed);
