@@ -111,26 +111,7 @@ pub fn apply(
                 // A repeated order id changes nothing but the flow log.
                 return Ok(());
             }
-            let order = Order {
-                seqno: 0,
-                user_id: r.user_id.clone(),
-                order_id: r.order_id.clone(),
-                instrument_id: r.instrument_id.clone(),
-                direction: r.direction,
-                offset: r.offset,
-                volume_orign: r.volume,
-                price_type: r.price_type,
-                limit_price: r.limit_price,
-                volume_condition: r.volume_condition,
-                time_condition: r.time_condition,
-                hedge_flag: r.hedge_flag,
-                insert_date_time: r.datetime,
-                exchange_order_id: String::new(),
-                status: OrderStatus::Alive,
-                volume_left: r.volume,
-                frozen_margin: 0.0,
-                last_msg: "requested".into(),
-            };
+            let order = Order { last_msg: "requested".into(), ..r.to_order() };
             store_order(out, lsn, prev, order)?;
         }
         Event::OrderAccepted(o) | Event::OrderUpdated(o) => {

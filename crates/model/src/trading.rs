@@ -48,6 +48,33 @@ pub struct OrderRequested {
     pub datetime: i64,
 }
 
+impl OrderRequested {
+    /// The order this request asks for: alive, nothing filled, no exchange id, no frozen
+    /// margin, no message. The store and the exchange fill in their own parts.
+    pub fn to_order(&self) -> Order {
+        Order {
+            seqno: 0,
+            user_id: self.user_id.clone(),
+            order_id: self.order_id.clone(),
+            instrument_id: self.instrument_id.clone(),
+            direction: self.direction,
+            offset: self.offset,
+            volume_orign: self.volume,
+            price_type: self.price_type,
+            limit_price: self.limit_price,
+            volume_condition: self.volume_condition,
+            time_condition: self.time_condition,
+            hedge_flag: self.hedge_flag,
+            insert_date_time: self.datetime,
+            exchange_order_id: String::new(),
+            status: OrderStatus::Alive,
+            volume_left: self.volume,
+            frozen_margin: 0.0,
+            last_msg: String::new(),
+        }
+    }
+}
+
 /// The state of an order (DIFF `orders.<order_id>`); carried by accepted and updated
 /// events.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -420,23 +420,10 @@ impl Exchange {
         acc.alive += 1;
         let order = Order {
             seqno: acc.seqno,
-            user_id: r.user_id.clone(),
-            order_id: r.order_id.clone(),
-            instrument_id: r.instrument_id.clone(),
-            direction: r.direction,
-            offset: r.offset,
-            volume_orign: r.volume,
-            price_type: r.price_type,
-            limit_price: r.limit_price,
-            volume_condition: r.volume_condition,
-            time_condition: r.time_condition,
-            hedge_flag: r.hedge_flag,
-            insert_date_time: r.datetime,
             exchange_order_id: self.orders.to_string(),
-            status: OrderStatus::Alive,
-            volume_left: r.volume,
             frozen_margin: margin_per_lot * r.volume as f64,
             last_msg: "accepted".into(),
+            ..r.to_order()
         };
         if r.offset == Offset::Open {
             acc.account.frozen_margin += margin_per_lot * r.volume as f64;
@@ -535,18 +522,10 @@ impl Exchange {
                 if offset == Offset::CloseToday && !spec.splits_today() {
                     return Err(RejectReason::CloseTodayNotSupported);
                 }
-                let p = acc.positions.get(&r.instrument_id);
-                // A sell closes longs; a buy closes shorts.
-                let (his, today) = p.map_or((0, 0), |p| match r.direction {
-                    Direction::Sell => (
-                        p.volume_long_his - p.volume_long_frozen_his,
-                        p.volume_long_today - p.volume_long_frozen_today,
-                    ),
-                    Direction::Buy => (
-                        p.volume_short_his - p.volume_short_frozen_his,
-                        p.volume_short_today - p.volume_short_frozen_today,
-                    ),
-                });
+                let (his, today) = acc
+                    .positions
+                    .get(&r.instrument_id)
+                    .map_or((0, 0), |p| closable(p, r.direction));
                 let (his_lots, today_lots, closable) = if spec.splits_today() {
                     if offset == Offset::CloseToday {
                         (0, r.volume, today)
@@ -1114,6 +1093,21 @@ impl Exchange {
             changes,
         }));
         m.deltas_since_snapshot += 1;
+    }
+}
+
+/// Lots an order in `direction` can close, (history, today): a sell closes longs, a buy
+/// closes shorts, less what live closing orders already hold frozen.
+pub fn closable(p: &Position, direction: Direction) -> (i64, i64) {
+    match direction {
+        Direction::Sell => (
+            p.volume_long_his - p.volume_long_frozen_his,
+            p.volume_long_today - p.volume_long_frozen_today,
+        ),
+        Direction::Buy => (
+            p.volume_short_his - p.volume_short_frozen_his,
+            p.volume_short_today - p.volume_short_frozen_today,
+        ),
     }
 }
 

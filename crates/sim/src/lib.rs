@@ -40,7 +40,7 @@ pub mod runner;
 pub mod snapshot;
 
 pub use config::{InstrumentSpec, SimConfig};
-pub use exchange::{BookLevel, Exchange, RejectReason, Settlement, SETTLEMENT_KIND};
+pub use exchange::{closable, BookLevel, Exchange, RejectReason, Settlement, SETTLEMENT_KIND};
 
 /// Errors of the simulator.
 #[derive(Debug, thiserror::Error)]

@@ -171,16 +171,7 @@ fn trade(
         // Close what the opposite side holds, when there is enough of it.
         let offset = sim.with_exchange(|x| {
             let p = x.positions(account).find(|p| p.instrument_id == *id)?;
-            let (free_today, free_his) = match direction {
-                Direction::Sell => (
-                    p.volume_long_today - p.volume_long_frozen_today,
-                    p.volume_long_his - p.volume_long_frozen_his,
-                ),
-                Direction::Buy => (
-                    p.volume_short_today - p.volume_short_frozen_today,
-                    p.volume_short_his - p.volume_short_frozen_his,
-                ),
-            };
+            let (free_his, free_today) = crate::exchange::closable(p, direction);
             let splits = x.spec(id).is_some_and(|s| s.splits_today());
             if free_his >= volume {
                 Some(Offset::Close)
