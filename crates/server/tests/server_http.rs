@@ -305,6 +305,28 @@ async fn users_are_confined_to_their_own_accounts() {
         "the cancel released the frozen margin: {acc}"
     );
     assert_eq!(acc["items"][0]["balance"], 1_000_000.0);
+    // A user's event stream carries only the user's own accounts.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(s.ws(&format!("/ws/events?from_lsn=1&token={t1}")))
+            .await
+            .unwrap();
+    let mut accounts = std::collections::BTreeSet::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        if v.get("heartbeat").is_some() {
+            break;
+        }
+        let e = &v["event"];
+        let account =
+            e.get("user_id").or_else(|| e.get("account_id")).and_then(Value::as_str).unwrap_or("-");
+        accounts.insert(account.to_string());
+    }
+    assert_eq!(accounts, ["demo1".to_string()].into(), "demo1 saw events of {accounts:?}");
     // The admin ends the day: live orders expire and the limits move.
     let (code, r) = place(&c, &s, &t2, rest("demo2", "x3")).await;
     assert_eq!(code, 201, "{r}");

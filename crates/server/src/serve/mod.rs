@@ -154,7 +154,8 @@ pub fn run(cfg: ServerConfig, mode: Mode) -> anyhow::Result<()> {
         Some(t) => t.clone(),
         None => match std::env::var("BOURSE_ADMIN_TOKEN") {
             Ok(t) if t.len() >= 16 => t,
-            _ => random_token(),
+            Ok(_) => anyhow::bail!("BOURSE_ADMIN_TOKEN must be at least 16 characters"),
+            Err(_) => random_token(),
         },
     };
     if mode.demo {
