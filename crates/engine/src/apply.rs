@@ -251,6 +251,8 @@ fn finish_order(
         ..Order::default()
     });
     order.status = OrderStatus::Finished;
+    // A finished order holds nothing frozen.
+    order.frozen_margin = 0.0;
     if let Some(v) = volume_left {
         order.volume_left = v;
     }

@@ -297,6 +297,7 @@ async fn users_are_confined_to_their_own_accounts() {
     let (code, r) = send(c.delete(s.url("/api/v1/orders/x1")).bearer_auth(&t2)).await;
     assert_eq!(code, 200, "{r}");
     assert_eq!(r["order"]["order"]["status"], "FINISHED");
+    assert_eq!(r["order"]["order"]["frozen_margin"], 0.0, "a finished order freezes nothing");
     let (code, _) = send(c.delete(s.url("/api/v1/orders/x1")).bearer_auth(&t2)).await;
     assert_eq!(code, 409);
     let (_, acc) = send(c.get(s.url("/api/v1/accounts")).bearer_auth(&t2)).await;
