@@ -447,6 +447,17 @@ async fn the_event_stream_resumes_across_reconnects_without_gap_or_duplicate() {
     .is_err());
 }
 
+/// The trade ids of the caller's account.
+async fn trade_ids(c: &reqwest::Client, s: &Server, token: &str) -> Vec<String> {
+    let (_, trades) = send(c.get(s.url("/api/v1/trades?limit=10000")).bearer_auth(token)).await;
+    trades["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["trade_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_keeps_every_acknowledged_order_and_trade_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -480,14 +491,8 @@ async fn the_demo_keeps_every_acknowledged_order_and_trade_across_sigkill() {
         let (_, r) = send(c.get(s.url(&format!("/api/v1/orders/e{i}"))).bearer_auth(&token)).await;
         acked.push(r["order"].clone());
     }
-    let (_, trades) = send(c.get(s.url("/api/v1/trades?limit=10000")).bearer_auth(&token)).await;
-    let trade_ids: Vec<String> = trades["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["trade_id"].as_str().unwrap().to_string())
-        .collect();
-    assert!(!trade_ids.is_empty(), "the crossing orders traded");
+    let trades_before = trade_ids(&c, &s, &token).await;
+    assert!(!trades_before.is_empty(), "the crossing orders traded");
     s.sigkill();
 
     let s = Server::start("demo", &data, &["--quiet"], "");
@@ -508,14 +513,8 @@ async fn the_demo_keeps_every_acknowledged_order_and_trade_across_sigkill() {
             "{id}: {before} → {after}"
         );
     }
-    let (_, trades) = send(c.get(s.url("/api/v1/trades?limit=10000")).bearer_auth(&token)).await;
-    let after: Vec<String> = trades["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["trade_id"].as_str().unwrap().to_string())
-        .collect();
-    for t in &trade_ids {
+    let after = trade_ids(&c, &s, &token).await;
+    for t in &trades_before {
         assert!(after.contains(t), "acknowledged trade {t} is gone after SIGKILL");
     }
     let (_, h) = send(c.get(s.url("/healthz"))).await;

@@ -258,8 +258,7 @@ async fn ingest(
         return Err(bad("the batch is empty"));
     }
     let n = events.len();
-    let engine = app.engine.clone();
-    let range = blocking(move || Ok(engine.submit(&events, durability)?)).await?;
+    let range = journal(&app, events, durability).await?;
     app.metrics.ingested(n as u64);
     Ok(Json(json!({ "first_lsn": range.first.0, "last_lsn": range.last.0, "events": n }))
         .into_response())
@@ -344,6 +343,23 @@ async fn answered(app: &Arc<App>, lsn: u64) -> Result<bool, ApiError> {
     Ok(true)
 }
 
+/// Journals `events` at `durability` on the blocking pool; their LSN range.
+async fn journal(
+    app: &App,
+    events: Vec<Event>,
+    durability: Durability,
+) -> Result<bourse_engine::LsnRange, ApiError> {
+    let engine = app.engine.clone();
+    blocking(move || Ok(engine.submit(&events, durability)?)).await
+}
+
+/// Journals one request durably and waits for the exchange's answer: its LSN, and
+/// whether an exchange answered it (false when none runs).
+async fn journal_request(app: &Arc<App>, event: Event) -> Result<(u64, bool), ApiError> {
+    let lsn = journal(app, vec![event], Durability::Durable).await?.last.0;
+    Ok((lsn, answered(app, lsn).await?))
+}
+
 /// `POST /api/v1/orders`: journals an order request durably and, when the exchange
 /// runs, answers with its decision.
 async fn place_order(
@@ -385,11 +401,8 @@ async fn place_order(
         datetime: now_ns(),
     });
     request.validate().map_err(|e| bad(e.to_string()))?;
-    let engine = app.engine.clone();
-    let range = blocking(move || Ok(engine.submit(&[request], Durability::Durable)?)).await?;
+    let (lsn, decided) = journal_request(&app, request).await?;
     app.metrics.order();
-    let lsn = range.last.0;
-    let decided = answered(&app, lsn).await?;
     let rec = app.engine.order(&account, &order_id)?;
     let body = json!({ "lsn": lsn, "order": rec.as_ref().map(order_json) });
     let status = match &rec {
@@ -441,13 +454,10 @@ async fn cancel_order(
         order_id: order_id.clone(),
         datetime: now_ns(),
     });
-    let engine = app.engine.clone();
-    let range = blocking(move || Ok(engine.submit(&[request], Durability::Durable)?)).await?;
-    let decided = answered(&app, range.last.0).await?;
+    let (lsn, decided) = journal_request(&app, request).await?;
     let rec = app.engine.order(&account, &order_id)?;
     let status = if decided { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, Json(json!({ "lsn": range.last.0, "order": rec.as_ref().map(order_json) })))
-        .into_response())
+    Ok((status, Json(json!({ "lsn": lsn, "order": rec.as_ref().map(order_json) }))).into_response())
 }
 
 async fn order(
@@ -635,11 +645,8 @@ async fn transfer(
         error_msg: String::new(),
     });
     event.validate().map_err(|e| bad(e.to_string()))?;
-    let engine = app.engine.clone();
-    let range = blocking(move || Ok(engine.submit(&[event], Durability::Durable)?)).await?;
-    answered(&app, range.last.0).await?;
-    Ok(Json(json!({ "lsn": range.last.0, "accounts": app.engine.accounts(&b.account)? }))
-        .into_response())
+    let (lsn, _) = journal_request(&app, event).await?;
+    Ok(Json(json!({ "lsn": lsn, "accounts": app.engine.accounts(&b.account)? })).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -675,10 +682,8 @@ async fn settle(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         }
     }
     let event = bourse_sim::Settlement { datetime: now_ns(), prices: b.prices }.to_event();
-    let engine = app.engine.clone();
-    let range = blocking(move || Ok(engine.submit(&[event], Durability::Durable)?)).await?;
-    answered(&app, range.last.0).await?;
-    Ok(Json(json!({ "lsn": range.last.0 })).into_response())
+    let (lsn, _) = journal_request(&app, event).await?;
+    Ok(Json(json!({ "lsn": lsn })).into_response())
 }
 
 fn user_json(u: &UserRecord) -> Value {
