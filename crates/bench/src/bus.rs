@@ -61,6 +61,9 @@ pub fn run(dir: &Path, quick: bool) -> anyhow::Result<()> {
 }
 
 fn spsc_floor(bytes: usize, samples: u64) -> anyhow::Result<()> {
+    if !crate::report::wanted("spsc_floor") {
+        return Ok(());
+    }
     let params = json!({"bytes": bytes});
     let base = Instant::now();
     // Latency.
@@ -96,6 +99,9 @@ fn spsc_floor(bytes: usize, samples: u64) -> anyhow::Result<()> {
 
 /// Floor throughput: 64-byte arrays through rtrb, no allocation.
 fn spsc_floor_throughput(burst: u64) -> anyhow::Result<()> {
+    if !crate::report::wanted("spsc_floor") {
+        return Ok(());
+    }
     let (mut tx, mut rx) = rtrb::RingBuffer::<[u8; 64]>::new(1 << 16);
     let t = Instant::now();
     let reader = std::thread::spawn(move || {
@@ -120,6 +126,9 @@ fn spsc_floor_throughput(burst: u64) -> anyhow::Result<()> {
 }
 
 fn inproc(bytes: usize, subs: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
+    if !crate::report::wanted("inproc") {
+        return Ok(());
+    }
     let params = json!({"subscribers": subs, "bytes": bytes});
     let base = Instant::now();
     let spin = if subs == 1 { Duration::from_millis(50) } else { Duration::ZERO };
@@ -222,6 +231,9 @@ fn inproc(bytes: usize, subs: usize, samples: u64, burst: u64) -> anyhow::Result
 }
 
 fn replay(dir: &Path, quick: bool) -> anyhow::Result<()> {
+    if !crate::report::wanted("replay") {
+        return Ok(());
+    }
     let n: u64 = if quick { 300_000 } else { 2_000_000 };
     let path = dir.join("bus-replay");
     let engine = Arc::new(Engine::open(&path, EngineOptions::default())?);

@@ -238,6 +238,9 @@ fn submit_case(
     batch: usize,
     durable: bool,
 ) -> anyhow::Result<()> {
+    if !crate::report::wanted(case) {
+        return Ok(());
+    }
     let params = json!({ "writers": writers, "batch": batch });
     let mut results = Vec::new();
     for (i, open) in systems().into_iter().enumerate() {
@@ -269,6 +272,9 @@ fn submit_case(
 }
 
 fn mixed_case(root: &Path, cfg: &Cfg) -> anyhow::Result<()> {
+    if !crate::report::wanted("mixed") {
+        return Ok(());
+    }
     let params = json!({ "writers": 4, "batch": 16, "readers": 2 });
     let mut results = Vec::new();
     for (i, open) in systems().into_iter().enumerate() {
@@ -366,6 +372,9 @@ fn cfg(quick: bool) -> Cfg {
 
 /// The `recovery` suite: reopen after N unflushed events, and replay of the WAL.
 pub fn run_recovery(root: &Path, quick: bool) -> anyhow::Result<()> {
+    if !crate::report::wanted("reopen") && !crate::report::wanted("replay") {
+        return Ok(());
+    }
     let cfg = cfg(quick);
     let n = cfg.reopen_events;
     let params = json!({ "events": n });

@@ -237,6 +237,9 @@ fn bourse(bytes: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
 pub fn run(quick: bool) -> anyhow::Result<()> {
     let samples = if quick { 10_000 } else { 100_000 };
     let burst = if quick { 200_000 } else { 2_000_000 };
+    if !crate::report::wanted("ipc") {
+        return Ok(());
+    }
     for bytes in [64usize, 512] {
         raw(bytes, samples, burst)?;
         bourse(bytes, samples, burst)?;

@@ -36,6 +36,10 @@ struct Cli {
     /// Directory on the disk to measure (a temporary directory is made inside it).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Run only the cases whose name contains this text (repeatable), e.g.
+    /// `--only submit_buffered`; for profiling one case.
+    #[arg(long)]
+    only: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -61,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         return r;
     }
     let cli = Cli::parse();
+    report::set_only(cli.only.clone());
     let tmp = tempfile::Builder::new().prefix("bourse-bench-").tempdir_in(&cli.dir)?;
     eprintln!("bourse-bench: measuring in {}", tmp.path().display());
     if !cfg!(feature = "peers") {

@@ -1,5 +1,6 @@
 //! JSON-line results (`BENCH.md`) and latency summaries.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -71,4 +72,16 @@ impl Latency {
 pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+static ONLY: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Restricts the run to cases whose name contains one of `filters` (all when empty).
+pub fn set_only(filters: Vec<String>) {
+    let _ = ONLY.set(filters);
+}
+
+/// Whether case `case` runs (`--only`).
+pub fn wanted(case: &str) -> bool {
+    ONLY.get().is_none_or(|f| f.is_empty() || f.iter().any(|x| case.contains(x.as_str())))
 }

@@ -107,7 +107,11 @@ pub(crate) fn create_segment_file(
 
 /// Writes `len` zero bytes from the start of `file` (pre-writing a segment).
 pub(crate) fn zero_fill(file: &FileRef, path: &Path, len: u64) -> Result<()> {
-    const STEP: usize = 1 << 20;
+    // NOTE: small steps on purpose. The page cache sizes its folios by the write that
+    // creates them; pre-writing in 1 MiB writes left large folios behind, and every
+    // small append into one then walked all of its block buffers (ext4 on Linux 6.x):
+    // a 128-byte pwrite cost 2.2 µs instead of 0.86 µs.
+    const STEP: usize = 16 << 10;
     let zeros = vec![0u8; STEP];
     let mut off = 0u64;
     while off < len {
