@@ -64,6 +64,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(r) = ipc::child_main() {
         return r;
     }
+    if let Some(r) = engine::reopen_child() {
+        return r;
+    }
     let cli = Cli::parse();
     report::set_only(cli.only.clone());
     let tmp = tempfile::Builder::new().prefix("bourse-bench-").tempdir_in(&cli.dir)?;

@@ -1,8 +1,13 @@
 //! The market cache: the latest tick and the latest book of every instrument, in memory.
 //!
-//! Updated by the apply step (so it moves in LSN order), rebuilt at open from the
-//! instrument partitions, and read without touching disk. The latest book is the newest
-//! snapshot with every later delta applied.
+//! "Latest" is store order, (datetime, LSN), the order of the instrument partition's
+//! keys: the latest tick is the one with the greatest (datetime, LSN); the latest book
+//! is the greatest snapshot with every later delta applied in that order. Updated by
+//! the apply step and rebuilt at open from the instrument partitions, the two agree
+//! even when a feed's datetimes go backwards: a tick or snapshot older than the cached
+//! one is ignored, and a delta that arrives older than one already applied makes the
+//! apply step recompute that book from the store ([`Update::Recompute`]). Reads never
+//! touch disk.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,22 +15,45 @@ use std::sync::Arc;
 use bourse_model::{BookDelta, BookSnapshot, InstrumentId, Level, Side, Tick};
 use parking_lot::RwLock;
 
+/// A position in store order: (datetime, LSN).
+pub(crate) type Pos = (i64, u64);
+
+#[derive(Debug, Clone)]
+struct BookEntry {
+    /// The snapshot the book starts from (`None`: deltas on an empty book).
+    snapshot: Option<Pos>,
+    /// The newest delta applied.
+    last_delta: Option<Pos>,
+    book: Arc<BookSnapshot>,
+}
+
+/// What the apply step must do after an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum Update {
+    /// The cache is up to date.
+    Done,
+    /// The event arrived out of store order; rebuild this instrument's book from the
+    /// store.
+    Recompute,
+}
+
 /// Latest tick and book per instrument.
 #[derive(Debug, Default)]
 pub struct MarketCache {
-    ticks: RwLock<HashMap<InstrumentId, Arc<Tick>>>,
-    books: RwLock<HashMap<InstrumentId, Arc<BookSnapshot>>>,
+    ticks: RwLock<HashMap<InstrumentId, (u64, Arc<Tick>)>>,
+    books: RwLock<HashMap<InstrumentId, BookEntry>>,
 }
 
 impl MarketCache {
     /// The latest tick of `id`.
     pub fn tick(&self, id: &InstrumentId) -> Option<Arc<Tick>> {
-        self.ticks.read().get(id).cloned()
+        self.ticks.read().get(id).map(|(_, t)| t.clone())
     }
 
     /// The latest book of `id`.
     pub fn book(&self, id: &InstrumentId) -> Option<Arc<BookSnapshot>> {
-        self.books.read().get(id).cloned()
+        self.books.read().get(id).map(|b| b.book.clone())
     }
 
     /// Instruments with a cached tick or book.
@@ -37,28 +65,82 @@ impl MarketCache {
         v
     }
 
-    pub(crate) fn set_tick(&self, t: &Tick) {
-        self.ticks.write().insert(t.instrument_id.clone(), Arc::new(t.clone()));
+    /// Offers tick `t` stored at `lsn`; it becomes the latest unless a later one (in
+    /// store order) is cached.
+    pub(crate) fn set_tick(&self, t: &Tick, lsn: u64) {
+        let mut ticks = self.ticks.write();
+        let newer = ticks
+            .get(&t.instrument_id)
+            .is_none_or(|(l, cur)| (t.datetime, lsn) > (cur.datetime, *l));
+        if newer {
+            ticks.insert(t.instrument_id.clone(), (lsn, Arc::new(t.clone())));
+        }
     }
 
-    pub(crate) fn set_book(&self, b: &BookSnapshot) {
-        self.books.write().insert(b.instrument_id.clone(), Arc::new(b.clone()));
-    }
-
-    /// Applies a delta to the cached book (a delta with no snapshot before it starts an
-    /// empty book).
-    pub(crate) fn apply_delta(&self, d: &BookDelta) {
+    /// Offers snapshot `b` stored at `lsn`.
+    pub(crate) fn set_book(&self, b: &BookSnapshot, lsn: u64) -> Update {
+        let pos = (b.datetime, lsn);
         let mut books = self.books.write();
-        let entry = books.entry(d.instrument_id.clone()).or_insert_with(|| {
-            Arc::new(BookSnapshot {
+        if let Some(cur) = books.get(&b.instrument_id) {
+            if cur.snapshot.is_some_and(|s| s > pos) {
+                return Update::Done;
+            }
+            if cur.last_delta.is_some_and(|d| d > pos) {
+                // Deltas after this snapshot were applied to an older book.
+                return Update::Recompute;
+            }
+        }
+        let entry = BookEntry { snapshot: Some(pos), last_delta: None, book: Arc::new(b.clone()) };
+        books.insert(b.instrument_id.clone(), entry);
+        Update::Done
+    }
+
+    /// Applies delta `d` stored at `lsn` to the cached book (a delta with no snapshot
+    /// before it starts an empty book).
+    pub(crate) fn apply_delta(&self, d: &BookDelta, lsn: u64) -> Update {
+        let pos = (d.datetime, lsn);
+        let mut books = self.books.write();
+        let entry = books.entry(d.instrument_id.clone()).or_insert_with(|| BookEntry {
+            snapshot: None,
+            last_delta: None,
+            book: Arc::new(BookSnapshot {
                 instrument_id: d.instrument_id.clone(),
                 datetime: d.datetime,
                 bids: Vec::new(),
                 asks: Vec::new(),
-            })
+            }),
         });
-        let book = Arc::make_mut(entry);
-        apply_delta(book, d);
+        if entry.snapshot.is_some_and(|s| s > pos) {
+            // Before the snapshot: the snapshot already holds it.
+            return Update::Done;
+        }
+        if entry.last_delta.is_some_and(|l| l > pos) {
+            return Update::Recompute;
+        }
+        entry.last_delta = Some(pos);
+        apply_delta(Arc::make_mut(&mut entry.book), d);
+        Update::Done
+    }
+
+    /// Replaces what is cached for `id` with the store's latest tick and latest
+    /// snapshot; the caller then applies, in store order, the deltas after it.
+    pub(crate) fn reset(
+        &self,
+        id: &InstrumentId,
+        tick: Option<(u64, Tick)>,
+        snapshot: Option<(u64, BookSnapshot)>,
+    ) {
+        let mut ticks = self.ticks.write();
+        match tick {
+            Some((lsn, t)) => ticks.insert(id.clone(), (lsn, Arc::new(t))),
+            None => ticks.remove(id),
+        };
+        drop(ticks);
+        self.books.write().remove(id);
+        if let Some((lsn, b)) = snapshot {
+            // The book is empty now, so this cannot ask for a recompute.
+            let _ = self.set_book(&b, lsn);
+        }
     }
 }
 

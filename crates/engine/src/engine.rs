@@ -14,7 +14,7 @@ use bourse_wal::{Entry, Lsn, LsnRange, Wal};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::apply::{self, StateRead, Write};
-use crate::cache::MarketCache;
+use crate::cache::{MarketCache, Update};
 use crate::layout::{self, PartitionId};
 use crate::{io_err, Durability, EngineOptions, Error, Result};
 
@@ -575,22 +575,24 @@ impl Inner {
         };
         if start <= last {
             tracing::info!(from = start, to = last, "replaying the WAL");
-            let mut reader = self.wal.read_from(Lsn(start))?;
-            let mut writes = Vec::new();
-            let mut last_report = Instant::now();
-            while let Some(rec) = reader.next_record()? {
-                let lsn = rec.lsn.0;
-                let event = Event::decode(rec.payload).map_err(|e| Error::Corrupt {
-                    what: format!("WAL record {lsn} does not decode: {e}"),
-                })?;
-                self.apply_one(lsn, &event, rec.payload, &mut writes, true)?;
-                report.records += 1;
-                report.bytes += rec.payload.len() as u64;
-                if last_report.elapsed() >= Duration::from_secs(1) {
-                    last_report = Instant::now();
-                    report.elapsed = started.elapsed();
-                    tracing::info!(records = report.records, lsn, "replaying");
-                    progress(report);
+            if self.opts.replay_threads > 1 {
+                self.replay_in_lanes(start, &mut report, started, progress)?;
+            } else {
+                let mut reader = self.wal.read_from(Lsn(start))?;
+                let mut writes = Vec::new();
+                let mut last_report = Instant::now();
+                while let Some(rec) = reader.next_record()? {
+                    let lsn = rec.lsn.0;
+                    let event = decode_record(lsn, rec.payload)?;
+                    self.apply_one(lsn, &event, rec.payload, &mut writes, Some(Lane::All))?;
+                    report.records += 1;
+                    report.bytes += rec.payload.len() as u64;
+                    if last_report.elapsed() >= Duration::from_secs(1) {
+                        last_report = Instant::now();
+                        report.elapsed = started.elapsed();
+                        tracing::info!(records = report.records, lsn, "replaying");
+                        progress(report);
+                    }
                 }
             }
         }
@@ -610,46 +612,143 @@ impl Inner {
         Ok(())
     }
 
+    /// Replays the WAL from `start` on two threads: this one reads and decodes records
+    /// in batches and applies the writes to accounts, users and market; a helper applies
+    /// the same batches' writes to the instrument partitions. Each partition is still
+    /// written in LSN order by one thread, and apply's writes to a partition depend only
+    /// on that partition (see `apply`), so the result equals a serial replay.
+    fn replay_in_lanes(
+        &self,
+        start: u64,
+        report: &mut OpenProgress,
+        started: Instant,
+        progress: &mut dyn FnMut(OpenProgress),
+    ) -> Result<()> {
+        /// Records per batch handed to the helper; at most `DEPTH` batches wait.
+        const BATCH: usize = 512;
+        const DEPTH: usize = 8;
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<ReplayBatch>>(DEPTH);
+            let helper = std::thread::Builder::new()
+                .name("bourse-replay".into())
+                .spawn_scoped(scope, move || -> Result<()> {
+                    let mut writes = Vec::new();
+                    for batch in rx {
+                        batch.apply(self, Lane::Instruments, &mut writes)?;
+                    }
+                    Ok(())
+                })
+                .map_err(io_err("spawn replay thread", &self.dir))?;
+            let mut reader = self.wal.read_from(Lsn(start))?;
+            let mut writes = Vec::new();
+            let mut last_report = Instant::now();
+            let mut result = Ok(());
+            loop {
+                let mut batch = ReplayBatch::default();
+                let read = (|| -> Result<()> {
+                    while batch.events.len() < BATCH {
+                        let Some(rec) = reader.next_record()? else { break };
+                        let lsn = rec.lsn.0;
+                        let event = decode_record(lsn, rec.payload)?;
+                        let from = batch.bytes.len();
+                        batch.bytes.extend_from_slice(rec.payload);
+                        batch.events.push((lsn, event, from..batch.bytes.len()));
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = read {
+                    result = Err(e);
+                    break;
+                }
+                if batch.events.is_empty() {
+                    break;
+                }
+                let batch = Arc::new(batch);
+                if tx.send(batch.clone()).is_err() {
+                    // The helper stopped on an error; its join below reports it.
+                    break;
+                }
+                if let Err(e) = batch.apply(self, Lane::Others, &mut writes) {
+                    result = Err(e);
+                    break;
+                }
+                report.records += batch.events.len() as u64;
+                report.bytes += batch.bytes.len() as u64;
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    last_report = Instant::now();
+                    report.elapsed = started.elapsed();
+                    let lsn = batch.events.last().map_or(0, |e| e.0);
+                    tracing::info!(records = report.records, lsn, "replaying");
+                    progress(*report);
+                }
+            }
+            drop(tx);
+            let helped = helper
+                .join()
+                .unwrap_or_else(|_| Err(Error::Invalid("the replay thread panicked".into())));
+            result.and(helped)
+        })
+    }
+
     /// Rebuilds the market cache: per instrument, the newest tick, and the newest book
     /// snapshot with every delta after it.
     fn rebuild_cache(&self) -> Result<()> {
-        use layout::inst;
         for p in self.partitions() {
-            let PartitionId::Instrument(_) = &p.id else { continue };
-            let snap = bourse_lsm::MAX_SEQ;
-            let newest = |tag: u8| -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-                let lo = [tag];
-                let hi = [tag + 1];
-                let mut it = p.tree.range_rev(
-                    std::ops::Bound::Included(&lo[..]),
-                    std::ops::Bound::Excluded(&hi[..]),
-                    snap,
-                );
-                Ok(it.next().transpose()?)
-            };
-            if let Some((_, v)) = newest(inst::TICK)? {
-                if let Event::Tick(t) = decode_event(&v)? {
-                    self.cache.set_tick(&t);
-                }
+            let PartitionId::Instrument(id) = &p.id else { continue };
+            if p.tree.stats().tables_per_level.iter().all(|n| *n == 0) {
+                // Nothing of this instrument ever reached a table, so all of it was in
+                // the WAL tail just replayed, and replay kept its cache entries (the
+                // cache follows store order, so replay and reload agree).
+                continue;
             }
-            let mut from = vec![inst::DELTA];
-            if let Some((k, v)) = newest(inst::BOOK)? {
-                if let Event::BookSnapshot(b) = decode_event(&v)? {
-                    self.cache.set_book(&b);
-                }
-                // Deltas at or after the snapshot's (time, LSN) position.
-                from.extend_from_slice(k.get(1..).unwrap_or(&[]));
-            }
-            let hi = [inst::DELTA + 1];
-            for pair in p.tree.range(
-                std::ops::Bound::Included(&from[..]),
+            self.load_market(id, &p)?;
+        }
+        Ok(())
+    }
+
+    /// Loads an instrument's cache entries from its partition: the newest tick, and the
+    /// newest book snapshot with every delta after it, in store order.
+    fn load_market(&self, id: &InstrumentId, p: &Partition) -> Result<()> {
+        use layout::inst;
+        let snap = bourse_lsm::MAX_SEQ;
+        let newest = |tag: u8| -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+            let lo = [tag];
+            let hi = [tag + 1];
+            let mut it = p.tree.range_rev(
+                std::ops::Bound::Included(&lo[..]),
                 std::ops::Bound::Excluded(&hi[..]),
                 snap,
-            ) {
-                let (_, v) = pair?;
-                if let Event::BookDelta(d) = decode_event(&v)? {
-                    self.cache.apply_delta(&d);
-                }
+            );
+            Ok(it.next().transpose()?)
+        };
+        let lsn_of = |k: &[u8]| layout::trailing_u64(k).unwrap_or(0);
+        let tick = match newest(inst::TICK)? {
+            Some((k, v)) => match decode_event(&v)? {
+                Event::Tick(t) => Some((lsn_of(&k), t)),
+                _ => None,
+            },
+            None => None,
+        };
+        let mut from = vec![inst::DELTA];
+        let mut snapshot = None;
+        if let Some((k, v)) = newest(inst::BOOK)? {
+            if let Event::BookSnapshot(b) = decode_event(&v)? {
+                snapshot = Some((lsn_of(&k), b));
+            }
+            // Deltas at or after the snapshot's (time, LSN) position.
+            from.extend_from_slice(k.get(1..).unwrap_or(&[]));
+        }
+        self.cache.reset(id, tick, snapshot);
+        let hi = [inst::DELTA + 1];
+        for pair in p.tree.range(
+            std::ops::Bound::Included(&from[..]),
+            std::ops::Bound::Excluded(&hi[..]),
+            snap,
+        ) {
+            let (k, v) = pair?;
+            if let Event::BookDelta(d) = decode_event(&v)? {
+                // In store order: never out of order.
+                let _ = self.cache.apply_delta(&d, lsn_of(&k));
             }
         }
         Ok(())
@@ -720,7 +819,7 @@ impl Inner {
         let mut writes = Vec::new();
         let mut result = Ok(());
         for (i, (e, p)) in events.iter().zip(payloads).enumerate() {
-            result = self.apply_one(range.first.0 + i as u64, e, p, &mut writes, false);
+            result = self.apply_one(range.first.0 + i as u64, e, p, &mut writes, None);
             if result.is_err() {
                 break;
             }
@@ -758,7 +857,8 @@ impl Inner {
     }
 
     /// Applies one event: computes its writes, writes them with the event's LSN as
-    /// sequence, updates the cache and catalogue. During replay, partitions whose
+    /// sequence, updates the cache and catalogue. `replay` is the lane of a WAL replay
+    /// (`None` live): only that lane's partitions are written, and partitions whose
     /// tables already hold `lsn` are skipped.
     fn apply_one(
         &self,
@@ -766,10 +866,29 @@ impl Inner {
         event: &Event,
         encoded: &[u8],
         writes: &mut Vec<Write>,
-        replay: bool,
+        replay: Option<Lane>,
     ) -> Result<()> {
         writes.clear();
-        apply::apply(lsn, event, encoded, self, writes)?;
+        let lane = replay.unwrap_or(Lane::All);
+        let idle = match lane {
+            Lane::All => false,
+            Lane::Instruments => !apply::writes_instrument(event),
+            Lane::Others => {
+                !apply::writes_others(event)
+                    && event.instrument().is_none_or(|i| self.catalogued(i))
+            }
+        };
+        if idle {
+            // Nothing of this event is this lane's (ticks and books on the accounts lane
+            // are two thirds of a typical journal).
+            return Ok(());
+        }
+        if lane == Lane::All {
+            apply::apply(lsn, event, encoded, self, writes)?;
+        } else {
+            apply::apply(lsn, event, encoded, &LaneRead { inner: self, lane }, writes)?;
+            writes.retain(|w| lane.owns(&w.part));
+        }
         // IMPORTANT: one LSN's writes to one partition go in as one tree batch. Split
         // across a memtable rotation, a flush could record the LSN as flushed while part
         // of it still sat in memory; replay would then skip it and lose that part.
@@ -779,7 +898,7 @@ impl Inner {
                 Some(p) => p,
                 None => self.open_partition(group[0].part.clone(), Some(lsn))?,
             };
-            if replay && lsn <= part.floor {
+            if replay.is_some() && lsn <= part.floor {
                 continue;
             }
             let ops: Vec<(&[u8], Option<&[u8]>)> =
@@ -789,16 +908,31 @@ impl Inner {
                 self.kick();
             }
         }
-        if let Some(ins) = event.instrument() {
-            if !self.catalogue.read().contains(ins) {
-                self.catalogue.write().insert(ins.clone());
+        // The catalogue goes with the market partition, the cache with the instruments.
+        if lane.owns(&PartitionId::Market) {
+            if let Some(ins) = event.instrument() {
+                if !self.catalogue.read().contains(ins) {
+                    self.catalogue.write().insert(ins.clone());
+                }
             }
         }
-        match event {
-            Event::Tick(t) => self.cache.set_tick(t),
-            Event::BookSnapshot(b) => self.cache.set_book(b),
-            Event::BookDelta(d) => self.cache.apply_delta(d),
-            _ => {}
+        if lane != Lane::Others {
+            let update = match event {
+                Event::Tick(t) => {
+                    self.cache.set_tick(t, lsn);
+                    Update::Done
+                }
+                Event::BookSnapshot(b) => self.cache.set_book(b, lsn),
+                Event::BookDelta(d) => self.cache.apply_delta(d, lsn),
+                _ => Update::Done,
+            };
+            if let (Update::Recompute, Some(id)) = (update, event.instrument()) {
+                // A book event older than one already applied: rare (a feed whose times
+                // go backwards); the partition already holds this LSN.
+                if let Some(p) = self.partition(&PartitionId::Instrument(id.clone())) {
+                    self.load_market(id, &p)?;
+                }
+            }
         }
         Ok(())
     }
@@ -811,6 +945,179 @@ impl Inner {
     }
 }
 
+/// Which partitions a replay thread writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Every partition (live apply, or a serial replay).
+    All,
+    /// The instrument partitions.
+    Instruments,
+    /// Accounts, users and market.
+    Others,
+}
+
+impl Lane {
+    fn owns(self, part: &PartitionId) -> bool {
+        match self {
+            Lane::All => true,
+            Lane::Instruments => matches!(part, PartitionId::Instrument(_)),
+            Lane::Others => !matches!(part, PartitionId::Instrument(_)),
+        }
+    }
+}
+
+/// A lane's view of the state during replay: partitions of other lanes read as empty.
+/// Their writes are dropped anyway, and apply's writes to a partition read only that
+/// partition, so the lane computes exactly its own partitions' writes without reading
+/// state that another thread is still writing.
+struct LaneRead<'a> {
+    inner: &'a Inner,
+    lane: Lane,
+}
+
+impl StateRead for LaneRead<'_> {
+    fn get(&self, part: &PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.lane.owns(part) {
+            self.inner.get(part, key)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn catalogued(&self, id: &InstrumentId) -> bool {
+        self.inner.catalogued(id)
+    }
+}
+
+/// Decoded WAL records handed to both replay lanes.
+#[derive(Default)]
+struct ReplayBatch {
+    /// LSN, event and the range of its encoded form in `bytes`.
+    events: Vec<(u64, Event, std::ops::Range<usize>)>,
+    bytes: Vec<u8>,
+}
+
+impl ReplayBatch {
+    fn apply(&self, inner: &Inner, lane: Lane, writes: &mut Vec<Write>) -> Result<()> {
+        for (lsn, event, range) in &self.events {
+            inner.apply_one(*lsn, event, &self.bytes[range.clone()], writes, Some(lane))?;
+        }
+        Ok(())
+    }
+}
+
+fn decode_record(lsn: u64, payload: &[u8]) -> Result<Event> {
+    Event::decode(payload)
+        .map_err(|e| Error::Corrupt { what: format!("WAL record {lsn} does not decode: {e}") })
+}
+
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event> {
     Event::decode(bytes).map_err(|e| Error::Corrupt { what: format!("stored event: {e}") })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::ops::Bound;
+
+    use bourse_model::samples::sample;
+    use bourse_model::EventKind;
+
+    use super::*;
+
+    /// Every key and value of every partition, and the market cache.
+    fn dump(e: &Engine) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut parts = e.inner.partitions();
+        parts.sort_by(|a, b| a.id.cmp(&b.id));
+        for p in parts {
+            let all = p.tree.range(Bound::Unbounded, Bound::Unbounded, bourse_lsm::MAX_SEQ);
+            for kv in all {
+                let (k, v) = kv.unwrap();
+                out.push(format!("{:?} {k:?} {v:?}", p.id));
+            }
+        }
+        for ins in e.instruments() {
+            out.push(format!("tick {ins:?} {:?}", e.latest_tick(&ins)));
+            out.push(format!("book {ins:?} {:?}", e.latest_book(&ins)));
+        }
+        out
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let dest = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &dest);
+            } else {
+                std::fs::copy(entry.path(), dest).unwrap();
+            }
+        }
+    }
+
+    /// Replay in two lanes builds exactly the state a serial replay builds, with part
+    /// of the history in tables (a checkpoint midway) and the rest in the WAL tail.
+    #[test]
+    fn lane_replay_equals_serial_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let mut o = EngineOptions::default();
+        o.wal.segment_bytes = 4 << 20;
+        o.checkpoint_interval = Duration::from_secs(3600);
+        let live = {
+            let e = Engine::open(&src, o.clone()).unwrap();
+            let mut n = 0u64;
+            for round in 0..4 {
+                let batch: Vec<Event> = (0..600)
+                    .map(|_| {
+                        n += 1;
+                        let kind = EventKind::ALL[(n * 7 % 18) as usize];
+                        sample(kind, n % 97)
+                    })
+                    .collect();
+                for chunk in batch.chunks(50) {
+                    e.submit(chunk, Durability::Buffered).unwrap();
+                }
+                if round == 1 {
+                    e.checkpoint().unwrap();
+                }
+            }
+            e.sync().unwrap();
+            let live = dump(&e);
+            // Dropped without a checkpoint: the last rounds are only in the WAL.
+            std::mem::forget(e);
+            live
+        };
+        assert!(live.len() > 1000, "the workload wrote {} entries", live.len());
+        let mut seen = Vec::new();
+        for threads in [1, 2] {
+            let copy = dir.path().join(format!("copy{threads}"));
+            copy_dir(&src, &copy);
+            let opts = EngineOptions { replay_threads: threads, ..o.clone() };
+            let mut replayed = 0;
+            let e = Engine::open_with(RealFs::shared(), &copy, opts, &mut |p| {
+                if p.done {
+                    replayed = p.records;
+                }
+            })
+            .unwrap();
+            assert!(replayed > 1000, "replayed {replayed} records");
+            seen.push(dump(&e));
+        }
+        for (name, got) in ["serial replay", "replay in lanes"].iter().zip(&seen) {
+            let missing: Vec<&String> = live.iter().filter(|x| !got.contains(x)).collect();
+            let extra: Vec<&String> = got.iter().filter(|x| !live.contains(x)).collect();
+            assert!(
+                missing.is_empty() && extra.is_empty(),
+                "{name}: {} entries missing, {} extra; first missing {:.300?}, first extra {:.300?}",
+                missing.len(),
+                extra.len(),
+                missing.first(),
+                extra.first()
+            );
+        }
+    }
 }

@@ -106,6 +106,11 @@ pub struct EngineOptions {
     pub batch_events_max: usize,
     /// Threads that flush and compact partitions.
     pub maintenance_threads: usize,
+    /// Threads that re-apply the WAL tail at open: with 2 (the default on machines
+    /// with more than one core), one applies the instrument partitions while the other
+    /// reads the WAL and applies accounts, users and market; 1 replays serially.
+    /// Larger values act as 2. The result is the same either way.
+    pub replay_threads: usize,
     /// How often the checkpointer runs (idle partitions advance, the WAL is truncated).
     pub checkpoint_interval: Duration,
     /// Keep at least this many bytes of WAL for subscribers that replay (0: none).
@@ -133,6 +138,11 @@ impl Default for EngineOptions {
             block_cache_bytes: 8 << 20,
             batch_events_max: 4096,
             maintenance_threads: 2,
+            replay_threads: if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+                2
+            } else {
+                1
+            },
             checkpoint_interval: Duration::from_millis(500),
             wal_retain_bytes: 64 << 20,
             wal_retain_age: Duration::ZERO,

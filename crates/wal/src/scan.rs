@@ -154,7 +154,9 @@ pub(crate) fn find_intact_record(
         file.read_exact_at(&mut buf[..want], base)?;
         let window = &buf[..want];
         // NOTE: pre-written segments end in long zero runs; skip them at memory speed.
-        if !window.iter().all(|b| *b == 0) {
+        // (An OR over fixed blocks vectorizes; an early-exit byte loop does not.)
+        let zero = window.chunks(4096).all(|c| c.iter().fold(0u8, |a, b| a | b) == 0);
+        if !zero {
             let last = want.saturating_sub(RECORD_HEADER_BYTES - 1).min(CHUNK);
             for i in 0..last {
                 let h = RecordHeader::decode(&window[i..]);
