@@ -308,6 +308,37 @@ fn a_durable_cursor_resumes_after_the_subscriber_goes_away() {
     assert!(matches!(plain.unwrap().ack(1), Err(bourse_bus::Error::NotDurable)));
 }
 
+/// A subscriber signals the bridge when it connects, so frames reach it at once, not
+/// from the housekeeping thread's next recount (every 50 ms here): with a detached bus
+/// there is no replay, so a late count would show up as `Lagged` before LSN 1.
+#[test]
+fn a_new_subscriber_is_counted_at_once() {
+    let inst = instance("count");
+    let (bus, publisher) = Bus::detached(BusOptions::default()).unwrap();
+    let opts = IpcOptions {
+        instance: inst.clone(),
+        heartbeat: Duration::from_secs(10),
+        ..IpcOptions::default()
+    };
+    let _bridge = IpcBridge::start(&bus, opts).unwrap();
+    let mut s =
+        IpcSubscriber::connect(IpcSubscribeOptions::new(&inst).on_lag(OnLag::Signal)).unwrap();
+    std::thread::sleep(Duration::from_millis(15));
+    for lsn in 1..=3 {
+        publisher.publish_raw(lsn, 0, bourse_model::EventKind::Extension, b"x").unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match s.next(Duration::from_secs(5)).unwrap() {
+            Some(Message::Event(d)) => seen.push(d.lsn),
+            Some(Message::Lagged { from, to }) => panic!("missed {from}..={to}"),
+            Some(_) => {}
+            None => panic!("nothing after {seen:?}"),
+        }
+    }
+    assert_eq!(seen, [1, 2, 3]);
+}
+
 #[test]
 fn connecting_without_a_bridge_is_a_clear_error() {
     let e = IpcSubscriber::connect(IpcSubscribeOptions::new(&instance("none"))).unwrap_err();

@@ -2,7 +2,7 @@
 //! request server (replay pages, durable cursors).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
@@ -132,22 +132,22 @@ impl IpcBridge {
         counters.dead_nodes_removed.fetch_add(removed as u64, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
         let node = super::node_threadsafe()?;
-        let outs = open_outs(&node, &opts)?;
+        let (outs, watch) = open_outs(&node, &opts)?;
+        let watch = Arc::new(watch);
         let outs = Arc::new(Mutex::new(Outs {
             outs,
             head: 0,
             epoch: now_ns() as u64,
             buf: Vec::with_capacity(opts.initial_frame_bytes),
-            counted: Instant::now(),
         }));
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = sync_channel::<Result<()>>(1);
         {
             let (stop, counters, opts, ready) =
                 (stop.clone(), counters.clone(), opts.clone(), ready_tx);
-            let shared = bus.shared.clone();
+            let (shared, watch) = (bus.shared.clone(), watch.clone());
             threads.push(spawn("bourse-ipc-req", move || {
-                serve_loop(&shared, &opts, &stop, &counters, &ready)
+                serve_loop(&shared, &watch, &opts, &stop, &counters, &ready)
             })?);
         }
         let shared = bus.shared.clone();
@@ -168,7 +168,11 @@ impl IpcBridge {
         }
         // Everything before the first frame is, for a subscriber, a range it may have
         // missed: the first frames' `prev` says so.
-        let tap = Arc::new(IpcTap { outs: outs.clone(), counters: counters.clone() });
+        let tap = Arc::new(IpcTap {
+            outs: outs.clone(),
+            watch: watch.clone(),
+            counters: counters.clone(),
+        });
         // Under the bus writer's lock (taken before ours, as the tap does), so no
         // event passes between the head and the tap.
         shared.set_tap(Some(tap), |head| {
@@ -179,9 +183,9 @@ impl IpcBridge {
             }
         });
         let (stop2, counters2, opts2) = (stop, counters, opts);
-        bridge
-            .threads
-            .push(spawn("bourse-ipc-hk", move || housekeeping(&outs, &opts2, &stop2, &counters2))?);
+        bridge.threads.push(spawn("bourse-ipc-hk", move || {
+            housekeeping(&outs, &watch, &opts2, &stop2, &counters2)
+        })?);
         Ok(bridge)
     }
 
@@ -240,45 +244,55 @@ fn spawn(
         .map_err(|e| Error::Ipc { op: "spawn thread", why: e.to_string() })
 }
 
-/// One published service: all topics (`topic == None`) or one.
+/// One published service: all topics (`topic == None`) or one. Its [`Watch`] has the
+/// same index.
 struct Out {
     topic: Option<Topic>,
-    factory: PortFactory<ipc_threadsafe::Service, [u8], ()>,
     publisher: Publisher<ipc_threadsafe::Service, [u8], ()>,
     /// The last LSN of this service's topics the bridge has seen (sent or not).
     prev: u64,
-    last_sent: Instant,
-    subscribers: usize,
+}
+
+/// What the housekeeping thread and the tap share without a lock, per service: the
+/// tap reads the subscriber count and bumps `sent`; the housekeeping thread recounts
+/// and watches `sent` for idleness. So the publishing thread never reads a clock or
+/// the services' shared-memory metadata, and never waits for the housekeeping thread
+/// except when it sends a heartbeat on an idle service.
+struct Watch {
+    factory: PortFactory<ipc_threadsafe::Service, [u8], ()>,
+    /// Subscribers connected, as last counted.
+    subscribers: AtomicUsize,
+    /// Frames sent (events and heartbeats).
+    sent: AtomicU64,
 }
 
 /// The publishing state, shared by the tap (the bus's publishing thread) and the
-/// housekeeping thread (heartbeats, subscriber counts, cleanup).
+/// housekeeping thread (heartbeats).
 struct Outs {
     outs: Vec<Out>,
     /// The last LSN published.
     head: u64,
     epoch: u64,
     buf: Vec<u8>,
-    /// When the subscriber counts were last read.
-    counted: Instant,
 }
 
-/// How often the publishing thread re-reads the subscriber counts (a subscriber
-/// that connects receives frames at most this much later; it sees the gap before
-/// them in `prev`).
-const RECOUNT: Duration = Duration::from_millis(2);
-
-impl Outs {
-    fn recount(&mut self, now: Instant) {
-        for o in &mut self.outs {
-            o.subscribers = o.factory.dynamic_config().number_of_subscribers();
-        }
-        self.counted = now;
+/// Re-reads every service's subscriber count: on every housekeeping tick (which
+/// notices subscribers that left, or connected without signalling) and whenever the
+/// wake-up event fires (a subscriber signals it once connected). A subscriber counted
+/// late sees the frames it missed as a gap (`prev`).
+fn recount(watch: &[Watch]) {
+    for w in watch {
+        let n = w.factory.dynamic_config().number_of_subscribers();
+        w.subscribers.store(n, Ordering::Relaxed);
     }
 }
 
-fn open_outs(node: &Node<ipc_threadsafe::Service>, opts: &IpcOptions) -> Result<Vec<Out>> {
+fn open_outs(
+    node: &Node<ipc_threadsafe::Service>,
+    opts: &IpcOptions,
+) -> Result<(Vec<Out>, Vec<Watch>)> {
     let mut outs = Vec::new();
+    let mut watch = Vec::new();
     for topic in std::iter::once(None).chain(Topic::ALL.into_iter().map(Some)) {
         let name = service(&service_name(&opts.instance, topic))?;
         let factory = node
@@ -299,19 +313,17 @@ fn open_outs(node: &Node<ipc_threadsafe::Service>, opts: &IpcOptions) -> Result<
             .create()
             .map_err(|e| ipc_err("create a publisher", e))?;
         let subscribers = factory.dynamic_config().number_of_subscribers();
-        outs.push(Out {
-            topic,
+        outs.push(Out { topic, publisher, prev: 0 });
+        watch.push(Watch {
             factory,
-            publisher,
-            prev: 0,
-            last_sent: Instant::now(),
-            subscribers,
+            subscribers: AtomicUsize::new(subscribers),
+            sent: AtomicU64::new(0),
         });
     }
-    Ok(outs)
+    Ok((outs, watch))
 }
 
-fn send(out: &mut Out, bytes: &[u8], counters: &Counters) {
+fn send(out: &mut Out, watch: &Watch, bytes: &[u8], counters: &Counters) {
     let sent = out
         .publisher
         .loan_slice_uninit(bytes.len())
@@ -320,7 +332,7 @@ fn send(out: &mut Out, bytes: &[u8], counters: &Counters) {
     match sent {
         Ok(_) => {
             counters.frames.fetch_add(1, Ordering::Relaxed);
-            out.last_sent = Instant::now();
+            watch.sent.fetch_add(1, Ordering::Relaxed);
         }
         Err(why) => {
             // The subscribers see the gap in the next frame's `prev`.
@@ -333,6 +345,7 @@ fn send(out: &mut Out, bytes: &[u8], counters: &Counters) {
 /// Publishes each event into iceoryx2 on the bus's publishing thread.
 struct IpcTap {
     outs: Arc<Mutex<Outs>>,
+    watch: Arc<Vec<Watch>>,
     counters: Arc<Counters>,
 }
 
@@ -344,17 +357,13 @@ impl Tap for IpcTap {
         let topic = bourse_model::EventKind::from_u16(kind).map(Topic::of);
         self.counters.events.fetch_add(1, Ordering::Relaxed);
         let mut g = self.outs.lock();
-        let now = Instant::now();
-        if now.duration_since(g.counted) >= RECOUNT {
-            g.recount(now);
-        }
-        let Outs { outs, head, epoch, buf, .. } = &mut *g;
+        let Outs { outs, head, epoch, buf } = &mut *g;
         *head = h.lsn;
-        for o in outs.iter_mut() {
+        for (o, w) in outs.iter_mut().zip(self.watch.iter()) {
             if o.topic.is_some() && o.topic != topic {
                 continue;
             }
-            if o.subscribers > 0 {
+            if w.subscribers.load(Ordering::Relaxed) > 0 {
                 let f = Frame {
                     typ: FRAME_EVENT,
                     kind,
@@ -367,7 +376,7 @@ impl Tap for IpcTap {
                     len: payload.len() as u32,
                 };
                 f.encode(payload, buf);
-                send(o, buf, &self.counters);
+                send(o, w, buf, &self.counters);
             }
             o.prev = h.lsn;
         }
@@ -377,36 +386,50 @@ impl Tap for IpcTap {
 /// Heartbeats on idle services, subscriber counts, dead-node cleanup.
 fn housekeeping(
     outs: &Mutex<Outs>,
+    watch: &[Watch],
     opts: &IpcOptions,
     stop: &AtomicBool,
     counters: &Counters,
 ) -> Result<()> {
     let tick = (opts.heartbeat / 2).clamp(Duration::from_millis(1), Duration::from_millis(50));
     let mut last_cleanup = Instant::now();
+    // Per service: the `sent` count last seen and when it last moved.
+    let mut seen: Vec<(u64, Instant)> =
+        watch.iter().map(|w| (w.sent.load(Ordering::Relaxed), Instant::now())).collect();
+    let mut due = Vec::new();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(tick);
-        {
+        let now = Instant::now();
+        due.clear();
+        recount(watch);
+        for (i, (w, seen)) in watch.iter().zip(seen.iter_mut()).enumerate() {
+            let subscribers = w.subscribers.load(Ordering::Relaxed);
+            let sent = w.sent.load(Ordering::Relaxed);
+            if sent != seen.0 {
+                *seen = (sent, now);
+            } else if subscribers > 0 && now.duration_since(seen.1) >= opts.heartbeat {
+                due.push(i);
+            }
+        }
+        if !due.is_empty() {
             let mut g = outs.lock();
-            let now = Instant::now();
-            g.recount(now);
-            let Outs { outs, head, epoch, buf, .. } = &mut *g;
-            for o in outs.iter_mut() {
-                if o.subscribers > 0 && now.duration_since(o.last_sent) >= opts.heartbeat {
-                    let f = Frame {
-                        typ: FRAME_HEARTBEAT,
-                        kind: 0,
-                        ih: 0,
-                        ah: 0,
-                        lsn: *head,
-                        timestamp: now_ns(),
-                        prev: o.prev,
-                        epoch: *epoch,
-                        len: 0,
-                    };
-                    f.encode(&[], buf);
-                    send(o, buf, counters);
-                    counters.heartbeats.fetch_add(1, Ordering::Relaxed);
-                }
+            let Outs { outs, head, epoch, buf } = &mut *g;
+            for &i in &due {
+                let o = &mut outs[i];
+                let f = Frame {
+                    typ: FRAME_HEARTBEAT,
+                    kind: 0,
+                    ih: 0,
+                    ah: 0,
+                    lsn: *head,
+                    timestamp: now_ns(),
+                    prev: o.prev,
+                    epoch: *epoch,
+                    len: 0,
+                };
+                f.encode(&[], buf);
+                send(o, &watch[i], buf, counters);
+                counters.heartbeats.fetch_add(1, Ordering::Relaxed);
             }
         }
         if last_cleanup.elapsed() >= opts.cleanup_interval {
@@ -450,6 +473,7 @@ impl Streams {
 
 fn serve_loop(
     shared: &Arc<Shared>,
+    watch: &[Watch],
     opts: &IpcOptions,
     stop: &AtomicBool,
     counters: &Counters,
@@ -506,6 +530,9 @@ fn serve_loop(
                     tracing::warn!(error = ?e, "waiting for requests failed");
                     std::thread::sleep(Duration::from_millis(10));
                 }
+                // A subscriber that connects signals too: count it now, so its frames
+                // start at once rather than at the next housekeeping tick.
+                recount(watch);
                 continue;
             }
             Err(e) => {

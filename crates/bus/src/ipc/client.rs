@@ -206,6 +206,9 @@ impl IpcSubscriber {
             .notifier_builder()
             .create()
             .map_err(|e| ipc_err("create a notifier", e))?;
+        // Tells the bridge it has a new subscriber, so it sends frames at once rather
+        // than from its next recount (best effort: the recount finds us anyway).
+        let _ = notifier.notify();
         let mut s = IpcSubscriber {
             instance: opts.instance,
             filter: opts.filter,
