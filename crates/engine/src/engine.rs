@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub wal: Arc<Wal>,
     pub parts: RwLock<HashMap<PartitionId, Arc<Partition>>>,
     pub seq: Mutex<Sequencer>,
+    /// Set with `Sequencer::poisoned`, so submitters check it without the lock.
+    pub poison_flag: AtomicBool,
     pub seq_cond: Condvar,
     /// Mirror of `Sequencer::applied` for lock-free snapshot reads.
     pub visible: AtomicU64,
@@ -209,6 +211,7 @@ impl Engine {
             wal,
             parts: RwLock::new(HashMap::new()),
             seq: Mutex::new(Sequencer::default()),
+            poison_flag: AtomicBool::new(false),
             seq_cond: Condvar::new(),
             visible: AtomicU64::new(0),
             cache: MarketCache::default(),
@@ -786,6 +789,9 @@ impl Inner {
     }
 
     pub(crate) fn check_poison(&self) -> Result<()> {
+        if !self.poison_flag.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &self.seq.lock().poisoned {
             Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
             None => Ok(()),
@@ -816,6 +822,9 @@ impl Inner {
         if let Some(cause) = &seq.poisoned {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
+        // The turn is ours until `applied` moves, so apply runs without the lock: other
+        // writers keep appending to the WAL (and checking for poison) meanwhile.
+        drop(seq);
         let mut writes = Vec::new();
         let mut result = Ok(());
         for (i, (e, p)) in events.iter().zip(payloads).enumerate() {
@@ -824,6 +833,7 @@ impl Inner {
                 break;
             }
         }
+        let mut seq = self.seq.lock();
         match result {
             Ok(()) => {
                 if let Some(sink) = &seq.sink {
@@ -837,6 +847,7 @@ impl Inner {
             Err(ref e) => {
                 tracing::error!(error = %e, lsn = range.first.0, "apply failed; the engine is poisoned");
                 seq.poisoned = Some(e.to_string());
+                self.poison_flag.store(true, Ordering::Release);
                 for t in seq.waiters.values() {
                     t.unpark();
                 }
