@@ -238,7 +238,8 @@ fn submit_case(
     batch: usize,
     durable: bool,
 ) -> anyhow::Result<()> {
-    if !crate::report::wanted(case) {
+    // `--only "submit_durable 16x64"` picks one shape.
+    if !crate::report::wanted(&format!("{case} {writers}x{batch}")) {
         return Ok(());
     }
     let params = json!({ "writers": writers, "batch": batch });
