@@ -589,6 +589,9 @@ impl Inner {
                     let event = decode_record(lsn, rec.payload)?;
                     self.apply_one(lsn, &event, rec.payload, &mut writes, Some(Lane::All))?;
                     report.records += 1;
+                    if report.records.is_multiple_of(REPLAY_BUDGET_EVERY) {
+                        self.replay_budget()?;
+                    }
                     report.bytes += rec.payload.len() as u64;
                     if last_report.elapsed() >= Duration::from_secs(1) {
                         last_report = Instant::now();
@@ -675,8 +678,15 @@ impl Inner {
                     result = Err(e);
                     break;
                 }
+                let before = report.records;
                 report.records += batch.events.len() as u64;
                 report.bytes += batch.bytes.len() as u64;
+                if before / REPLAY_BUDGET_EVERY != report.records / REPLAY_BUDGET_EVERY {
+                    if let Err(e) = self.replay_budget() {
+                        result = Err(e);
+                        break;
+                    }
+                }
                 if last_report.elapsed() >= Duration::from_secs(1) {
                     last_report = Instant::now();
                     report.elapsed = started.elapsed();
@@ -691,6 +701,27 @@ impl Inner {
                 .unwrap_or_else(|_| Err(Error::Invalid("the replay thread panicked".into())));
             result.and(helped)
         })
+    }
+
+    /// Keeps the memtables within their budget during replay, when no maintenance
+    /// thread runs yet: flushes the largest partitions until the total fits. (Each tree
+    /// alone is bounded anyway: a writer that finds its immutable queue full flushes.)
+    /// Any thread may flush any tree; the tree serializes flushes with its writer.
+    fn replay_budget(&self) -> Result<()> {
+        let parts = self.partitions();
+        let mut sizes: Vec<(usize, usize)> =
+            parts.iter().enumerate().map(|(i, p)| (p.tree.memtable_bytes(), i)).collect();
+        let mut total: usize = sizes.iter().map(|s| s.0).sum();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        for (bytes, i) in sizes {
+            if total <= self.opts.memtable_budget_bytes {
+                break;
+            }
+            tracing::debug!(partition = %parts[i].id, bytes, "replay: memtable budget, flushing");
+            parts[i].tree.flush()?;
+            total = total.saturating_sub(bytes);
+        }
+        Ok(())
     }
 
     /// Rebuilds the market cache: per instrument, the newest tick, and the newest book
@@ -956,6 +987,9 @@ impl Inner {
     }
 }
 
+/// How many replayed records between checks of the memtable budget.
+const REPLAY_BUDGET_EVERY: u64 = 4096;
+
 /// Which partitions a replay thread writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lane {
@@ -1070,7 +1104,9 @@ mod tests {
     }
 
     /// Replay in two lanes builds exactly the state a serial replay builds, with part
-    /// of the history in tables (a checkpoint midway) and the rest in the WAL tail.
+    /// of the history in tables (a checkpoint midway) and the rest in the WAL tail; and
+    /// with a memtable budget small enough that replay must flush, it still does, and
+    /// flushes (no maintenance thread runs during replay).
     #[test]
     fn lane_replay_equals_serial_replay() {
         let dir = tempfile::tempdir().unwrap();
@@ -1078,11 +1114,12 @@ mod tests {
         let mut o = EngineOptions::default();
         o.wal.segment_bytes = 4 << 20;
         o.checkpoint_interval = Duration::from_secs(3600);
+        let mut checkpointed = 0;
         let live = {
             let e = Engine::open(&src, o.clone()).unwrap();
             let mut n = 0u64;
             for round in 0..4 {
-                let batch: Vec<Event> = (0..600)
+                let batch: Vec<Event> = (0..1500)
                     .map(|_| {
                         n += 1;
                         let kind = EventKind::ALL[(n * 7 % 18) as usize];
@@ -1092,8 +1129,9 @@ mod tests {
                 for chunk in batch.chunks(50) {
                     e.submit(chunk, Durability::Buffered).unwrap();
                 }
-                if round == 1 {
+                if round == 0 {
                     e.checkpoint().unwrap();
+                    checkpointed = e.applied_lsn();
                 }
             }
             e.sync().unwrap();
@@ -1102,12 +1140,17 @@ mod tests {
             std::mem::forget(e);
             live
         };
-        assert!(live.len() > 1000, "the workload wrote {} entries", live.len());
-        let mut seen = Vec::new();
-        for threads in [1, 2] {
-            let copy = dir.path().join(format!("copy{threads}"));
+        assert!(live.len() > 3000, "the workload wrote {} entries", live.len());
+        let live_set: std::collections::HashSet<&String> = live.iter().collect();
+        let budget = 64 << 10;
+        for (threads, budget) in [(1, None), (2, None), (1, Some(budget)), (2, Some(budget))] {
+            let name = format!("{threads} replay thread(s), budget {budget:?}");
+            let copy = dir.path().join(format!("copy{threads}-{}", budget.is_some()));
             copy_dir(&src, &copy);
-            let opts = EngineOptions { replay_threads: threads, ..o.clone() };
+            let mut opts = EngineOptions { replay_threads: threads, ..o.clone() };
+            if let Some(b) = budget {
+                opts.memtable_budget_bytes = b;
+            }
             let mut replayed = 0;
             let e = Engine::open_with(RealFs::shared(), &copy, opts, &mut |p| {
                 if p.done {
@@ -1115,14 +1158,16 @@ mod tests {
                 }
             })
             .unwrap();
-            assert!(replayed > 1000, "replayed {replayed} records");
-            seen.push(dump(&e));
-        }
-        for (name, got) in ["serial replay", "replay in lanes"].iter().zip(&seen) {
-            let missing: Vec<&String> = live.iter().filter(|x| !got.contains(x)).collect();
-            let extra: Vec<&String> = got.iter().filter(|x| !live.contains(x)).collect();
+            assert!(replayed > 4096, "{name}: replayed {replayed} records");
+            let flushed_in_replay =
+                e.stats().partitions.iter().filter(|p| p.flushed_lsn > checkpointed).count();
+            assert_eq!(flushed_in_replay > 0, budget.is_some(), "{name}: {flushed_in_replay}");
+            let got = dump(&e);
+            let got_set: std::collections::HashSet<&String> = got.iter().collect();
+            let missing: Vec<&&String> = live_set.difference(&got_set).collect();
+            let extra: Vec<&&String> = got_set.difference(&live_set).collect();
             assert!(
-                missing.is_empty() && extra.is_empty(),
+                missing.is_empty() && extra.is_empty() && got.len() == live.len(),
                 "{name}: {} entries missing, {} extra; first missing {:.300?}, first extra {:.300?}",
                 missing.len(),
                 extra.len(),
