@@ -4,10 +4,13 @@
 //! keys: the latest tick is the one with the greatest (datetime, LSN); the latest book
 //! is the greatest snapshot with every later delta applied in that order. Updated by
 //! the apply step and rebuilt at open from the instrument partitions, the two agree
-//! even when a feed's datetimes go backwards: a tick or snapshot older than the cached
-//! one is ignored, and a delta that arrives older than one already applied makes the
-//! apply step recompute that book from the store ([`Update::Recompute`]). Reads never
-//! touch disk.
+//! even when a feed's datetimes go backwards (as they do whenever several writers stamp
+//! their own events): a tick or snapshot older than the cached one is ignored; a
+//! snapshot that arrives older than a delta already applied makes the apply step reload
+//! the book from that snapshot ([`Update::Reload`]); a delta that arrives older than
+//! one already applied is put in its place by re-applying, from the store, the deltas
+//! from it onwards ([`Update::Late`]). Both read only what came after the late event.
+//! Reads never touch disk.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,9 +36,12 @@ struct BookEntry {
 pub(crate) enum Update {
     /// The cache is up to date.
     Done,
-    /// The event arrived out of store order; rebuild this instrument's book from the
-    /// store.
-    Recompute,
+    /// A snapshot arrived after a later delta: reload the book from the store (the
+    /// newest snapshot and the deltas after it).
+    Reload,
+    /// A delta arrived after a later one: re-apply the store's deltas from its position
+    /// on ([`MarketCache::reapply_delta`]).
+    Late,
 }
 
 /// Latest tick and book per instrument.
@@ -87,7 +93,7 @@ impl MarketCache {
             }
             if cur.last_delta.is_some_and(|d| d > pos) {
                 // Deltas after this snapshot were applied to an older book.
-                return Update::Recompute;
+                return Update::Reload;
             }
         }
         let entry = BookEntry { snapshot: Some(pos), last_delta: None, book: Arc::new(b.clone()) };
@@ -115,11 +121,26 @@ impl MarketCache {
             return Update::Done;
         }
         if entry.last_delta.is_some_and(|l| l > pos) {
-            return Update::Recompute;
+            return Update::Late;
         }
         entry.last_delta = Some(pos);
         apply_delta(Arc::make_mut(&mut entry.book), d);
         Update::Done
+    }
+
+    /// Applies delta `d` at `lsn` whatever deltas were applied before it (unless it
+    /// precedes the snapshot). After a late delta, the apply step calls this for it and
+    /// every later delta in store order: each delta sets whole levels, so the last one
+    /// (in store order) to touch a price wins again.
+    pub(crate) fn reapply_delta(&self, d: &BookDelta, lsn: u64) {
+        let pos = (d.datetime, lsn);
+        let mut books = self.books.write();
+        let Some(entry) = books.get_mut(&d.instrument_id) else { return };
+        if entry.snapshot.is_some_and(|s| s > pos) {
+            return;
+        }
+        entry.last_delta = entry.last_delta.max(Some(pos));
+        apply_delta(Arc::make_mut(&mut entry.book), d);
     }
 
     /// Replaces what is cached for `id` with the store's latest tick and latest

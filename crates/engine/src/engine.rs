@@ -740,6 +740,40 @@ impl Inner {
         Ok(())
     }
 
+    /// The instrument of `event` and its partition.
+    fn instrument_partition<'e>(
+        &self,
+        event: &'e Event,
+    ) -> Option<(&'e InstrumentId, Arc<Partition>)> {
+        let id = event.instrument()?;
+        Some((id, self.partition(&PartitionId::Instrument(id.clone()))?))
+    }
+
+    /// Puts a late delta (at `datetime`, `lsn`) in its place in the cached book:
+    /// re-applies, in store order, every stored delta from its position on.
+    fn reapply_deltas_from(
+        &self,
+        id: &InstrumentId,
+        p: &Partition,
+        datetime: i64,
+        lsn: u64,
+    ) -> Result<()> {
+        let from = layout::Key::new(layout::inst::DELTA).time(datetime).u64(lsn).into_vec();
+        let hi = [layout::inst::DELTA + 1];
+        for pair in p.tree.range(
+            std::ops::Bound::Included(&from[..]),
+            std::ops::Bound::Excluded(&hi[..]),
+            bourse_lsm::MAX_SEQ,
+        ) {
+            let (k, v) = pair?;
+            if let Event::BookDelta(d) = decode_event(&v)? {
+                debug_assert_eq!(&d.instrument_id, id);
+                self.cache.reapply_delta(&d, layout::trailing_u64(&k).unwrap_or(0));
+            }
+        }
+        Ok(())
+    }
+
     /// Loads an instrument's cache entries from its partition: the newest tick, and the
     /// newest book snapshot with every delta after it, in store order.
     fn load_market(&self, id: &InstrumentId, p: &Partition) -> Result<()> {
@@ -968,12 +1002,20 @@ impl Inner {
                 Event::BookDelta(d) => self.cache.apply_delta(d, lsn),
                 _ => Update::Done,
             };
-            if let (Update::Recompute, Some(id)) = (update, event.instrument()) {
-                // A book event older than one already applied: rare (a feed whose times
-                // go backwards); the partition already holds this LSN.
-                if let Some(p) = self.partition(&PartitionId::Instrument(id.clone())) {
-                    self.load_market(id, &p)?;
+            // Out of store order (the partition already holds this LSN): the book is
+            // redone from the late event on, reading only what came after it.
+            match (update, event) {
+                (Update::Reload, _) => {
+                    if let Some((id, p)) = self.instrument_partition(event) {
+                        self.load_market(id, &p)?;
+                    }
                 }
+                (Update::Late, Event::BookDelta(d)) => {
+                    if let Some((id, p)) = self.instrument_partition(event) {
+                        self.reapply_deltas_from(id, &p, d.datetime, lsn)?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())

@@ -157,6 +157,66 @@ fn market_cache_tracks_ticks_and_books_and_is_rebuilt_at_open() {
     check(&e);
 }
 
+/// Writers stamp their own times, so books arrive out of time order. The cache keeps
+/// store order, (time, LSN): a late delta takes its place among the later ones, a late
+/// snapshot restarts the book, an old tick is not the latest; and a reopen (which
+/// reloads from the store) gives the same.
+#[test]
+fn market_cache_keeps_store_order_when_times_go_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.wal.segment_bytes = 4 << 20;
+    let e = Engine::open(dir.path(), o.clone()).unwrap();
+    let id = ins("SHFE.cu2512");
+    let delta = |t: i64, changes: &[(f64, i64)]| {
+        Event::BookDelta(BookDelta {
+            instrument_id: id.clone(),
+            datetime: t,
+            changes: changes
+                .iter()
+                .map(|&(price, volume)| LevelChange { side: Side::Bid, price, volume })
+                .collect(),
+        })
+    };
+    let bids = |e: &Engine| -> Vec<(f64, i64)> {
+        e.latest_book(&id).unwrap().bids.iter().map(|l| (l.price, l.volume)).collect()
+    };
+    // In time order: t10 sets 100 and 99, t20 sets 100 to 5, t30 adds 98. t20 comes last.
+    for ev in [
+        delta(10, &[(100.0, 1), (99.0, 1)]),
+        delta(30, &[(98.0, 3)]),
+        delta(20, &[(100.0, 5), (99.0, 0)]),
+    ] {
+        e.submit(&[ev], Durability::Buffered).unwrap();
+    }
+    assert_eq!(bids(&e), [(100.0, 5), (98.0, 3)]);
+    // A late delta that a later one overrides at the same price: the later one wins.
+    e.submit(&[delta(15, &[(98.0, 7), (97.0, 2)])], Durability::Buffered).unwrap();
+    assert_eq!(bids(&e), [(100.0, 5), (98.0, 3), (97.0, 2)]);
+    // A late snapshot (t25): the book restarts from it, with the deltas after it (t30).
+    let snap = BookSnapshot {
+        instrument_id: id.clone(),
+        datetime: 25,
+        bids: vec![Level { price: 90.0, volume: 9 }],
+        asks: vec![],
+    };
+    e.submit(&[Event::BookSnapshot(snap)], Durability::Buffered).unwrap();
+    assert_eq!(bids(&e), [(98.0, 3), (90.0, 9)]);
+    // An old delta (before the snapshot) and an old tick change nothing.
+    e.submit(&[delta(5, &[(80.0, 1)]), tick("SHFE.cu2512", 50, 1.0)], Durability::Buffered)
+        .unwrap();
+    e.submit(&[tick("SHFE.cu2512", 40, 2.0)], Durability::Buffered).unwrap();
+    assert_eq!(bids(&e), [(98.0, 3), (90.0, 9)]);
+    assert_eq!(e.latest_tick(&id).unwrap().last_price, 1.0);
+    drop(e);
+    for checkpoint in [false, true] {
+        let e = Engine::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(bids(&e), [(98.0, 3), (90.0, 9)], "reopen, checkpointed: {checkpoint}");
+        assert_eq!(e.latest_tick(&id).unwrap().last_price, 1.0);
+        e.checkpoint().unwrap();
+    }
+}
+
 #[test]
 fn users_register_login_freeze_and_bind() {
     let dir = tempfile::tempdir().unwrap();
