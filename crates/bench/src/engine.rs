@@ -384,7 +384,7 @@ pub fn reopen_child() -> Option<anyhow::Result<()>> {
     let dir = std::env::var_os(REOPEN_DIR)?;
     let threads = std::env::var(REOPEN_THREADS).ok().and_then(|t| t.parse().ok()).unwrap_or(2);
     Some((|| {
-        let opts = EngineOptions { replay_threads: threads, ..engine_options(1 << 30) };
+        let opts = EngineOptions { apply_threads: threads, ..engine_options(1 << 30) };
         let t = Instant::now();
         let mut done = None;
         let e = Engine::open_with(bourse_fs::RealFs::shared(), Path::new(&dir), opts, &mut |p| {

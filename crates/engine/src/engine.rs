@@ -30,10 +30,16 @@ pub(crate) struct Partition {
 /// waiting for their turn (by the first LSN of their batch).
 #[derive(Default)]
 pub(crate) struct Sequencer {
+    /// Every LSN up to this one is applied, handed to the sink and visible.
     pub applied: u64,
+    /// Every batch up to this LSN has had its apply turn: its writes to accounts, users
+    /// and market are in (and, when it did not use the apply lane, all its writes).
+    pub turn: u64,
+    /// Every LSN up to this one has its instrument partitions' writes in.
+    pub lanes_done: u64,
     pub poisoned: Option<String>,
-    /// Each waiting writer is woken alone when its turn comes: waking every waiter
-    /// for every batch would cost 64 context switches per batch with 64 writers.
+    /// Each writer waiting for its apply turn is woken alone when it comes: waking every
+    /// waiter for every batch would cost 64 context switches per batch with 64 writers.
     pub waiters: BTreeMap<u64, std::thread::Thread>,
     /// Receives every applied batch before it becomes visible (the bus).
     pub sink: Option<Arc<dyn CommitSink>>,
@@ -69,6 +75,9 @@ pub(crate) struct Inner {
     pub shutdown: AtomicBool,
     pub wake: (Mutex<bool>, Condvar),
     pub applies_since_check: AtomicU64,
+    /// Jobs for the apply lane thread (the instrument partitions' writes of large
+    /// batches); `None` with one apply thread, and once the engine stops.
+    pub lane: Mutex<Option<std::sync::mpsc::SyncSender<LaneJob>>>,
 }
 
 /// The exchange store. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -223,6 +232,7 @@ impl Engine {
             shutdown: AtomicBool::new(false),
             wake: (Mutex::new(false), Condvar::new()),
             applies_since_check: AtomicU64::new(0),
+            lane: Mutex::new(None),
         });
         let mut ids = vec![PartitionId::Accounts, PartitionId::Users, PartitionId::Market];
         for name in inner.read_partition_list()? {
@@ -240,6 +250,16 @@ impl Engine {
         inner.replay(progress)?;
         inner.rebuild_cache()?;
         let mut workers = Vec::new();
+        if inner.opts.apply_threads > 1 {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<LaneJob>(LANE_QUEUE);
+            let inner2 = inner.clone();
+            let h = std::thread::Builder::new()
+                .name("bourse-apply".into())
+                .spawn(move || inner2.lane_loop(rx))
+                .map_err(io_err("spawn apply thread", dir))?;
+            *inner.lane.lock() = Some(tx);
+            workers.push(h);
+        }
         for i in 0..inner.opts.maintenance_threads.max(1) {
             let inner2 = inner.clone();
             let h = std::thread::Builder::new()
@@ -448,6 +468,8 @@ impl Engine {
 
     fn stop_workers(&mut self) {
         self.inner.shutdown.store(true, Ordering::Release);
+        // Ends the apply lane's job loop.
+        self.inner.lane.lock().take();
         self.inner.kick();
         for h in self.workers.drain(..) {
             let _ = h.join();
@@ -578,7 +600,7 @@ impl Inner {
         };
         if start <= last {
             tracing::info!(from = start, to = last, "replaying the WAL");
-            if self.opts.replay_threads > 1 {
+            if self.opts.apply_threads > 1 {
                 self.replay_in_lanes(start, &mut report, started, progress)?;
             } else {
                 let mut reader = self.wal.read_from(Lsn(start))?;
@@ -603,7 +625,12 @@ impl Inner {
             }
         }
         let last = self.wal.last_lsn().0;
-        self.seq.lock().applied = last;
+        {
+            let mut seq = self.seq.lock();
+            seq.applied = last;
+            seq.turn = last;
+            seq.lanes_done = last;
+        }
         self.visible.store(last, Ordering::Release);
         report.done = true;
         report.elapsed = started.elapsed();
@@ -846,7 +873,7 @@ impl Inner {
             .map(|(e, p)| Entry { kind: e.kind().as_u16(), timestamp: ts, payload: p })
             .collect();
         let range = self.wal.append_batch(&entries, bourse_wal::Durability::Buffered)?;
-        self.apply_in_order(range, ts, events, &payloads)?;
+        self.apply_in_order(range, ts, events, payloads)?;
         if durability == Durability::Durable {
             self.wal.wait_durable(range.last)?;
         }
@@ -863,20 +890,27 @@ impl Inner {
         }
     }
 
-    /// Waits for the batch's turn (every earlier LSN applied), applies it, and lets the
-    /// next batch go. The turn is what makes apply order LSN order with many writers.
+    /// Applies a batch in LSN order and returns once it is visible.
+    ///
+    /// Two turns keep the order. The apply turn (`turn`) passes from batch to batch once
+    /// a batch's writes to accounts, users and market are in: those writes read earlier
+    /// state, so they go one batch at a time. A batch of at least [`LANE_BATCH_MIN`]
+    /// events hands its writes to the instrument partitions (which read nothing) to the
+    /// apply lane thread, which takes jobs in LSN order, so they overlap the next
+    /// batch's turn. The publish turn (`applied`) then makes batches visible in LSN
+    /// order, each once both parts are in: the sink sees it, then readers do.
     fn apply_in_order(
         &self,
         range: LsnRange,
         timestamp: i64,
         events: &[Event],
-        payloads: &[Vec<u8>],
+        payloads: Vec<Vec<u8>>,
     ) -> Result<()> {
-        let first = range.first.0;
+        let (first, last) = (range.first.0, range.last.0);
         let mut seq = self.seq.lock();
-        if seq.applied + 1 != first && seq.poisoned.is_none() {
+        if seq.turn + 1 != first && seq.poisoned.is_none() {
             seq.waiters.insert(first, std::thread::current());
-            while seq.applied + 1 != first && seq.poisoned.is_none() {
+            while seq.turn + 1 != first && seq.poisoned.is_none() {
                 drop(seq);
                 // Spurious wake-ups are fine: the condition is checked again.
                 std::thread::park();
@@ -887,41 +921,67 @@ impl Inner {
         if let Some(cause) = &seq.poisoned {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
-        // The turn is ours until `applied` moves, so apply runs without the lock: other
-        // writers keep appending to the WAL (and checking for poison) meanwhile.
+        // The lane is idle when it has done every LSN before ours (no job can arrive
+        // while we hold the turn); a small batch then does all its writes itself, since
+        // a hand-off costs a thread wake-up.
+        let lane_idle = seq.lanes_done + 1 == first;
         drop(seq);
+        let lane = if events.len() >= LANE_BATCH_MIN || !lane_idle {
+            self.lane.lock().clone()
+        } else {
+            None
+        };
+        // The turn is ours until `turn` moves, so apply runs without the lock: other
+        // writers keep appending to the WAL (and checking for poison) meanwhile.
+        let payloads = Arc::new(payloads);
         let mut writes = Vec::new();
         let mut result = Ok(());
-        for (i, (e, p)) in events.iter().zip(payloads).enumerate() {
-            result = self.apply_one(range.first.0 + i as u64, e, p, &mut writes, None);
+        let own = match &lane {
+            Some(tx) => {
+                let job = LaneJob {
+                    first,
+                    events: Arc::new(events.to_vec()),
+                    payloads: payloads.clone(),
+                };
+                if tx.send(job).is_err() {
+                    result = Err(Error::Invalid("the apply thread has stopped".into()));
+                }
+                Some(Lane::Others)
+            }
+            None => None,
+        };
+        for (i, (e, p)) in events.iter().zip(payloads.iter()).enumerate() {
             if result.is_err() {
                 break;
             }
+            result = self.apply_one(first + i as u64, e, p, &mut writes, own);
         }
         let mut seq = self.seq.lock();
-        match result {
-            Ok(()) => {
-                if let Some(sink) = &seq.sink {
-                    for (i, (e, p)) in events.iter().zip(payloads).enumerate() {
-                        sink.committed(range.first.0 + i as u64, timestamp, e, p);
-                    }
-                }
-                seq.applied = range.last.0;
-                self.visible.store(range.last.0, Ordering::Release);
-            }
-            Err(ref e) => {
-                tracing::error!(error = %e, lsn = range.first.0, "apply failed; the engine is poisoned");
-                seq.poisoned = Some(e.to_string());
-                self.poison_flag.store(true, Ordering::Release);
-                for t in seq.waiters.values() {
-                    t.unpark();
-                }
-            }
+        if let Err(e) = &result {
+            self.poison(&mut seq, e);
+            return result;
         }
-        if let Some(next) = seq.waiters.get(&(range.last.0 + 1)) {
+        if lane.is_none() {
+            seq.lanes_done = last;
+        }
+        seq.turn = last;
+        if let Some(next) = seq.waiters.get(&(last + 1)) {
             next.unpark();
         }
-        // Commit-stream readers wait on the condition variable.
+        while !(seq.applied + 1 == first && seq.lanes_done >= last) && seq.poisoned.is_none() {
+            self.seq_cond.wait(&mut seq);
+        }
+        if let Some(cause) = &seq.poisoned {
+            return Err(Error::Poisoned { cause: cause.clone() });
+        }
+        if let Some(sink) = &seq.sink {
+            for (i, (e, p)) in events.iter().zip(payloads.iter()).enumerate() {
+                sink.committed(first + i as u64, timestamp, e, p);
+            }
+        }
+        seq.applied = last;
+        self.visible.store(last, Ordering::Release);
+        // Commit-stream readers and the next batch to publish wait on the condition.
         self.seq_cond.notify_all();
         drop(seq);
         let n = self.applies_since_check.fetch_add(events.len() as u64, Ordering::Relaxed);
@@ -929,13 +989,52 @@ impl Inner {
             self.applies_since_check.store(0, Ordering::Relaxed);
             self.enforce_budget();
         }
-        result
+        Ok(())
+    }
+
+    /// Marks the engine poisoned by `e` and wakes everyone who waits on it.
+    fn poison(&self, seq: &mut Sequencer, e: &Error) {
+        if seq.poisoned.is_none() {
+            tracing::error!(error = %e, "apply failed; the engine is poisoned");
+            seq.poisoned = Some(e.to_string());
+        }
+        self.poison_flag.store(true, Ordering::Release);
+        for t in seq.waiters.values() {
+            t.unpark();
+        }
+        self.seq_cond.notify_all();
+    }
+
+    /// The apply lane: applies the instrument partitions' writes of each job, in the
+    /// order the jobs come (LSN order), and reports how far it got.
+    fn lane_loop(&self, jobs: std::sync::mpsc::Receiver<LaneJob>) {
+        let mut writes = Vec::new();
+        for job in jobs {
+            if self.poison_flag.load(Ordering::Acquire) {
+                continue;
+            }
+            let mut result = Ok(());
+            for (i, (e, p)) in job.events.iter().zip(job.payloads.iter()).enumerate() {
+                let lsn = job.first + i as u64;
+                result = self.apply_one(lsn, e, p, &mut writes, Some(Lane::Instruments));
+                if result.is_err() {
+                    break;
+                }
+            }
+            let mut seq = self.seq.lock();
+            match &result {
+                Ok(()) => seq.lanes_done = job.first + job.events.len() as u64 - 1,
+                Err(e) => self.poison(&mut seq, e),
+            }
+            self.seq_cond.notify_all();
+        }
     }
 
     /// Applies one event: computes its writes, writes them with the event's LSN as
-    /// sequence, updates the cache and catalogue. `replay` is the lane of a WAL replay
-    /// (`None` live): only that lane's partitions are written, and partitions whose
-    /// tables already hold `lsn` are skipped.
+    /// sequence, updates the cache and catalogue. `replay` is a lane (of a WAL replay,
+    /// or of a live batch split with the apply lane thread; `None`: every partition):
+    /// only that lane's partitions are written, and partitions whose tables already hold
+    /// `lsn` are skipped (which only happens during replay).
     fn apply_one(
         &self,
         lsn: u64,
@@ -1031,6 +1130,20 @@ impl Inner {
 
 /// How many replayed records between checks of the memtable budget.
 const REPLAY_BUDGET_EVERY: u64 = 4096;
+
+/// Batches of at least this many events hand their instrument partitions' writes to
+/// the apply lane thread; smaller ones do all their writes themselves when it is idle.
+const LANE_BATCH_MIN: usize = 16;
+
+/// Jobs the apply lane may have queued.
+const LANE_QUEUE: usize = 64;
+
+/// A batch's instrument-partition writes, for the apply lane thread.
+pub(crate) struct LaneJob {
+    first: u64,
+    events: Arc<Vec<Event>>,
+    payloads: Arc<Vec<Vec<u8>>>,
+}
 
 /// Which partitions a replay thread writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1176,6 +1289,25 @@ mod tests {
                     checkpointed = e.applied_lsn();
                 }
             }
+            // Four writers at once: large batches go through the apply lane thread and
+            // overlap each other's turns; the WAL order is what replay follows.
+            std::thread::scope(|sc| {
+                for w in 0..4u64 {
+                    let e = &e;
+                    sc.spawn(move || {
+                        for b in 0..10u64 {
+                            let len = if b % 3 == 0 { 4 } else { 40 };
+                            let batch: Vec<Event> = (0..len)
+                                .map(|i| {
+                                    let n = 100_000 + w * 10_000 + b * 100 + i;
+                                    sample(EventKind::ALL[(n * 7 % 18) as usize], n % 89)
+                                })
+                                .collect();
+                            e.submit(&batch, Durability::Buffered).unwrap();
+                        }
+                    });
+                }
+            });
             e.sync().unwrap();
             let live = dump(&e);
             // Dropped without a checkpoint: the last rounds are only in the WAL.
@@ -1189,7 +1321,7 @@ mod tests {
             let name = format!("{threads} replay thread(s), budget {budget:?}");
             let copy = dir.path().join(format!("copy{threads}-{}", budget.is_some()));
             copy_dir(&src, &copy);
-            let mut opts = EngineOptions { replay_threads: threads, ..o.clone() };
+            let mut opts = EngineOptions { apply_threads: threads, ..o.clone() };
             if let Some(b) = budget {
                 opts.memtable_budget_bytes = b;
             }

@@ -106,11 +106,13 @@ pub struct EngineOptions {
     pub batch_events_max: usize,
     /// Threads that flush and compact partitions.
     pub maintenance_threads: usize,
-    /// Threads that re-apply the WAL tail at open: with 2 (the default on machines
-    /// with more than one core), one applies the instrument partitions while the other
-    /// reads the WAL and applies accounts, users and market; 1 replays serially.
-    /// Larger values act as 2. The result is the same either way.
-    pub replay_threads: usize,
+    /// Threads that apply. With 2 (the default on machines with more than one core), a
+    /// second thread applies the instrument partitions' writes while the first applies
+    /// accounts, users and market: at open for the WAL tail (the opening thread reads
+    /// the WAL), and live for batches of at least 16 events, overlapping the next
+    /// batch's turn. With 1, everything is applied on the submitting (or opening)
+    /// thread. Larger values act as 2. The result is the same either way.
+    pub apply_threads: usize,
     /// How often the checkpointer runs (idle partitions advance, the WAL is truncated).
     pub checkpoint_interval: Duration,
     /// Keep at least this many bytes of WAL for subscribers that replay (0: none).
@@ -138,7 +140,7 @@ impl Default for EngineOptions {
             block_cache_bytes: 8 << 20,
             batch_events_max: 4096,
             maintenance_threads: 2,
-            replay_threads: if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+            apply_threads: if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
                 2
             } else {
                 1

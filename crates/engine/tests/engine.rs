@@ -157,6 +157,33 @@ fn market_cache_tracks_ticks_and_books_and_is_rebuilt_at_open() {
     check(&e);
 }
 
+/// A submit returns once its whole batch is visible, including the instrument
+/// partitions' writes that large batches hand to the apply lane thread, while other
+/// writers' batches overlap it.
+#[test]
+fn a_submitted_batch_is_visible_when_submit_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.wal.segment_bytes = 4 << 20;
+    let e = Engine::open(dir.path(), o).unwrap();
+    std::thread::scope(|sc| {
+        for w in 0..3i64 {
+            let e = &e;
+            sc.spawn(move || {
+                let id = format!("SHFE.cu25{w:02}");
+                for b in 0..150i64 {
+                    let batch: Vec<Event> =
+                        (0..32).map(|i| tick(&id, b * 32 + i + 1, 1.0)).collect();
+                    e.submit(&batch, Durability::Buffered).unwrap();
+                    let seen = e.ticks(&ins(&id), 0, i64::MAX).count() as i64;
+                    assert_eq!(seen, (b + 1) * 32, "writer {w}, batch {b}");
+                    assert_eq!(e.latest_tick(&ins(&id)).unwrap().datetime, (b + 1) * 32);
+                }
+            });
+        }
+    });
+}
+
 /// Writers stamp their own times, so books arrive out of time order. The cache keeps
 /// store order, (time, LSN): a late delta takes its place among the later ones, a late
 /// snapshot restarts the book, an old tick is not the latest; and a reopen (which
