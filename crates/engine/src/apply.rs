@@ -99,13 +99,9 @@ pub fn apply(
             put(out, PartitionId::Market, key, lsn.to_be_bytes().to_vec());
         }
     }
-    let flow = |out: &mut Vec<Write>, ins: &bourse_model::InstrumentId| {
-        let key = Key::new(inst::ORDER_FLOW).u64(lsn);
-        put(out, PartitionId::Instrument(ins.clone()), key, encoded.to_vec());
-    };
+    instrument_writes(lsn, event, encoded, out);
     match event {
         Event::OrderRequested(r) => {
-            flow(out, &r.instrument_id);
             let prev = existing_order(state, &r.user_id, &r.order_id)?;
             if prev.is_some() {
                 // A repeated order id changes nothing but the flow log.
@@ -115,17 +111,14 @@ pub fn apply(
             store_order(out, lsn, prev, order)?;
         }
         Event::OrderAccepted(o) | Event::OrderUpdated(o) => {
-            flow(out, &o.instrument_id);
             let prev = existing_order(state, &o.user_id, &o.order_id)?;
             store_order(out, lsn, prev, o.clone())?;
         }
         Event::OrderRejected(r) => {
-            flow(out, &r.instrument_id);
             let ids = (&r.user_id, &r.order_id, &r.instrument_id, r.datetime);
             finish_order(out, state, lsn, ids, None, &r.last_msg)?;
         }
         Event::OrderCancelled(c) => {
-            flow(out, &c.instrument_id);
             let ids = (&c.user_id, &c.order_id, &c.instrument_id, c.datetime);
             finish_order(out, state, lsn, ids, Some(c.volume_left), &c.last_msg)?;
         }
@@ -134,8 +127,6 @@ pub fn apply(
             put(out, PartitionId::Accounts, key, encoded.to_vec());
         }
         Event::TradeExecuted(t) => {
-            let key = Key::new(inst::TRADE).time(t.trade_date_time).u64(lsn);
-            put(out, PartitionId::Instrument(t.instrument_id.clone()), key, encoded.to_vec());
             let key = Key::new(acct::TRADE).str(&t.user_id).u64(!lsn);
             put(out, PartitionId::Accounts, key, encoded.to_vec());
         }
@@ -150,18 +141,8 @@ pub fn apply(
                 .u8(p.hedge_flag as u8);
             put(out, PartitionId::Accounts, key, encoded.to_vec());
         }
-        Event::Tick(t) => {
-            let key = Key::new(inst::TICK).time(t.datetime).u64(lsn);
-            put(out, PartitionId::Instrument(t.instrument_id.clone()), key, encoded.to_vec());
-        }
-        Event::BookSnapshot(b) => {
-            let key = Key::new(inst::BOOK).time(b.datetime).u64(lsn);
-            put(out, PartitionId::Instrument(b.instrument_id.clone()), key, encoded.to_vec());
-        }
-        Event::BookDelta(d) => {
-            let key = Key::new(inst::DELTA).time(d.datetime).u64(lsn);
-            put(out, PartitionId::Instrument(d.instrument_id.clone()), key, encoded.to_vec());
-        }
+        // Their only writes are to the instrument partition (above).
+        Event::Tick(_) | Event::BookSnapshot(_) | Event::BookDelta(_) => {}
         Event::UserRegistered(u) => {
             let key = Key::new(users::USER).last_str(&u.user_id);
             // The first registration of an id wins; a repeat changes nothing.
@@ -218,6 +199,30 @@ pub fn apply(
         }
     }
     Ok(())
+}
+
+/// The writes `apply` makes to instrument partitions for `event`, appended to `out`:
+/// an order event's entry in the order flow, a trade, a tick, a book snapshot or delta.
+/// They read no state, so the apply lane thread computes them alone.
+pub(crate) fn instrument_writes(lsn: u64, event: &Event, encoded: &[u8], out: &mut Vec<Write>) {
+    let (tag, ins, time) = match event {
+        Event::OrderRequested(r) => (inst::ORDER_FLOW, &r.instrument_id, None),
+        Event::OrderAccepted(o) | Event::OrderUpdated(o) => {
+            (inst::ORDER_FLOW, &o.instrument_id, None)
+        }
+        Event::OrderRejected(r) => (inst::ORDER_FLOW, &r.instrument_id, None),
+        Event::OrderCancelled(c) => (inst::ORDER_FLOW, &c.instrument_id, None),
+        Event::TradeExecuted(t) => (inst::TRADE, &t.instrument_id, Some(t.trade_date_time)),
+        Event::Tick(t) => (inst::TICK, &t.instrument_id, Some(t.datetime)),
+        Event::BookSnapshot(b) => (inst::BOOK, &b.instrument_id, Some(b.datetime)),
+        Event::BookDelta(d) => (inst::DELTA, &d.instrument_id, Some(d.datetime)),
+        _ => return,
+    };
+    let key = match time {
+        Some(t) => Key::new(tag).time(t).u64(lsn),
+        None => Key::new(tag).u64(lsn),
+    };
+    put(out, PartitionId::Instrument(ins.clone()), key, encoded.to_vec());
 }
 
 /// Whether `apply` can write an instrument partition for `event` (a replay lane that

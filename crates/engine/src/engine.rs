@@ -1058,11 +1058,13 @@ impl Inner {
             // are two thirds of a typical journal).
             return Ok(());
         }
-        if lane == Lane::All {
-            apply::apply(lsn, event, encoded, self, writes)?;
-        } else {
-            apply::apply(lsn, event, encoded, &LaneRead { inner: self, lane }, writes)?;
-            writes.retain(|w| lane.owns(&w.part));
+        match lane {
+            Lane::All => apply::apply(lsn, event, encoded, self, writes)?,
+            Lane::Instruments => apply::instrument_writes(lsn, event, encoded, writes),
+            Lane::Others => {
+                apply::apply(lsn, event, encoded, &LaneRead { inner: self, lane }, writes)?;
+                writes.retain(|w| lane.owns(&w.part));
+            }
         }
         // IMPORTANT: one LSN's writes to one partition go in as one tree batch. Split
         // across a memtable rotation, a flush could record the LSN as flushed while part
