@@ -1168,10 +1168,11 @@ impl Lane {
     }
 }
 
-/// A lane's view of the state during replay: partitions of other lanes read as empty.
-/// Their writes are dropped anyway, and apply's writes to a partition read only that
-/// partition, so the lane computes exactly its own partitions' writes without reading
-/// state that another thread is still writing.
+/// The accounts/users/market lane's view of the state (in a replay, or beside the
+/// apply lane thread): instrument partitions read as empty. Their writes are dropped
+/// anyway, and apply's writes to a partition read only that partition, so the lane
+/// computes exactly its own partitions' writes without reading state that the other
+/// thread is still writing.
 struct LaneRead<'a> {
     inner: &'a Inner,
     lane: Lane,
