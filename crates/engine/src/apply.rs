@@ -205,7 +205,18 @@ pub fn apply(
 /// an order event's entry in the order flow, a trade, a tick, a book snapshot or delta.
 /// They read no state, so the apply lane thread computes them alone.
 pub(crate) fn instrument_writes(lsn: u64, event: &Event, encoded: &[u8], out: &mut Vec<Write>) {
-    let (tag, ins, time) = match event {
+    let Some((tag, ins, time)) = instrument_target(event) else { return };
+    let key = match time {
+        Some(t) => Key::new(tag).time(t).u64(lsn),
+        None => Key::new(tag).u64(lsn),
+    };
+    put(out, PartitionId::Instrument(ins.clone()), key, encoded.to_vec());
+}
+
+/// Where `event` goes in its instrument partition: the key tag, the instrument and the
+/// time in the key (`None`: the order flow, keyed by LSN alone).
+fn instrument_target(event: &Event) -> Option<(u8, &InstrumentId, Option<i64>)> {
+    Some(match event {
         Event::OrderRequested(r) => (inst::ORDER_FLOW, &r.instrument_id, None),
         Event::OrderAccepted(o) | Event::OrderUpdated(o) => {
             (inst::ORDER_FLOW, &o.instrument_id, None)
@@ -216,30 +227,14 @@ pub(crate) fn instrument_writes(lsn: u64, event: &Event, encoded: &[u8], out: &m
         Event::Tick(t) => (inst::TICK, &t.instrument_id, Some(t.datetime)),
         Event::BookSnapshot(b) => (inst::BOOK, &b.instrument_id, Some(b.datetime)),
         Event::BookDelta(d) => (inst::DELTA, &d.instrument_id, Some(d.datetime)),
-        _ => return,
-    };
-    let key = match time {
-        Some(t) => Key::new(tag).time(t).u64(lsn),
-        None => Key::new(tag).u64(lsn),
-    };
-    put(out, PartitionId::Instrument(ins.clone()), key, encoded.to_vec());
+        _ => return None,
+    })
 }
 
 /// Whether `apply` can write an instrument partition for `event` (a replay lane that
 /// writes only instrument partitions skips the other events).
 pub(crate) fn writes_instrument(event: &Event) -> bool {
-    matches!(
-        event,
-        Event::OrderRequested(_)
-            | Event::OrderAccepted(_)
-            | Event::OrderUpdated(_)
-            | Event::OrderRejected(_)
-            | Event::OrderCancelled(_)
-            | Event::TradeExecuted(_)
-            | Event::Tick(_)
-            | Event::BookSnapshot(_)
-            | Event::BookDelta(_)
-    )
+    instrument_target(event).is_some()
 }
 
 /// Whether `apply` can write accounts, users or market for `event`, beyond the one

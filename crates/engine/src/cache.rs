@@ -19,7 +19,7 @@ use bourse_model::{BookDelta, BookSnapshot, InstrumentId, Level, Side, Tick};
 use parking_lot::RwLock;
 
 /// A position in store order: (datetime, LSN).
-pub(crate) type Pos = (i64, u64);
+type Pos = (i64, u64);
 
 #[derive(Debug, Clone)]
 struct BookEntry {

@@ -735,18 +735,9 @@ impl Inner {
     /// alone is bounded anyway: a writer that finds its immutable queue full flushes.)
     /// Any thread may flush any tree; the tree serializes flushes with its writer.
     fn replay_budget(&self) -> Result<()> {
-        let parts = self.partitions();
-        let mut sizes: Vec<(usize, usize)> =
-            parts.iter().enumerate().map(|(i, p)| (p.tree.memtable_bytes(), i)).collect();
-        let mut total: usize = sizes.iter().map(|s| s.0).sum();
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-        for (bytes, i) in sizes {
-            if total <= self.opts.memtable_budget_bytes {
-                break;
-            }
-            tracing::debug!(partition = %parts[i].id, bytes, "replay: memtable budget, flushing");
-            parts[i].tree.flush()?;
-            total = total.saturating_sub(bytes);
+        for (p, bytes) in self.over_budget() {
+            tracing::debug!(partition = %p.id, bytes, "replay: memtable budget, flushing");
+            p.tree.flush()?;
         }
         Ok(())
     }

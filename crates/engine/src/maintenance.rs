@@ -2,11 +2,12 @@
 //! threads, the memtable budget, and checkpoints that truncate the WAL.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bourse_wal::Lsn;
 
-use crate::engine::Inner;
+use crate::engine::{Inner, Partition};
 use crate::Result;
 
 /// An idle partition this far behind the applied LSN is marked clean by the background
@@ -56,24 +57,37 @@ impl Inner {
     /// While all memtables together exceed the budget, rotates the largest so the
     /// maintenance threads flush it.
     pub(crate) fn enforce_budget(&self) {
-        let parts = self.partitions();
-        let mut sizes: Vec<(usize, usize)> =
-            parts.iter().enumerate().map(|(i, p)| (p.tree.memtable_bytes(), i)).collect();
-        let mut total: usize = sizes.iter().map(|s| s.0).sum();
-        if total <= self.opts.memtable_budget_bytes {
+        let over = self.over_budget();
+        if over.is_empty() {
             return;
         }
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-        for (bytes, i) in sizes {
-            if total <= self.opts.memtable_budget_bytes {
-                break;
+        for (p, bytes) in over {
+            if p.tree.rotate() {
+                tracing::debug!(partition = %p.id, bytes, "memtable budget: rotating");
             }
-            if parts[i].tree.rotate() {
-                tracing::debug!(partition = %parts[i].id, bytes, "memtable budget: rotating");
-            }
-            total = total.saturating_sub(bytes);
         }
         self.kick();
+    }
+
+    /// When all memtables together exceed the budget: the largest partitions, largest
+    /// first, whose memtables (with their sizes) must go for the rest to fit.
+    pub(crate) fn over_budget(&self) -> Vec<(Arc<Partition>, usize)> {
+        let mut sizes: Vec<(Arc<Partition>, usize)> = self
+            .partitions()
+            .into_iter()
+            .map(|p| {
+                let b = p.tree.memtable_bytes();
+                (p, b)
+            })
+            .collect();
+        let mut total: usize = sizes.iter().map(|s| s.1).sum();
+        sizes.sort_unstable_by_key(|s| std::cmp::Reverse(s.1));
+        sizes.retain(|(_, bytes)| {
+            let keep = total > self.opts.memtable_budget_bytes;
+            total = total.saturating_sub(*bytes);
+            keep
+        });
+        sizes
     }
 
     /// Marks idle partitions clean, flushes partitions that hold back an oversized WAL,
