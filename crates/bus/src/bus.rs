@@ -21,7 +21,9 @@ use crate::{Error, Result};
 pub struct BusOptions {
     /// The ring's size in bytes (rounded up to a power of two). A record may use at
     /// most a quarter of it, so it must be at least four times the WAL's
-    /// `record_bytes_max` plus headers. Default 64 MiB.
+    /// `record_bytes_max` plus headers. Default 64 MiB. The ring and its LSN index
+    /// (half its size again) are written once when the bus starts, so they are
+    /// resident from the start: the first lap takes no page faults.
     pub ring_bytes: usize,
     /// A subscriber that receives nothing for this long gets a
     /// [`Message::Heartbeat`]. Default 1 s.
@@ -281,14 +283,26 @@ pub(crate) trait Tap: Send + Sync {
     fn published(&self, h: &Header, payload: &[u8]);
 }
 
+/// The ring's writer and what it remembers of the gates between publishes.
+struct WriterState {
+    w: Writer,
+    /// No active `Block` subscriber is overwritten by records ending at or below this
+    /// (the gates' positions only grow, so it stays true until the gates change).
+    limit: u64,
+    /// The `gates_gen` that `limit` was computed for.
+    gates_gen: u64,
+}
+
 /// The publishing side: the ring, its one writer, the blocking gates and the wake-up.
 struct PubSide {
     tap: RwLock<Option<Arc<dyn Tap>>>,
     has_tap: AtomicBool,
     ring: Arc<Ring>,
-    writer: Mutex<Writer>,
+    writer: Mutex<WriterState>,
     gates: RwLock<Vec<Arc<Gate>>>,
     has_gates: AtomicBool,
+    /// Bumped whenever the set of gates changes, so the writer recomputes its limit.
+    gates_gen: AtomicU64,
     waiters: AtomicUsize,
     wait_lock: Mutex<()>,
     wait_cond: Condvar,
@@ -302,10 +316,15 @@ impl PubSide {
         PubSide {
             tap: RwLock::new(None),
             has_tap: AtomicBool::new(false),
-            writer: Mutex::new(Writer::new(ring.clone())),
+            writer: Mutex::new(WriterState {
+                w: Writer::new(ring.clone()),
+                limit: u64::MAX,
+                gates_gen: 0,
+            }),
             ring,
             gates: RwLock::new(Vec::new()),
             has_gates: AtomicBool::new(false),
+            gates_gen: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             wait_lock: Mutex::new(()),
             wait_cond: Condvar::new(),
@@ -324,10 +343,21 @@ impl PubSide {
         if h.lsn == 0 || (last != 0 && h.lsn != last + 1) {
             return Err(Error::OutOfOrder { lsn: h.lsn, last });
         }
-        if self.has_gates.load(Ordering::Acquire) {
-            self.wait_gates(w.end_for(payload.len()));
+        // The gates are looked at only when the set changed or this record would pass
+        // the limit they allowed last time, not on every publish (their positions move
+        // on the readers' cores).
+        let end = w.w.end_for(payload.len());
+        let gen = self.gates_gen.load(Ordering::Acquire);
+        if gen != w.gates_gen || end > w.limit {
+            w.gates_gen = gen;
+            w.limit = if self.has_gates.load(Ordering::Acquire) {
+                self.wait_gates(end)
+            } else {
+                u64::MAX
+            };
         }
-        w.publish(h, payload);
+        let limit = w.limit;
+        w.w.publish_within(h, payload, limit);
         if self.has_tap.load(Ordering::Acquire) {
             // Under the writer's lock: taps see LSN order.
             if let Some(t) = &*self.tap.read() {
@@ -344,15 +374,19 @@ impl PubSide {
     }
 
     /// Waits until no active `Block` subscriber would be overwritten by a record
-    /// ending at `end`, each for at most its budget.
-    fn wait_gates(&self, end: u64) {
+    /// ending at `end`, each for at most its budget. Returns the end up to which the
+    /// gates still waited for allow writing (at least `end`).
+    fn wait_gates(&self, end: u64) -> u64 {
         let cap = self.ring.capacity();
         let mut demoted = false;
+        let mut limit = u64::MAX;
         for g in self.gates.read().iter() {
             if !g.active.load(Ordering::Acquire) || g.demoted.load(Ordering::Acquire) {
                 continue;
             }
-            if end <= g.pos.load(Ordering::Acquire) + cap {
+            let at = g.pos.load(Ordering::Acquire) + cap;
+            if end <= at {
+                limit = limit.min(at);
                 continue;
             }
             self.blocked.fetch_add(1, Ordering::Relaxed);
@@ -372,12 +406,17 @@ impl PubSide {
                     std::thread::yield_now();
                 }
             }
+            if !g.demoted.load(Ordering::Acquire) && g.active.load(Ordering::Acquire) {
+                limit = limit.min(g.pos.load(Ordering::Acquire) + cap);
+            }
         }
         if demoted {
             let mut gates = self.gates.write();
             gates.retain(|g| !g.demoted.load(Ordering::Acquire));
             self.has_gates.store(!gates.is_empty(), Ordering::Release);
+            self.gates_gen.fetch_add(1, Ordering::AcqRel);
         }
+        limit.max(end)
     }
 
     fn add_gate(&self, g: &Arc<Gate>) {
@@ -386,12 +425,14 @@ impl PubSide {
             gates.push(g.clone());
         }
         self.has_gates.store(true, Ordering::Release);
+        self.gates_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     fn remove_gate(&self, g: &Arc<Gate>) {
         let mut gates = self.gates.write();
         gates.retain(|x| !Arc::ptr_eq(x, g));
         self.has_gates.store(!gates.is_empty(), Ordering::Release);
+        self.gates_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Sleeps until the ring's tail moves past `seen` or `until`.
@@ -890,6 +931,8 @@ pub struct Subscriber {
     spin: Duration,
     source: Source,
     pos: u64,
+    /// The ring's tail as this subscriber last loaded it ([`Ring::read`]).
+    seen_tail: u64,
     next: u64,
     buf: Vec<u8>,
     pending_lag: Option<(u64, u64)>,
@@ -947,6 +990,7 @@ impl Subscriber {
             spin: o.spin,
             source: Source::Ring,
             pos: 0,
+            seen_tail: 0,
             next: 0,
             buf: Vec::new(),
             pending_lag: None,
@@ -1092,6 +1136,7 @@ impl Subscriber {
 
     fn enter_ring(&mut self, pos: u64) {
         self.pos = pos;
+        self.seen_tail = 0;
         self.source = Source::Ring;
         if let Some(g) = &self.gate {
             g.pos.store(pos, Ordering::Release);
@@ -1170,7 +1215,7 @@ impl Subscriber {
                 }
                 Source::Ring => {
                     let ring = &self.side.ring;
-                    match ring.read(&mut self.pos, self.next, &mut self.buf) {
+                    match ring.read(&mut self.pos, &mut self.seen_tail, self.next, &mut self.buf) {
                         Read::Empty => return Ok(Got::Nothing),
                         Read::Record(h) => {
                             self.next = h.lsn + 1;
@@ -1240,11 +1285,25 @@ impl Subscriber {
         // The clock is read only once nothing is ready.
         let mut deadline = None;
         let got = loop {
-            let seen = self.side.ring.tail();
+            // Reading the ring, the tail the empty read just loaded is the one to wait
+            // on; replaying, the tail before the WAL was asked (the engine publishes an
+            // event before the WAL reader can see it).
+            let before = match self.source {
+                Source::Ring => None,
+                Source::Replay(_) => Some(self.side.ring.tail()),
+            };
             match self.poll()? {
                 Got::Nothing => {}
                 got => break got,
             }
+            let seen = match (&self.source, before) {
+                // An empty read of the ring has just loaded the tail.
+                (Source::Ring, _) => self.seen_tail,
+                (Source::Replay(_), Some(t)) => t,
+                // A lapped reader went back to the WAL within this poll: poll again,
+                // with the tail loaded first.
+                (Source::Replay(_), None) => continue,
+            };
             let now = Instant::now();
             let deadline = *deadline.get_or_insert(now + timeout);
             if self.fresh {

@@ -19,14 +19,22 @@
 //!
 //! # Protocol
 //!
-//! The writer first stores `intent` = the end position of what it is about to write,
-//! issues a release fence, stores the words (relaxed), then publishes `tail` (the same
-//! end position). A reader at position `p` loads `tail` (acquire), copies the words
+//! Before the writer stores a word at or past position `e`, it has stored `intent`
+//! ≥ `e` followed by a release fence. It claims ahead: when a record would end past
+//! the current `intent`, it stores `intent` = that end plus `reserve` words (a sixteenth
+//! of the ring)
+//! (capped by what `Block` subscribers allow, see [`Writer::publish_within`]), so
+//! `intent` changes about once per sixteenth of the ring and its cache line stays
+//! shared between the cores instead of moving on every record. The writer stores the
+//! words (relaxed), then publishes `tail` (the record's end). A reader at position `p`
+//! loads `tail` (acquire) when it has consumed what it last saw, copies the words
 //! (relaxed), issues an acquire fence and loads `intent`: the copy is whole if
 //! `intent <= p + capacity`, because any overwrite of the words it read is preceded by
 //! an `intent` store past `p + capacity`, and the fences order that store before the
 //! reader's check once the reader has seen any overwritten word. Otherwise the reader
-//! was lapped and must not use what it copied.
+//! was (or may have been) lapped and must not use what it copied. Claiming ahead only
+//! makes the check more cautious: a reader more than `capacity - reserve` words
+//! behind may be told it was lapped a little early.
 //!
 //! An index of `(lsn, position)` slots lets a reader find where an LSN starts (replay
 //! switching to live, and lapped readers jumping ahead). It has at least as many slots
@@ -75,16 +83,30 @@ struct Slot {
     pos: AtomicU64,
 }
 
+/// What the writer stores on every record, on a cache line of its own.
+#[repr(align(128))]
+struct Published {
+    tail: AtomicU64,
+    last_lsn: AtomicU64,
+}
+
+/// What the writer stores rarely (readers load `intent` once per record), on another
+/// line, so that publishing does not take it away from the readers' caches.
+#[repr(align(128))]
+struct Claimed {
+    intent: AtomicU64,
+    first_lsn: AtomicU64,
+}
+
 /// The shared memory of the ring.
 pub struct Ring {
     words: Box<[AtomicU64]>,
     mask: u64,
+    reserve: u64,
     slots: Box<[Slot]>,
     slot_mask: u64,
-    intent: AtomicU64,
-    tail: AtomicU64,
-    last_lsn: AtomicU64,
-    first_lsn: AtomicU64,
+    claimed: Claimed,
+    published: Published,
 }
 
 /// What a read found.
@@ -105,17 +127,33 @@ impl Ring {
         let cap = (bytes / 8).max(8).next_power_of_two();
         // The smallest record is a header plus one word.
         let slots = (cap / (HEADER_WORDS as usize + 1)).max(2).next_power_of_two();
-        Ring {
+        let ring = Ring {
             words: (0..cap).map(|_| AtomicU64::new(0)).collect(),
             mask: cap as u64 - 1,
+            // At least the smallest record, so that some publishes store no intent
+            // even in the smallest rings (the loom model's).
+            reserve: (cap as u64 / 16).max(HEADER_WORDS + 1),
             slots: (0..slots)
                 .map(|_| Slot { lsn: AtomicU64::new(0), pos: AtomicU64::new(0) })
                 .collect(),
             slot_mask: slots as u64 - 1,
-            intent: AtomicU64::new(0),
-            tail: AtomicU64::new(0),
-            last_lsn: AtomicU64::new(0),
-            first_lsn: AtomicU64::new(0),
+            claimed: Claimed { intent: AtomicU64::new(0), first_lsn: AtomicU64::new(0) },
+            published: Published { tail: AtomicU64::new(0), last_lsn: AtomicU64::new(0) },
+        };
+        ring.touch();
+        ring
+    }
+
+    /// Writes every page of the ring and its index once, so that the first lap's
+    /// publishes do not take page faults (the allocator may hand out untouched zero
+    /// pages; a fault costs microseconds, which is a latency tail for a new ring).
+    fn touch(&self) {
+        const PAGE: usize = 4096;
+        for w in self.words.iter().step_by(PAGE / std::mem::size_of::<AtomicU64>()) {
+            w.store(0, Ordering::Relaxed);
+        }
+        for s in self.slots.iter().step_by(PAGE / std::mem::size_of::<Slot>()) {
+            s.lsn.store(0, Ordering::Relaxed);
         }
     }
 
@@ -132,17 +170,17 @@ impl Ring {
 
     /// The end of the last published record.
     pub fn tail(&self) -> u64 {
-        self.tail.load(Ordering::SeqCst)
+        self.published.tail.load(Ordering::SeqCst)
     }
 
     /// The LSN of the last published record (0 before the first).
     pub fn last_lsn(&self) -> u64 {
-        self.last_lsn.load(Ordering::Acquire)
+        self.published.last_lsn.load(Ordering::Acquire)
     }
 
     /// The LSN of the first record ever published (0 before the first).
     pub fn first_lsn(&self) -> u64 {
-        self.first_lsn.load(Ordering::Acquire)
+        self.claimed.first_lsn.load(Ordering::Acquire)
     }
 
     /// Where the record of `lsn` starts, if its index slot still names it and the
@@ -160,37 +198,54 @@ impl Ring {
         let pos = slot.pos.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
         let l2 = slot.lsn.load(Ordering::Relaxed);
-        let live = pos + self.capacity() >= self.intent.load(Ordering::Relaxed);
+        let live = pos + self.capacity() >= self.claimed.intent.load(Ordering::Relaxed);
         (l2 == lsn && live).then_some(pos)
     }
 
     fn whole(&self, pos: u64) -> bool {
         fence(Ordering::Acquire);
-        self.intent.load(Ordering::Relaxed) <= pos + self.capacity()
+        self.claimed.intent.load(Ordering::Relaxed) <= pos + self.capacity()
     }
 
     /// Reads the record at `*pos`, which must carry `expect` (the LSN after the last
-    /// one read), into `buf`.
-    pub fn read(&self, pos: &mut u64, expect: u64, buf: &mut Vec<u8>) -> Read {
-        self.read_impl(pos, expect, buf, true)
+    /// one read), into `buf`. `seen` is the reader's copy of the tail, loaded again
+    /// only once `*pos` reaches it (start it at 0), so a reader that is behind does not
+    /// touch the line the writer stores on every record.
+    pub fn read(&self, pos: &mut u64, seen: &mut u64, expect: u64, buf: &mut Vec<u8>) -> Read {
+        self.read_impl(pos, seen, expect, buf, true)
     }
 
     /// CANARY for the loom model: [`Ring::read`] without its final check, which the
     /// model must catch returning a torn record.
     #[cfg(feature = "loom")]
-    pub fn read_canary(&self, pos: &mut u64, expect: u64, buf: &mut Vec<u8>) -> Read {
-        self.read_impl(pos, expect, buf, false)
+    pub fn read_canary(
+        &self,
+        pos: &mut u64,
+        seen: &mut u64,
+        expect: u64,
+        buf: &mut Vec<u8>,
+    ) -> Read {
+        self.read_impl(pos, seen, expect, buf, false)
     }
 
     #[inline(always)]
-    fn read_impl(&self, pos: &mut u64, expect: u64, buf: &mut Vec<u8>, check: bool) -> Read {
+    fn read_impl(
+        &self,
+        pos: &mut u64,
+        seen: &mut u64,
+        expect: u64,
+        buf: &mut Vec<u8>,
+        check: bool,
+    ) -> Read {
         let cap = self.capacity();
         loop {
-            let tail = self.tail.load(Ordering::Acquire);
-            if *pos >= tail {
-                return Read::Empty;
+            if *pos >= *seen {
+                *seen = self.published.tail.load(Ordering::Acquire);
+                if *pos >= *seen {
+                    return Read::Empty;
+                }
             }
-            if tail - *pos > cap {
+            if *seen - *pos > cap {
                 return Read::Lapped;
             }
             let off = *pos & self.mask;
@@ -221,9 +276,10 @@ impl Ring {
                 return Read::Lapped;
             }
             buf.clear();
-            buf.reserve(n as usize * 8);
-            for w in &self.words[start as usize..(start + n) as usize] {
-                buf.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+            buf.resize(n as usize * 8, 0);
+            let words = &self.words[start as usize..(start + n) as usize];
+            for (dst, w) in buf.chunks_exact_mut(8).zip(words) {
+                dst.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
             }
             if check && !self.whole(*pos) {
                 return Read::Lapped;
@@ -242,7 +298,7 @@ impl Ring {
         if last == 0 {
             return None;
         }
-        let floor = self.intent.load(Ordering::Acquire).saturating_sub(self.capacity() / 2);
+        let floor = self.claimed.intent.load(Ordering::Acquire).saturating_sub(self.capacity() / 2);
         let mut lo = last.saturating_sub(self.slot_mask).max(self.first_lsn()).max(1);
         let mut hi = last;
         // Smallest LSN in [lo, hi] located at or after `floor`; positions grow with LSNs.
@@ -274,12 +330,15 @@ impl Ring {
 pub struct Writer {
     ring: std::sync::Arc<Ring>,
     pos: u64,
+    /// The `intent` last stored: words below it may be written without storing it again.
+    claimed: u64,
 }
 
 impl Writer {
     /// The writer of `ring` (there must be only one).
     pub fn new(ring: std::sync::Arc<Ring>) -> Writer {
-        Writer { ring, pos: 0 }
+        let claimed = ring.claimed.intent.load(Ordering::Relaxed);
+        Writer { ring, pos: 0, claimed }
     }
 
     /// The end position that publishing a payload of `len` bytes will claim: readers
@@ -289,13 +348,25 @@ impl Writer {
     }
 
     /// Publishes one record. `payload.len()` must not exceed [`Ring::max_payload`].
+    #[cfg(feature = "loom")]
     pub fn publish(&mut self, h: Header, payload: &[u8]) {
+        self.publish_within(h, payload, u64::MAX);
+    }
+
+    /// Publishes one record, claiming ahead no further than `limit` (at least the
+    /// record's end, [`Writer::end_for`]): a reader at position `p` with
+    /// `p + capacity >= limit` must not be told it was lapped. `payload.len()` must not
+    /// exceed [`Ring::max_payload`].
+    pub fn publish_within(&mut self, h: Header, payload: &[u8], limit: u64) {
         let ring = &*self.ring;
         debug_assert!(payload.len() <= ring.max_payload());
         debug_assert_eq!(h.len(), payload.len());
         let (start, end) = ring.writer_end(self.pos, payload.len());
-        ring.intent.store(end, Ordering::Relaxed);
-        fence(Ordering::Release);
+        if end > self.claimed {
+            self.claimed = (end + ring.reserve).min(limit).max(end);
+            ring.claimed.intent.store(self.claimed, Ordering::Relaxed);
+            fence(Ordering::Release);
+        }
         if start != self.pos {
             ring.words[(self.pos & ring.mask) as usize].store(PAD, Ordering::Relaxed);
         }
@@ -322,12 +393,12 @@ impl Writer {
         fence(Ordering::Release);
         slot.pos.store(start, Ordering::Relaxed);
         slot.lsn.store(h.lsn, Ordering::Release);
-        if ring.first_lsn.load(Ordering::Relaxed) == 0 {
-            ring.first_lsn.store(h.lsn, Ordering::Release);
+        if ring.claimed.first_lsn.load(Ordering::Relaxed) == 0 {
+            ring.claimed.first_lsn.store(h.lsn, Ordering::Release);
         }
-        ring.last_lsn.store(h.lsn, Ordering::Release);
+        ring.published.last_lsn.store(h.lsn, Ordering::Release);
         // SeqCst pairs with a waiting reader's SeqCst registration (see `Bus`).
-        ring.tail.store(end, Ordering::SeqCst);
+        ring.published.tail.store(end, Ordering::SeqCst);
         self.pos = end;
     }
 }

@@ -23,12 +23,12 @@ fn model(records: u64, preemptions: usize, canary: bool) {
         let mut w = Writer::new(ring.clone());
         let r = ring.clone();
         let reader = loom::thread::spawn(move || {
-            let (mut pos, mut expect, mut buf) = (0u64, 1u64, Vec::new());
+            let (mut pos, mut seen, mut expect, mut buf) = (0u64, 0u64, 1u64, Vec::new());
             for _ in 0..records * 2 {
                 let got = if canary {
-                    r.read_canary(&mut pos, expect, &mut buf)
+                    r.read_canary(&mut pos, &mut seen, expect, &mut buf)
                 } else {
-                    r.read(&mut pos, expect, &mut buf)
+                    r.read(&mut pos, &mut seen, expect, &mut buf)
                 };
                 match got {
                     Read::Record(h) => {
