@@ -51,18 +51,26 @@ const CHUNK_MAX: usize = 128;
 
 /// The memtable's internal key. A search compares keys in many nodes it never uses,
 /// so each comparison must stay within the node: the user key is stored inline (up to
-/// [`INLINE_KEY_BYTES`]) and its [`key_prefix`] decides most comparisons with one
-/// integer compare; equal prefixes fall through to the full comparison.
+/// [`INLINE_KEY_BYTES`]), and its first sixteen bytes, as two big-endian integers
+/// ([`key_prefix`]), decide most comparisons with integer compares (keys that share
+/// their first eight bytes are common: a family letter and a timestamp's high bytes, or
+/// a zero-padded counter). Equal integers fall through to the full comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MemKey {
     prefix: u64,
+    prefix2: u64,
     user_key: SmallVec<[u8; INLINE_KEY_BYTES]>,
     seq: SeqNo,
 }
 
 impl MemKey {
     fn new(user_key: &[u8], seq: SeqNo) -> MemKey {
-        MemKey { prefix: key_prefix(user_key), user_key: SmallVec::from_slice(user_key), seq }
+        MemKey {
+            prefix: key_prefix(user_key),
+            prefix2: key_prefix(user_key.get(8..).unwrap_or_default()),
+            user_key: SmallVec::from_slice(user_key),
+            seq,
+        }
     }
 
     fn from_internal(k: &InternalKey) -> MemKey {
@@ -80,6 +88,7 @@ impl Ord for MemKey {
     fn cmp(&self, other: &Self) -> CmpOrdering {
         self.prefix
             .cmp(&other.prefix)
+            .then(self.prefix2.cmp(&other.prefix2))
             .then_with(|| self.user_key.as_slice().cmp(other.user_key.as_slice()))
             .then(other.seq.cmp(&self.seq))
     }
@@ -163,11 +172,19 @@ impl Memtable {
                 // Only another writer could have split it: look again.
                 continue;
             }
+            let appended = d.map.last_key_value().is_none_or(|(last, _)| k > *last);
             if d.map.insert(k, v).is_none() {
                 self.len.store(self.len.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             }
             if d.map.len() > LEAF_MAX {
-                let mid = d.map.keys().nth(d.map.len() / 2).cloned();
+                // Keys in ascending order (a time-ordered family) leave full leaves
+                // behind them: the new key alone starts the next leaf. Otherwise the
+                // leaf splits in the middle.
+                let mid = if appended {
+                    d.map.last_key_value().map(|(k, _)| k.clone())
+                } else {
+                    d.map.keys().nth(d.map.len() / 2).cloned()
+                };
                 if let Some(mid) = mid {
                     let upper = d.map.split_off(&mid);
                     let right = LeafData { map: upper, high: d.high.take() };
