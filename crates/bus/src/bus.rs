@@ -915,6 +915,9 @@ enum Got {
     Nothing,
 }
 
+/// A `Block` subscriber publishes its position at least every this many records.
+const GATE_EVERY: u32 = 32;
+
 const LIVE: u8 = 0;
 const REPLAYING: u8 = 1;
 const LAGGING: u8 = 2;
@@ -943,6 +946,8 @@ pub struct Subscriber {
     /// A message was returned since `last_msg` was stamped: the next idle wait stamps it
     /// (reading the clock per message would cost more than the rest of a delivery).
     fresh: bool,
+    /// Records read since the gate's position was last published.
+    unpublished: u32,
     delivered: u64,
     missed: u64,
 }
@@ -999,6 +1004,7 @@ impl Subscriber {
             disconnected: None,
             last_msg: Instant::now(),
             fresh: false,
+            unpublished: 0,
             delivered: 0,
             missed: 0,
         };
@@ -1137,6 +1143,7 @@ impl Subscriber {
     fn enter_ring(&mut self, pos: u64) {
         self.pos = pos;
         self.seen_tail = 0;
+        self.unpublished = 0;
         self.source = Source::Ring;
         if let Some(g) = &self.gate {
             g.pos.store(pos, Ordering::Release);
@@ -1216,11 +1223,28 @@ impl Subscriber {
                 Source::Ring => {
                     let ring = &self.side.ring;
                     match ring.read(&mut self.pos, &mut self.seen_tail, self.next, &mut self.buf) {
-                        Read::Empty => return Ok(Got::Nothing),
+                        Read::Empty => {
+                            // Caught up: the publisher must not wait for what was read.
+                            if let Some(g) = &self.gate {
+                                if self.unpublished > 0 {
+                                    g.pos.store(self.pos, Ordering::Release);
+                                    self.unpublished = 0;
+                                }
+                            }
+                            return Ok(Got::Nothing);
+                        }
                         Read::Record(h) => {
                             self.next = h.lsn + 1;
                             if let Some(g) = &self.gate {
-                                g.pos.store(self.pos, Ordering::Release);
+                                // Published every GATE_EVERY records (and when caught
+                                // up): a publisher waiting on this reader reads the
+                                // line, and a store per record would then cost the
+                                // reader a cache miss per record.
+                                self.unpublished += 1;
+                                if self.unpublished >= GATE_EVERY {
+                                    g.pos.store(self.pos, Ordering::Release);
+                                    self.unpublished = 0;
+                                }
                             }
                             if self.accepts(&h) {
                                 return Ok(Got::Event(h));
