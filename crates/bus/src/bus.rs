@@ -283,9 +283,12 @@ pub(crate) trait Tap: Send + Sync {
     fn published(&self, h: &Header, payload: &[u8]);
 }
 
-/// The ring's writer and what it remembers of the gates between publishes.
+/// The ring's writer, its tap, and what it remembers of the gates between publishes.
 struct WriterState {
     w: Writer,
+    /// Sees every record right after the ring (set under this lock, so a tap sees
+    /// LSN order and the publish path takes no other lock to find it).
+    tap: Option<Arc<dyn Tap>>,
     /// No active `Block` subscriber is overwritten by records ending at or below this
     /// (the gates' positions only grow, so it stays true until the gates change).
     limit: u64,
@@ -295,8 +298,6 @@ struct WriterState {
 
 /// The publishing side: the ring, its one writer, the blocking gates and the wake-up.
 struct PubSide {
-    tap: RwLock<Option<Arc<dyn Tap>>>,
-    has_tap: AtomicBool,
     ring: Arc<Ring>,
     writer: Mutex<WriterState>,
     gates: RwLock<Vec<Arc<Gate>>>,
@@ -314,10 +315,9 @@ impl PubSide {
     fn new(ring_bytes: usize) -> PubSide {
         let ring = Arc::new(Ring::new(ring_bytes));
         PubSide {
-            tap: RwLock::new(None),
-            has_tap: AtomicBool::new(false),
             writer: Mutex::new(WriterState {
                 w: Writer::new(ring.clone()),
+                tap: None,
                 limit: u64::MAX,
                 gates_gen: 0,
             }),
@@ -358,14 +358,13 @@ impl PubSide {
         }
         let limit = w.limit;
         w.w.publish_within(h, payload, limit);
-        if self.has_tap.load(Ordering::Acquire) {
+        if let Some(t) = &w.tap {
             // Under the writer's lock: taps see LSN order.
-            if let Some(t) = &*self.tap.read() {
-                t.published(&h, payload);
-            }
+            t.published(&h, payload);
         }
+        // Only the lock's holder writes it: a plain store, no read-modify-write.
+        self.published.store(self.published.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         drop(w);
-        self.published.fetch_add(1, Ordering::Relaxed);
         if self.waiters.load(Ordering::SeqCst) > 0 {
             let _g = self.wait_lock.lock();
             self.wait_cond.notify_all();
@@ -855,10 +854,9 @@ impl Shared {
     /// writer's lock, with the last LSN published (the tap's stream starts right
     /// after it).
     pub(crate) fn set_tap(&self, tap: Option<Arc<dyn Tap>>, init: impl FnOnce(u64)) {
-        let _w = self.side.writer.lock();
+        let mut w = self.side.writer.lock();
         init(self.head());
-        self.side.has_tap.store(tap.is_some(), Ordering::Release);
-        *self.side.tap.write() = tap;
+        w.tap = tap;
     }
 
     pub(crate) fn head(&self) -> u64 {

@@ -331,8 +331,9 @@ fn send(out: &mut Out, watch: &Watch, bytes: &[u8], counters: &Counters) {
         .and_then(|s| s.write_from_slice(bytes).send().map_err(|e| format!("{e:?}")));
     match sent {
         Ok(_) => {
-            counters.frames.fetch_add(1, Ordering::Relaxed);
-            watch.sent.fetch_add(1, Ordering::Relaxed);
+            // Called only under the outputs' lock: plain stores, no read-modify-write.
+            bump(&counters.frames);
+            bump(&watch.sent);
         }
         Err(why) => {
             // The subscribers see the gap in the next frame's `prev`.
@@ -340,6 +341,12 @@ fn send(out: &mut Out, watch: &Watch, bytes: &[u8], counters: &Counters) {
             tracing::warn!(%why, topic = ?out.topic, "iceoryx2 could not take a frame");
         }
     }
+}
+
+/// Adds one to a counter that only the holder of the outputs' lock writes (others
+/// only read it), without a locked read-modify-write on the publishing path.
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 /// Publishes each event into iceoryx2 on the bus's publishing thread.
@@ -355,8 +362,8 @@ impl Tap for IpcTap {
         let ih = ((h.meta >> 40) & 0xfff) as u16;
         let ah = ((h.meta >> 52) & 0xfff) as u16;
         let topic = bourse_model::EventKind::from_u16(kind).map(Topic::of);
-        self.counters.events.fetch_add(1, Ordering::Relaxed);
         let mut g = self.outs.lock();
+        bump(&self.counters.events);
         let Outs { outs, head, epoch, buf } = &mut *g;
         *head = h.lsn;
         for (o, w) in outs.iter_mut().zip(self.watch.iter()) {
