@@ -148,7 +148,7 @@ impl Memtable {
         Self::default()
     }
 
-    /// The leaf whose range holds `k`, as the skiplist says now (the caller checks
+    /// The leaf whose range holds `k`, as the index says now (the caller checks
     /// `high` once it holds the lock).
     fn leaf_for(&self, k: &MemKey) -> Leaf {
         if let Some((_, leaf)) = self.leaves.read().range(..=k).next_back() {
