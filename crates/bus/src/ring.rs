@@ -22,9 +22,9 @@
 //! Before the writer stores a word at or past position `e`, it has stored `intent`
 //! ≥ `e` followed by a release fence. It claims ahead: when a record would end past
 //! the current `intent`, it stores `intent` = that end plus `reserve` words (a sixteenth
-//! of the ring)
-//! (capped by what `Block` subscribers allow, see [`Writer::publish_within`]), so
-//! `intent` changes about once per sixteenth of the ring and its cache line stays
+//! of the ring, capped by what `Block` subscribers allow, see
+//! [`Writer::publish_within`]), so `intent` changes about once per sixteenth of the
+//! ring and its cache line stays
 //! shared between the cores instead of moving on every record. The writer stores the
 //! words (relaxed), then publishes `tail` (the record's end). A reader at position `p`
 //! loads `tail` (acquire) when it has consumed what it last saw, copies the words
