@@ -301,7 +301,6 @@ struct PubSide {
     ring: Arc<Ring>,
     writer: Mutex<WriterState>,
     gates: RwLock<Vec<Arc<Gate>>>,
-    has_gates: AtomicBool,
     /// Bumped whenever the set of gates changes, so the writer recomputes its limit.
     gates_gen: AtomicU64,
     waiters: AtomicUsize,
@@ -323,7 +322,6 @@ impl PubSide {
             }),
             ring,
             gates: RwLock::new(Vec::new()),
-            has_gates: AtomicBool::new(false),
             gates_gen: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             wait_lock: Mutex::new(()),
@@ -350,11 +348,7 @@ impl PubSide {
         let gen = self.gates_gen.load(Ordering::Acquire);
         if gen != w.gates_gen || end > w.limit {
             w.gates_gen = gen;
-            w.limit = if self.has_gates.load(Ordering::Acquire) {
-                self.wait_gates(end)
-            } else {
-                u64::MAX
-            };
+            w.limit = self.wait_gates(end);
         }
         let limit = w.limit;
         w.w.publish_within(h, payload, limit);
@@ -374,7 +368,7 @@ impl PubSide {
 
     /// Waits until no active `Block` subscriber would be overwritten by a record
     /// ending at `end`, each for at most its budget. Returns the end up to which the
-    /// gates still waited for allow writing (at least `end`).
+    /// gates still waited for allow writing (at least `end`; `u64::MAX` with no gates).
     fn wait_gates(&self, end: u64) -> u64 {
         let cap = self.ring.capacity();
         let mut demoted = false;
@@ -412,7 +406,6 @@ impl PubSide {
         if demoted {
             let mut gates = self.gates.write();
             gates.retain(|g| !g.demoted.load(Ordering::Acquire));
-            self.has_gates.store(!gates.is_empty(), Ordering::Release);
             self.gates_gen.fetch_add(1, Ordering::AcqRel);
         }
         limit.max(end)
@@ -423,14 +416,12 @@ impl PubSide {
         if !gates.iter().any(|x| Arc::ptr_eq(x, g)) {
             gates.push(g.clone());
         }
-        self.has_gates.store(true, Ordering::Release);
         self.gates_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     fn remove_gate(&self, g: &Arc<Gate>) {
         let mut gates = self.gates.write();
         gates.retain(|x| !Arc::ptr_eq(x, g));
-        self.has_gates.store(!gates.is_empty(), Ordering::Release);
         self.gates_gen.fetch_add(1, Ordering::AcqRel);
     }
 
