@@ -55,7 +55,8 @@ pub fn child_main() -> Option<anyhow::Result<()>> {
     let bytes: usize =
         std::env::var("BOURSE_BENCH_IPC_BYTES").ok().and_then(|b| b.parse().ok()).unwrap_or(64);
     Some(match role.as_str() {
-        "raw" => raw_child(&name, bytes),
+        "raw" => raw_child(&name, bytes, "iceoryx2"),
+        "raw_threadsafe" => raw_child(&name, bytes, "iceoryx2_threadsafe"),
         "bourse" => bourse_child(&name, bytes),
         other => Err(anyhow::anyhow!("unknown child role {other}")),
     })
@@ -100,7 +101,7 @@ impl Tally {
     }
 }
 
-fn raw_child(name: &str, bytes: usize) -> anyhow::Result<()> {
+fn raw_child(name: &str, bytes: usize, system: &str) -> anyhow::Result<()> {
     let node = NodeBuilder::new().create::<ipc::Service>()?;
     let svc = node.service_builder(&name.try_into()?).publish_subscribe::<[u8]>().open()?;
     let sub = svc.subscriber_builder().create()?;
@@ -114,7 +115,7 @@ fn raw_child(name: &str, bytes: usize) -> anyhow::Result<()> {
             }
         }
     }
-    t.print("iceoryx2", bytes);
+    t.print(system, bytes);
     Ok(())
 }
 
@@ -196,9 +197,17 @@ fn drive(
     Ok(())
 }
 
-fn raw(bytes: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
-    let name = format!("bourse-bench/raw/{}", std::process::id());
-    let node = NodeBuilder::new().create::<ipc::Service>()?;
+/// Raw iceoryx2 through a publisher of service type `S`: `ipc::Service` is the floor;
+/// `ipc_threadsafe::Service` (ports behind a mutex) is what the bridge must use, since
+/// the bus publishes on whichever thread commits.
+fn raw<S: iceoryx2::service::Service>(
+    role: &str,
+    bytes: usize,
+    samples: u64,
+    burst: u64,
+) -> anyhow::Result<()> {
+    let name = format!("bourse-bench/{role}/{}", std::process::id());
+    let node = NodeBuilder::new().create::<S>()?;
     let svc = node
         .service_builder(&name.as_str().try_into()?)
         .publish_subscribe::<[u8]>()
@@ -210,7 +219,7 @@ fn raw(bytes: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
         .initial_max_slice_len(bytes.max(16))
         .allocation_strategy(AllocationStrategy::PowerOfTwo)
         .create()?;
-    let (child, out) = start_child("raw", &name, bytes)?;
+    let (child, out) = start_child(role, &name, bytes)?;
     drive(bytes, samples, burst, |p| {
         publisher.loan_slice_uninit(p.len())?.write_from_slice(p).send()?;
         Ok(())
@@ -241,7 +250,8 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     for bytes in [64usize, 512] {
-        raw(bytes, samples, burst)?;
+        raw::<ipc::Service>("raw", bytes, samples, burst)?;
+        raw::<ipc_threadsafe::Service>("raw_threadsafe", bytes, samples, burst)?;
         bourse(bytes, samples, burst)?;
     }
     Ok(())
