@@ -7,12 +7,6 @@
 //!
 //! This crate is **not** compiled into Bourse and is not a test: it asserts nothing.
 
-/// mimalloc, as in the `bourse` binary: the engine allocates per event (keys, values,
-/// the memtable's entries), and glibc's allocator cost a quarter of a Buffered submit's
-/// profile. RocksDB's C++ side keeps its own allocation (its memtable is an arena).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod bus;
 mod engine;
 mod ipc;

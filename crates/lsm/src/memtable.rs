@@ -236,8 +236,34 @@ impl Memtable {
 
     /// The newest version of `key` with a sequence at most `snapshot`.
     pub fn get(&self, key: &[u8], snapshot: SeqNo) -> Option<(SeqNo, Kind, Vec<u8>)> {
-        let e = self.chunk(Bound::Included(MemKey::new(key, snapshot)), 1).pop()?;
-        (e.key == key).then_some((e.seq, e.kind, e.value))
+        // The first version at or after (key, snapshot); only a version of `key` is
+        // copied out (a miss, the common case for a new id, allocates nothing).
+        let mut probe = MemKey::new(key, snapshot);
+        loop {
+            let leaf = self.leaf_for(&probe);
+            race_window();
+            let d = leaf.read();
+            if d.high.as_ref().is_some_and(|h| probe >= *h) {
+                // Split since the lookup: look again.
+                continue;
+            }
+            match d.map.range(&probe..).next() {
+                Some((k, (kind, value))) => {
+                    if k.user_key.as_slice() != key {
+                        return None;
+                    }
+                    let (seq, kind, value) = (k.seq, *kind, value.clone());
+                    drop(d);
+                    return Some((seq, kind, value.to_vec()));
+                }
+                // Nothing here at or after the probe: the next leaf's first version is
+                // (its lower bound is this leaf's `high`).
+                None => match &d.high {
+                    Some(h) => probe = h.clone(),
+                    None => return None,
+                },
+            }
+        }
     }
 
     /// Every version at or after `from` (internal order), as owned entries, lazily:

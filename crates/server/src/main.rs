@@ -5,11 +5,6 @@
 //! stores, and `bourse selftest` writes, replays and verifies an exchange-shaped journal.
 //! This binary wires crates together and holds no business logic.
 
-/// mimalloc: the engine allocates per event (keys, values, memtable entries); glibc's
-/// allocator took a quarter of a Buffered submit's profile (`docs/benchmarks.md`).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod inspect;
 mod publish;
 mod selftest;
