@@ -308,6 +308,57 @@ fn a_durable_cursor_resumes_after_the_subscriber_goes_away() {
     assert!(matches!(plain.unwrap().ack(1), Err(bourse_bus::Error::NotDurable)));
 }
 
+/// Another process never sees a password hash: a registration reaches live and
+/// replaying IPC subscribers with its hash emptied and everything else intact, while
+/// the store keeps the hash (the login still works) and in-process subscribers, inside
+/// the trust boundary, see it.
+#[test]
+fn ipc_subscribers_never_see_a_password_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, bus) = open(dir.path());
+    let inst = instance("pw");
+    let _b = bridge(&bus, &inst, 1024);
+    let users = || IpcSubscribeOptions::new(&inst).topics(&[Topic::Users]);
+    let live = IpcSubscriber::connect(users()).unwrap();
+    let mut inproc = bus
+        .subscribe(bourse_bus::SubscribeOptions::live().filter(Filter::all().topic(Topic::Users)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    write(&engine, 10, Duration::ZERO);
+    let new = bourse_engine::NewUser {
+        user_id: "alice".into(),
+        user_name: "Alice".into(),
+        password: "correct horse battery".into(),
+        phone: "555".into(),
+        email: "alice@example.com".into(),
+    };
+    let at = engine.register_user(&new).unwrap().first.0;
+    write(&engine, 10, Duration::ZERO);
+    assert_eq!(engine.login("alice", "correct horse battery").unwrap().user_id, "alice");
+    let registration = |d: &bourse_bus::Delivery<'_>| match Event::decode(d.payload).unwrap() {
+        Event::UserRegistered(u) => u,
+        other => panic!("not a registration at {}: {other:?}", d.lsn),
+    };
+    let Some(Message::Event(d)) = inproc.next(Duration::from_secs(5)).unwrap() else {
+        panic!("the in-process subscriber saw nothing")
+    };
+    assert_eq!(d.lsn, at);
+    assert!(registration(&d).password_hash.starts_with("$argon2"));
+    let replaying = IpcSubscriber::connect(users().start(IpcStart::Lsn(1))).unwrap();
+    for mut s in [live, replaying] {
+        let t0 = Instant::now();
+        let u = loop {
+            assert!(t0.elapsed() < Duration::from_secs(20), "no registration arrived");
+            if let Some(Message::Event(d)) = s.next(Duration::from_millis(50)).unwrap() {
+                assert_eq!(d.lsn, at);
+                break registration(&d);
+            }
+        };
+        assert_eq!(u.password_hash, "");
+        assert_eq!((u.user_id.as_str(), u.email.as_str()), ("alice", "alice@example.com"));
+    }
+}
+
 /// A subscriber signals the bridge when it connects, so frames reach it at once, not
 /// from the housekeeping thread's next recount (every 50 ms here): with a detached bus
 /// there is no replay, so a late count would show up as `Lagged` before LSN 1.

@@ -343,6 +343,30 @@ fn send(out: &mut Out, watch: &Watch, bytes: &[u8], counters: &Counters) {
     }
 }
 
+/// What other processes may see of an event: a user's registration goes out with its
+/// password hash emptied (shared memory is readable by any process of the user that
+/// runs the bridge, and logins are verified inside Bourse, never by subscribers). The
+/// LSN and everything else are unchanged. Other events are passed through as they are.
+pub(crate) fn shareable(kind: u16, payload: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    if kind != bourse_model::EventKind::UserRegistered.as_u16() {
+        return Cow::Borrowed(payload);
+    }
+    let redacted = match bourse_model::Event::decode(payload) {
+        Ok(bourse_model::Event::UserRegistered(mut u)) => {
+            u.password_hash.clear();
+            bourse_model::Event::UserRegistered(u).encode().ok()
+        }
+        _ => None,
+    };
+    // A registration that does not re-encode (not seen: the engine encoded it) goes
+    // out empty rather than with its hash; the subscriber reports it as undecodable.
+    Cow::Owned(redacted.unwrap_or_else(|| {
+        tracing::warn!("a user registration could not be redacted; sent without a payload");
+        Vec::new()
+    }))
+}
+
 /// Adds one to a counter that only the holder of the outputs' lock writes (others
 /// only read it), without a locked read-modify-write on the publishing path.
 fn bump(c: &AtomicU64) {
@@ -382,7 +406,7 @@ impl Tap for IpcTap {
                     epoch: *epoch,
                     len: payload.len() as u32,
                 };
-                f.encode(payload, buf);
+                f.encode(&shareable(kind, payload), buf);
                 send(o, w, buf, &self.counters);
             }
             o.prev = h.lsn;
@@ -650,7 +674,8 @@ fn replay_page(
             || bourse_model::EventKind::from_u16(rec.kind)
                 .is_some_and(|k| topics & frame::topic_bit(Topic::of(k)) != 0);
         if wanted {
-            frame::push_record(out, rec.lsn, rec.timestamp, rec.kind, rec.payload);
+            let payload = shareable(rec.kind, rec.payload);
+            frame::push_record(out, rec.lsn, rec.timestamp, rec.kind, &payload);
             count += 1;
         }
     }
