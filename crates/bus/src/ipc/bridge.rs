@@ -386,6 +386,7 @@ impl Tap for IpcTap {
         let ih = ((h.meta >> 40) & 0xfff) as u16;
         let ah = ((h.meta >> 52) & 0xfff) as u16;
         let topic = bourse_model::EventKind::from_u16(kind).map(Topic::of);
+        let payload = shareable(kind, payload);
         let mut g = self.outs.lock();
         bump(&self.counters.events);
         let Outs { outs, head, epoch, buf } = &mut *g;
@@ -406,7 +407,7 @@ impl Tap for IpcTap {
                     epoch: *epoch,
                     len: payload.len() as u32,
                 };
-                f.encode(&shareable(kind, payload), buf);
+                f.encode(&payload, buf);
                 send(o, w, buf, &self.counters);
             }
             o.prev = h.lsn;
