@@ -311,7 +311,7 @@ fn a_durable_cursor_resumes_after_the_subscriber_goes_away() {
 /// Another process never sees a password hash: a registration reaches live and
 /// replaying IPC subscribers with its hash emptied and everything else intact, while
 /// in-process subscribers, inside the trust boundary, see the event as stored. (The
-/// registration is submitted as an event with a fixed hash: `register_user` would
+/// registration is the model's sample, submitted as an event: `register_user` would
 /// spend seconds of argon2 in a debug build beside the kill -9 tests.)
 #[test]
 fn ipc_subscribers_never_see_a_password_hash() {
@@ -326,15 +326,10 @@ fn ipc_subscribers_never_see_a_password_hash() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(20));
     write(&engine, 10, Duration::ZERO);
-    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-    let registration = Event::UserRegistered(bourse_model::UserRegistered {
-        user_id: "alice".into(),
-        user_name: "Alice".into(),
-        password_hash: hash.into(),
-        phone: "555".into(),
-        email: "alice@example.com".into(),
-        datetime: 1,
-    });
+    // The model's sample registration (its hash is a fixed argon2 string).
+    let registration = sample(bourse_model::EventKind::UserRegistered, 7);
+    let Event::UserRegistered(stored) = registration.clone() else { unreachable!() };
+    assert!(!stored.password_hash.is_empty());
     let at = engine.submit(&[registration], Durability::Buffered).unwrap().first.0;
     write(&engine, 10, Duration::ZERO);
     let decode = |d: &bourse_bus::Delivery<'_>| match Event::decode(d.payload).unwrap() {
@@ -345,7 +340,7 @@ fn ipc_subscribers_never_see_a_password_hash() {
         panic!("the in-process subscriber saw nothing")
     };
     assert_eq!(d.lsn, at);
-    assert_eq!(decode(&d).password_hash, hash);
+    assert_eq!(decode(&d), stored);
     let replaying = IpcSubscriber::connect(users().start(IpcStart::Lsn(1))).unwrap();
     for mut s in [live, replaying] {
         let t0 = Instant::now();
@@ -357,7 +352,10 @@ fn ipc_subscribers_never_see_a_password_hash() {
             }
         };
         assert_eq!(u.password_hash, "");
-        assert_eq!((u.user_id.as_str(), u.email.as_str()), ("alice", "alice@example.com"));
+        assert_eq!(
+            u,
+            bourse_model::UserRegistered { password_hash: String::new(), ..stored.clone() }
+        );
     }
 }
 

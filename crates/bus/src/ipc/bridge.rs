@@ -347,7 +347,7 @@ fn send(out: &mut Out, watch: &Watch, bytes: &[u8], counters: &Counters) {
 /// password hash emptied (shared memory is readable by any process of the user that
 /// runs the bridge, and logins are verified inside Bourse, never by subscribers). The
 /// LSN and everything else are unchanged. Other events are passed through as they are.
-pub(crate) fn shareable(kind: u16, payload: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+fn shareable(kind: u16, payload: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     use std::borrow::Cow;
     if kind != bourse_model::EventKind::UserRegistered.as_u16() {
         return Cow::Borrowed(payload);
