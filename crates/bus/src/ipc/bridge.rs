@@ -578,6 +578,7 @@ fn serve_loop(
             Ok(req) => answer(shared, opts, &req, &mut streams, &mut out, counters),
             Err(why) => frame::error_response(&mut out, why),
         }
+        frame::set_tag(&mut out, frame::tag_of(active.payload()));
         let sent = active
             .loan_slice_uninit(out.len())
             .map_err(|e| format!("{e:?}"))

@@ -153,6 +153,8 @@ pub struct IpcSubscriber {
     ack_at: Instant,
     req: Vec<u8>,
     resp: Vec<u8>,
+    tag: u64,
+    stale_replies: u64,
     epoch: u64,
     restarts: u64,
     replayed: u64,
@@ -236,6 +238,8 @@ impl IpcSubscriber {
             ack_at: Instant::now(),
             req: Vec::new(),
             resp: Vec::new(),
+            tag: first_tag(),
+            stale_replies: 0,
             epoch: 0,
             restarts: 0,
             replayed: 0,
@@ -295,6 +299,13 @@ impl IpcSubscriber {
     /// How many times the bridge was seen to restart.
     pub fn bridge_restarts(&self) -> u64 {
         self.restarts
+    }
+
+    /// Responses dropped because they answered another request: one that this
+    /// client gave up waiting for, or one sent by a client that died and whose
+    /// iceoryx2 port this client took over.
+    pub fn stale_replies(&self) -> u64 {
+        self.stale_replies
     }
 
     /// Events received as replay pages rather than live frames.
@@ -514,9 +525,12 @@ impl IpcSubscriber {
     /// Sends a request and waits for its answer (in `resp`), re-sending when the
     /// bridge changed or did not answer.
     fn request(&mut self, req: &Request) -> Result<Reply> {
-        req.encode(&mut self.req);
         let deadline = Instant::now() + self.request_timeout;
         loop {
+            // A new tag for every send: only the answer to this one is taken.
+            self.tag = self.tag.wrapping_add(1);
+            let tag = self.tag;
+            req.encode(tag, &mut self.req);
             let pending = self
                 .client
                 .loan_slice_uninit(self.req.len())
@@ -531,6 +545,15 @@ impl IpcSubscriber {
             let mut backoff = Backoff::new(Duration::from_micros(50));
             while Instant::now() < resend_at {
                 if let Some(r) = pending.receive().map_err(|e| ipc_err("receive a response", e))? {
+                    if frame::tag_of(r.payload()) != tag {
+                        self.stale_replies += 1;
+                        tracing::debug!(
+                            tag,
+                            got = frame::tag_of(r.payload()),
+                            "dropped a response to another request"
+                        );
+                        continue;
+                    }
                     self.resp.clear();
                     self.resp.extend_from_slice(r.payload());
                     return frame::read_response(&self.resp)
@@ -549,6 +572,16 @@ impl IpcSubscriber {
     }
 }
 
+/// Where a client's tags start: random, so a new client never expects the tag of a
+/// response sent to the dead client whose port it reuses.
+fn first_tag() -> u64 {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::hash::RandomState::new().hash_one((std::process::id(), now))
+}
+
 impl Drop for IpcSubscriber {
     fn drop(&mut self) {
         if self.cursor.is_some() && self.ack_pending > self.ack_sent {
@@ -556,5 +589,74 @@ impl Drop for IpcSubscriber {
                 tracing::warn!(error = %e, "the last acknowledgement could not be sent");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::ipc::frame::{begin_response, finish_response, set_tag, tag_of};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A stand-in bridge that answers every request twice: first with a reply
+    /// carrying another tag (what a client that took a dead client's port can be
+    /// handed), then with the real one.
+    fn fake_bridge(instance: String, stop: Arc<AtomicBool>, up: std::sync::mpsc::Sender<()>) {
+        let node = node().unwrap();
+        let _topic = node
+            .service_builder(&service(&service_name(&instance, None)).unwrap())
+            .publish_subscribe::<[u8]>()
+            .open_or_create()
+            .unwrap();
+        let _wake = node
+            .service_builder(&service(&wake_name(&instance)).unwrap())
+            .event()
+            .open_or_create()
+            .unwrap();
+        let rr = node
+            .service_builder(&service(&requests_name(&instance)).unwrap())
+            .request_response::<[u8], [u8]>()
+            .open_or_create()
+            .unwrap();
+        let server = rr.server_builder().initial_max_slice_len(64).create().unwrap();
+        up.send(()).unwrap();
+        let mut out = Vec::new();
+        while !stop.load(Ordering::Acquire) {
+            let Some(active) = server.receive().unwrap() else {
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            };
+            let tag = tag_of(active.payload());
+            for (next, t) in [(999, tag.wrapping_add(7)), (5, tag)] {
+                begin_response(&mut out);
+                finish_response(&mut out, 0, next, 1000);
+                set_tag(&mut out, t);
+                active.loan_slice_uninit(out.len()).unwrap().write_from_slice(&out).send().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_reply_with_another_tag_is_dropped() {
+        let instance = format!("tag-{}", std::process::id());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let bridge = {
+            let (instance, stop) = (instance.clone(), stop.clone());
+            std::thread::spawn(move || fake_bridge(instance, stop, tx))
+        };
+        rx.recv().unwrap();
+        let opts = IpcSubscribeOptions::new(&instance).start(IpcStart::Cursor("c".into()));
+        let mut s = IpcSubscriber::connect(opts).unwrap();
+        assert_eq!(s.position(), 5, "the cursor came from the reply with the right tag");
+        assert_eq!(s.stale_replies(), 1);
+        s.ack(5).unwrap();
+        s.flush_acks().unwrap();
+        assert_eq!(s.stale_replies(), 2);
+        drop(s);
+        stop.store(true, Ordering::Release);
+        bridge.join().unwrap();
     }
 }

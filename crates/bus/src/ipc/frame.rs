@@ -32,7 +32,7 @@
 //! | 4 | 4 | replay: page byte limit |
 //! | 8 | 8 | replay: first LSN; open: start LSN (0 = live); acknowledge: the LSN |
 //! | 16 | 8 | replay: last LSN wanted (inclusive) |
-//! | 24 | 8 | reserved (0) |
+//! | 24 | 8 | tag: chosen by the client, echoed in the response |
 //!
 //! **Response** (bridge → client), 32 bytes then records:
 //!
@@ -42,7 +42,13 @@
 //! | 4 | 4 | records in this page |
 //! | 8 | 8 | replay: the next LSN to ask for (status 2: the first retained); cursors: the acknowledged LSN |
 //! | 16 | 8 | the last LSN committed when this was served |
-//! | 24 | 8 | reserved (0) |
+//! | 24 | 8 | the request's tag |
+//!
+//! The tag pairs a response with its request. iceoryx2 already does that by its own
+//! request id, but that id restarts at 0 in every client, and a response the bridge
+//! sends to a client that died can reach the client that took its port. A client
+//! starts its tags at a random number and drops any response whose tag is not the
+//! one it is waiting for.
 //!
 //! Each record: LSN (8), timestamp (8), kind (2), reserved (2), length (4), payload.
 
@@ -150,9 +156,11 @@ pub(crate) enum Request {
 }
 
 impl Request {
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Writes the request, with `tag` for its response to echo, into `out`.
+    pub fn encode(&self, tag: u64, out: &mut Vec<u8>) {
         out.clear();
         out.resize(REQUEST_HEADER, 0);
+        out[24..32].copy_from_slice(&tag.to_le_bytes());
         let (op, name) = match self {
             Request::Replay { from, to, topics, max_bytes } => {
                 out[1] = *topics;
@@ -199,6 +207,19 @@ impl Request {
             _ => Err("unknown request op"),
         }
     }
+}
+
+/// The tag of a request or a response (0 when it is too short to hold one).
+pub(crate) fn tag_of(b: &[u8]) -> u64 {
+    if b.len() < 32 {
+        return 0;
+    }
+    u64_at(b, 24)
+}
+
+/// Echoes a request's tag in a finished response.
+pub(crate) fn set_tag(out: &mut [u8], tag: u64) {
+    out[24..32].copy_from_slice(&tag.to_le_bytes());
 }
 
 /// Starts a response in `out`: status ok, `next` and `head` filled in by
@@ -337,8 +358,9 @@ mod tests {
             Request::Open { name: "gw-1".into(), start: 0 },
             Request::Ack { name: "gw-1".into(), lsn: 77, flush: true },
         ] {
-            r.encode(&mut b);
+            r.encode(0xfeed_0000_0000_0001, &mut b);
             assert_eq!(Request::decode(&b), Ok(r));
+            assert_eq!(tag_of(&b), 0xfeed_0000_0000_0001);
             assert!(Request::decode(&b[..b.len() - 1]).is_err());
         }
         b[0] = 99;
@@ -352,6 +374,10 @@ mod tests {
         push_record(&mut b, 5, 6, 7, b"abc");
         push_record(&mut b, 9, 10, 11, b"");
         finish_response(&mut b, 2, 10, 12);
+        assert_eq!(read_response(&b), Ok(Reply::Ok { count: 2, next: 10, head: 12 }));
+        assert_eq!(tag_of(&b), 0);
+        set_tag(&mut b, 42);
+        assert_eq!(tag_of(&b), 42);
         assert_eq!(read_response(&b), Ok(Reply::Ok { count: 2, next: 10, head: 12 }));
         let r = read_record(&b, RESPONSE_HEADER).unwrap();
         assert_eq!((r.lsn, r.timestamp, r.kind, &b[r.at..r.at + r.len]), (5, 6, 7, &b"abc"[..]));
