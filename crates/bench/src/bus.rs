@@ -199,8 +199,24 @@ fn inproc(bytes: usize, subs: usize, samples: u64, burst: u64) -> anyhow::Result
     Latency::of(&all).emit(SUITE, "inproc", "bourse", &params);
     emit(SUITE, "inproc", "bourse", &params, "lagged_in_latency_run", lagged as f64, "events");
     drop(bus);
+    // Throughput, one publish call per message and (as the engine publishes its
+    // batches) 64 per call.
+    for batch in [1, 64] {
+        inproc_throughput(bytes, subs, burst, batch, spin)?;
+    }
+    Ok(())
+}
 
-    // Throughput: as fast as possible, Block so no subscriber loses anything.
+/// Throughput: as fast as possible, Block so no subscriber loses anything; `batch`
+/// messages per publish call.
+fn inproc_throughput(
+    bytes: usize,
+    subs: usize,
+    burst: u64,
+    batch: u64,
+    spin: Duration,
+) -> anyhow::Result<()> {
+    let params = json!({"subscribers": subs, "bytes": bytes, "batch": batch});
     let (bus, p) = Bus::detached(BusOptions::default())?;
     let n = if subs == 1 { burst } else { burst / 4 };
     let done = Arc::new(AtomicBool::new(false));
@@ -228,9 +244,19 @@ fn inproc(bytes: usize, subs: usize, samples: u64, burst: u64) -> anyhow::Result
         .collect::<anyhow::Result<_>>()?;
     start.wait();
     let payload = vec![1u8; bytes];
+    let payloads = vec![payload.as_slice(); batch as usize];
     let t = Instant::now();
-    for lsn in 1..=n {
-        p.publish_raw(lsn, 0, EventKind::Extension, &payload)?;
+    if batch == 1 {
+        for lsn in 1..=n {
+            p.publish_raw(lsn, 0, EventKind::Extension, &payload)?;
+        }
+    } else {
+        let mut lsn = 1;
+        while lsn <= n {
+            let k = batch.min(n - lsn + 1);
+            p.publish_raw_batch(lsn, 0, EventKind::Extension, &payloads[..k as usize])?;
+            lsn += k;
+        }
     }
     done.store(true, Ordering::Release);
     let mut delivered = 0;

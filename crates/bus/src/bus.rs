@@ -332,38 +332,69 @@ impl PubSide {
     }
 
     fn publish(&self, h: Header, payload: &[u8]) -> Result<()> {
+        self.publish_batch(std::iter::once((h, payload)))
+    }
+
+    /// Publishes records in order under one acquisition of the writer, and shows them
+    /// to readers with one store of the ring's tail (and at most one wake-up) at the
+    /// end, or earlier if the writer must wait for a `Block` subscriber. Stops at the
+    /// first record that is too large or out of order; the ones before it stay
+    /// published.
+    fn publish_batch<'a>(
+        &self,
+        records: impl IntoIterator<Item = (Header, &'a [u8])>,
+    ) -> Result<()> {
         let max = self.ring.max_payload();
-        if payload.len() > max {
-            return Err(Error::TooLarge { bytes: payload.len(), max });
-        }
         let mut w = self.writer.lock();
-        let last = self.ring.last_lsn();
-        if h.lsn == 0 || (last != 0 && h.lsn != last + 1) {
-            return Err(Error::OutOfOrder { lsn: h.lsn, last });
+        let mut result = Ok(());
+        let mut n = 0u64;
+        for (h, payload) in records {
+            if payload.len() > max {
+                result = Err(Error::TooLarge { bytes: payload.len(), max });
+                break;
+            }
+            let last = w.w.last_lsn();
+            if h.lsn == 0 || (last != 0 && h.lsn != last + 1) {
+                result = Err(Error::OutOfOrder { lsn: h.lsn, last });
+                break;
+            }
+            // The gates are looked at only when the set changed or this record would
+            // pass the limit they allowed last time, not on every publish (their
+            // positions move on the readers' cores).
+            let end = w.w.end_for(payload.len());
+            let gen = self.gates_gen.load(Ordering::Acquire);
+            if gen != w.gates_gen || end > w.limit {
+                // A `Block` subscriber waits for what this batch wrote so far.
+                if w.w.commit() {
+                    self.wake();
+                }
+                w.gates_gen = gen;
+                w.limit = self.wait_gates(end);
+            }
+            let limit = w.limit;
+            w.w.write_within(h, payload, limit);
+            if let Some(t) = &w.tap {
+                // Under the writer's lock: taps see LSN order.
+                t.published(&h, payload);
+            }
+            n += 1;
         }
-        // The gates are looked at only when the set changed or this record would pass
-        // the limit they allowed last time, not on every publish (their positions move
-        // on the readers' cores).
-        let end = w.w.end_for(payload.len());
-        let gen = self.gates_gen.load(Ordering::Acquire);
-        if gen != w.gates_gen || end > w.limit {
-            w.gates_gen = gen;
-            w.limit = self.wait_gates(end);
-        }
-        let limit = w.limit;
-        w.w.publish_within(h, payload, limit);
-        if let Some(t) = &w.tap {
-            // Under the writer's lock: taps see LSN order.
-            t.published(&h, payload);
-        }
+        let any = w.w.commit();
         // Only the lock's holder writes it: a plain store, no read-modify-write.
-        self.published.store(self.published.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.published.store(self.published.load(Ordering::Relaxed) + n, Ordering::Relaxed);
         drop(w);
+        if any {
+            self.wake();
+        }
+        result
+    }
+
+    /// Wakes the subscribers that sleep waiting for the tail to move.
+    fn wake(&self) {
         if self.waiters.load(Ordering::SeqCst) > 0 {
             let _g = self.wait_lock.lock();
             self.wait_cond.notify_all();
         }
-        Ok(())
     }
 
     /// Waits until no active `Block` subscriber would be overwritten by a record
@@ -450,6 +481,17 @@ impl CommitSink for PubSide {
             tracing::error!(error = %e, lsn, "the bus could not publish a committed event");
         }
     }
+
+    fn committed_batch(&self, first: u64, timestamp: i64, events: &[Event], encoded: &[Vec<u8>]) {
+        let records =
+            events.iter().zip(encoded).enumerate().map(|(i, (e, p))| {
+                (header_for(first + i as u64, timestamp, e, p.len()), p.as_slice())
+            });
+        if let Err(e) = self.publish_batch(records) {
+            // As above: a bug, not a runtime condition.
+            tracing::error!(error = %e, first, "the bus could not publish a committed batch");
+        }
+    }
 }
 
 /// Publishes into a bus that has no engine ([`Bus::detached`]): tests, benchmarks and
@@ -468,6 +510,48 @@ impl Publisher {
     /// Publishes event `lsn` with its encoded form.
     pub fn publish(&self, lsn: u64, timestamp: i64, event: &Event, encoded: &[u8]) -> Result<()> {
         self.side.publish(header_for(lsn, timestamp, event, encoded.len()), encoded)
+    }
+
+    /// Publishes consecutive events from LSN `first` on (`encoded[i]` is
+    /// `events[i]`'s encoded form), all with `timestamp`. Subscribers see the batch
+    /// at once, as the engine's batches: one store of the ring's tail instead of one
+    /// per event. Stops at the first event that cannot be published; the ones before
+    /// it stay published.
+    pub fn publish_batch<P: AsRef<[u8]>>(
+        &self,
+        first: u64,
+        timestamp: i64,
+        events: &[Event],
+        encoded: &[P],
+    ) -> Result<()> {
+        if events.len() != encoded.len() {
+            let why = format!("{} events but {} encoded forms", events.len(), encoded.len());
+            return Err(Error::BadOption { what: "publish_batch", why });
+        }
+        self.side.publish_batch(events.iter().zip(encoded).enumerate().map(|(i, (e, p))| {
+            let p = p.as_ref();
+            (header_for(first + i as u64, timestamp, e, p.len()), p)
+        }))
+    }
+
+    /// [`Publisher::publish_batch`] for already-encoded payloads of `kind`, without
+    /// instrument or account.
+    pub fn publish_raw_batch<P: AsRef<[u8]>>(
+        &self,
+        first: u64,
+        timestamp: i64,
+        kind: EventKind,
+        payloads: &[P],
+    ) -> Result<()> {
+        self.side.publish_batch(payloads.iter().enumerate().map(|(i, p)| {
+            let p = p.as_ref();
+            let h = Header {
+                lsn: first + i as u64,
+                timestamp,
+                meta: meta(p.len(), kind.as_u16() as u8, 0, 0),
+            };
+            (h, p)
+        }))
     }
 
     /// Publishes an already-encoded payload of `kind` without instrument or account

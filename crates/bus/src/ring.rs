@@ -23,10 +23,11 @@
 //! ≥ `e` followed by a release fence. It claims ahead: when a record would end past
 //! the current `intent`, it stores `intent` = that end plus `reserve` words (a sixteenth
 //! of the ring, capped by what `Block` subscribers allow, see
-//! [`Writer::publish_within`]), so `intent` changes about once per sixteenth of the
+//! [`Writer::write_within`]), so `intent` changes about once per sixteenth of the
 //! ring and its cache line stays
 //! shared between the cores instead of moving on every record. The writer stores the
-//! words (relaxed), then publishes `tail` (the record's end). A reader at position `p`
+//! words (relaxed), then publishes `tail` (the end of the record, or of the last record of
+//! a batch: [`Writer::commit`]). A reader at position `p`
 //! loads `tail` (acquire) when it has consumed what it last saw, copies the words
 //! (relaxed), issues an acquire fence and loads `intent`: the copy is whole if
 //! `intent <= p + capacity`, because any overwrite of the words it read is preceded by
@@ -332,13 +333,23 @@ pub struct Writer {
     pos: u64,
     /// The `intent` last stored: words below it may be written without storing it again.
     claimed: u64,
+    /// The LSN of the last record written, published or not.
+    last: u64,
+    /// Whether records were written since `tail` was last stored.
+    pending: bool,
 }
 
 impl Writer {
     /// The writer of `ring` (there must be only one).
     pub fn new(ring: std::sync::Arc<Ring>) -> Writer {
         let claimed = ring.claimed.intent.load(Ordering::Relaxed);
-        Writer { ring, pos: 0, claimed }
+        let last = ring.last_lsn();
+        Writer { ring, pos: 0, claimed, last, pending: false }
+    }
+
+    /// The LSN of the last record written (published or still pending).
+    pub fn last_lsn(&self) -> u64 {
+        self.last
     }
 
     /// The end position that publishing a payload of `len` bytes will claim: readers
@@ -350,14 +361,17 @@ impl Writer {
     /// Publishes one record. `payload.len()` must not exceed [`Ring::max_payload`].
     #[cfg(feature = "loom")]
     pub fn publish(&mut self, h: Header, payload: &[u8]) {
-        self.publish_within(h, payload, u64::MAX);
+        self.write_within(h, payload, u64::MAX);
+        self.commit();
     }
 
-    /// Publishes one record, claiming ahead no further than `limit` (at least the
+    /// Writes one record, claiming ahead no further than `limit` (at least the
     /// record's end, [`Writer::end_for`]): a reader at position `p` with
     /// `p + capacity >= limit` must not be told it was lapped. `payload.len()` must not
-    /// exceed [`Ring::max_payload`].
-    pub fn publish_within(&mut self, h: Header, payload: &[u8], limit: u64) {
+    /// exceed [`Ring::max_payload`]. Readers see it, and every record written before
+    /// it, at the next [`Writer::commit`]: a batch costs them one look at `tail`
+    /// instead of one per record.
+    pub fn write_within(&mut self, h: Header, payload: &[u8], limit: u64) {
         let ring = &*self.ring;
         debug_assert!(payload.len() <= ring.max_payload());
         debug_assert_eq!(h.len(), payload.len());
@@ -396,9 +410,22 @@ impl Writer {
         if ring.claimed.first_lsn.load(Ordering::Relaxed) == 0 {
             ring.claimed.first_lsn.store(h.lsn, Ordering::Release);
         }
-        ring.published.last_lsn.store(h.lsn, Ordering::Release);
-        // SeqCst pairs with a waiting reader's SeqCst registration (see `Bus`).
-        ring.published.tail.store(end, Ordering::SeqCst);
         self.pos = end;
+        self.last = h.lsn;
+        self.pending = true;
+    }
+
+    /// Shows readers every record written since the last commit; `false` if there
+    /// was none.
+    pub fn commit(&mut self) -> bool {
+        if !self.pending {
+            return false;
+        }
+        self.pending = false;
+        let ring = &*self.ring;
+        ring.published.last_lsn.store(self.last, Ordering::Release);
+        // SeqCst pairs with a waiting reader's SeqCst registration (see `Bus`).
+        ring.published.tail.store(self.pos, Ordering::SeqCst);
+        true
     }
 }

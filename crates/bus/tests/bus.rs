@@ -72,6 +72,18 @@ fn race(
     subs: Vec<Subscriber>,
     slow: bool,
 ) -> Vec<Checker> {
+    race_batches(bus, publisher, n, 1, subs, slow)
+}
+
+/// [`race`], publishing `batch` events per call (`publish_raw_batch` when above 1).
+fn race_batches(
+    bus: &Bus,
+    publisher: Publisher,
+    n: u64,
+    batch: u64,
+    subs: Vec<Subscriber>,
+    slow: bool,
+) -> Vec<Checker> {
     let _ = bus;
     let done = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = subs
@@ -107,9 +119,19 @@ fn race(
             })
         })
         .collect();
-    for lsn in 1..=n {
-        publisher.publish_raw(lsn, lsn as i64, EventKind::Extension, &payload(lsn)).unwrap();
-        if lsn.is_multiple_of(1000) {
+    let mut lsn = 1;
+    while lsn <= n {
+        if batch == 1 {
+            publisher.publish_raw(lsn, lsn as i64, EventKind::Extension, &payload(lsn)).unwrap();
+            lsn += 1;
+        } else {
+            let last = (lsn + batch - 1).min(n);
+            let payloads: Vec<Vec<u8>> = (lsn..=last).map(payload).collect();
+            // The checker reads timestamps only through the payload; one per batch.
+            publisher.publish_raw_batch(lsn, 0, EventKind::Extension, &payloads).unwrap();
+            lsn = last + 1;
+        }
+        if lsn % 1000 < batch.max(1) {
             std::thread::yield_now();
         }
     }
@@ -151,6 +173,59 @@ fn block_policy_holds_the_publisher_and_loses_nothing() {
     assert!(checks[0].violations.is_empty(), "{:?}", checks[0].violations);
     assert_eq!((checks[0].events, checks[0].lagged), (20_000, 0));
     assert!(bus.stats().blocked_publishes > 0, "the slow subscriber never held the publisher");
+}
+
+#[test]
+fn batches_reach_every_subscriber_in_order_or_as_an_explicit_gap() {
+    // A batch of 64 is larger than the 8 KiB ring: subscribers are lapped inside it.
+    let (bus, p) = detached(8192, false);
+    let subs = (0..3).map(|_| bus.subscribe(SubscribeOptions::live()).unwrap()).collect();
+    let checks = race_batches(&bus, p, 50_000, 64, subs, true);
+    for c in &checks {
+        assert!(c.violations.is_empty(), "{:?}", &c.violations[..c.violations.len().min(5)]);
+        assert_eq!(c.events + c.lagged, 50_000, "{c:?}");
+    }
+    assert_eq!(bus.stats().published, 50_000);
+}
+
+#[test]
+fn block_policy_holds_a_batch_larger_than_the_ring_and_loses_nothing() {
+    // Each batch of 256 is several laps of the ring: the publisher must show the
+    // subscriber the part it wrote before waiting for it, or it waits out the budget.
+    let (bus, p) = detached(8192, false);
+    let policy = Policy::Block { budget: Duration::from_secs(5) };
+    let subs = vec![bus.subscribe(SubscribeOptions::live().policy(policy)).unwrap()];
+    let t = Instant::now();
+    let checks = race_batches(&bus, p, 20_000, 256, subs, true);
+    assert!(checks[0].violations.is_empty(), "{:?}", checks[0].violations);
+    assert_eq!((checks[0].events, checks[0].lagged), (20_000, 0));
+    assert!(bus.stats().blocked_publishes > 0, "the slow subscriber never held the publisher");
+    assert!(t.elapsed() < Duration::from_secs(5), "the publisher waited out a budget");
+}
+
+#[test]
+fn a_batch_stops_at_its_first_bad_event_and_keeps_the_ones_before() {
+    let (bus, p) = detached(8192, false);
+    let mut s = bus.subscribe(SubscribeOptions::live()).unwrap();
+    p.publish_raw_batch(1, 0, EventKind::Extension, &[payload(1), payload(2)]).unwrap();
+    assert!(matches!(
+        p.publish_raw_batch(4, 0, EventKind::Extension, &[payload(4)]),
+        Err(Error::OutOfOrder { lsn: 4, last: 2 })
+    ));
+    let batch = [payload(3), vec![0; 4096], payload(5)];
+    assert!(matches!(
+        p.publish_raw_batch(3, 0, EventKind::Extension, &batch),
+        Err(Error::TooLarge { .. })
+    ));
+    let events = [sample(EventKind::Extension, 1)];
+    assert!(matches!(p.publish_batch(4, 0, &events, &[b"a", b"b"]), Err(Error::BadOption { .. })));
+    let mut c = Checker::default();
+    while let Some(m) = s.try_next().unwrap() {
+        c.see(&m);
+    }
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    assert_eq!((c.events, c.next), (3, Some(4)), "1 and 2, then 3 of the refused batch");
+    assert_eq!(bus.stats().published, 3);
 }
 
 #[test]

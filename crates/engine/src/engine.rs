@@ -53,6 +53,15 @@ pub trait CommitSink: Send + Sync {
     /// Event `lsn`, submitted at `timestamp` (ns since the Unix epoch), with its
     /// encoded form as the WAL holds it.
     fn committed(&self, lsn: u64, timestamp: i64, event: &Event, encoded: &[u8]);
+
+    /// A batch: `events[i]` is LSN `first + i`, encoded as `encoded[i]`, all submitted
+    /// at `timestamp`. The engine calls this once per batch; the default calls
+    /// [`CommitSink::committed`] for each event.
+    fn committed_batch(&self, first: u64, timestamp: i64, events: &[Event], encoded: &[Vec<u8>]) {
+        for (i, (e, p)) in events.iter().zip(encoded).enumerate() {
+            self.committed(first + i as u64, timestamp, e, p);
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -970,9 +979,7 @@ impl Inner {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
         if let Some(sink) = &seq.sink {
-            for (i, (e, p)) in events.iter().zip(payloads.iter()).enumerate() {
-                sink.committed(first + i as u64, timestamp, e, p);
-            }
+            sink.committed_batch(first, timestamp, events, &payloads);
         }
         seq.applied = last;
         self.visible.store(last, Ordering::Release);
