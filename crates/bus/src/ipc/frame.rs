@@ -160,7 +160,7 @@ impl Request {
     pub fn encode(&self, tag: u64, out: &mut Vec<u8>) {
         out.clear();
         out.resize(REQUEST_HEADER, 0);
-        out[24..32].copy_from_slice(&tag.to_le_bytes());
+        out[TAG_AT..TAG_AT + 8].copy_from_slice(&tag.to_le_bytes());
         let (op, name) = match self {
             Request::Replay { from, to, topics, max_bytes } => {
                 out[1] = *topics;
@@ -209,17 +209,20 @@ impl Request {
     }
 }
 
+/// Where a request and a response hold their tag.
+const TAG_AT: usize = 24;
+
 /// The tag of a request or a response (0 when it is too short to hold one).
 pub(crate) fn tag_of(b: &[u8]) -> u64 {
-    if b.len() < 32 {
+    if b.len() < TAG_AT + 8 {
         return 0;
     }
-    u64_at(b, 24)
+    u64_at(b, TAG_AT)
 }
 
 /// Echoes a request's tag in a finished response.
 pub(crate) fn set_tag(out: &mut [u8], tag: u64) {
-    out[24..32].copy_from_slice(&tag.to_le_bytes());
+    out[TAG_AT..TAG_AT + 8].copy_from_slice(&tag.to_le_bytes());
 }
 
 /// Starts a response in `out`: status ok, `next` and `head` filled in by
