@@ -170,19 +170,29 @@ fn finish_child(
     Ok(())
 }
 
-/// Runs the three phases through `send`.
+/// Runs the three phases through `send`, and reports how long a send call takes in
+/// the latency phase (`publish_call_p50`/`_p99`): the publishing side's share of the
+/// one-way latency, measured on one clock.
 fn drive(
+    system: &str,
     bytes: usize,
     samples: u64,
     burst: u64,
     mut send: impl FnMut(&[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut payload = vec![0u8; bytes.max(16)];
+    let mut calls = histogram();
     for _ in 0..samples {
         stamp(&mut payload, LATENCY);
+        let t = Instant::now();
         send(&payload)?;
+        record(&mut calls, t.elapsed());
         pause(Duration::from_micros(10));
     }
+    let call = Latency::of(&calls);
+    let params = json!({"bytes": bytes});
+    emit(SUITE, "ipc", system, &params, "publish_call_p50", call.p50, "us");
+    emit(SUITE, "ipc", system, &params, "publish_call_p99", call.p99, "us");
     for _ in 0..burst {
         stamp(&mut payload, THROUGHPUT);
         send(&payload)?;
@@ -220,7 +230,8 @@ fn raw<S: iceoryx2::service::Service>(
         .allocation_strategy(AllocationStrategy::PowerOfTwo)
         .create()?;
     let (child, out) = start_child(role, &name, bytes)?;
-    drive(bytes, samples, burst, |p| {
+    let system = if role == "raw" { "iceoryx2" } else { "iceoryx2_threadsafe" };
+    drive(system, bytes, samples, burst, |p| {
         publisher.loan_slice_uninit(p.len())?.write_from_slice(p).send()?;
         Ok(())
     })?;
@@ -234,7 +245,7 @@ fn bourse(bytes: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
         IpcBridge::start(&bus, IpcOptions { instance: instance.clone(), ..IpcOptions::default() })?;
     let (child, out) = start_child("bourse", &instance, bytes)?;
     let mut lsn = 0u64;
-    drive(bytes, samples, burst, |payload| {
+    drive("bourse", bytes, samples, burst, |payload| {
         lsn += 1;
         p.publish_raw(lsn, 0, EventKind::Extension, payload)?;
         Ok(())
@@ -246,13 +257,19 @@ fn bourse(bytes: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
 pub fn run(quick: bool) -> anyhow::Result<()> {
     let samples = if quick { 10_000 } else { 100_000 };
     let burst = if quick { 200_000 } else { 2_000_000 };
-    if !crate::report::wanted("ipc") {
-        return Ok(());
-    }
+    // `--only ipc` runs every system; `--only "ipc bourse"` (or `raw`, `raw_threadsafe`)
+    // runs one of them.
+    let wanted = |role: &str| crate::report::wanted(&format!("ipc {role}"));
     for bytes in [64usize, 512] {
-        raw::<ipc::Service>("raw", bytes, samples, burst)?;
-        raw::<ipc_threadsafe::Service>("raw_threadsafe", bytes, samples, burst)?;
-        bourse(bytes, samples, burst)?;
+        if wanted("raw") {
+            raw::<ipc::Service>("raw", bytes, samples, burst)?;
+        }
+        if wanted("raw_threadsafe") {
+            raw::<ipc_threadsafe::Service>("raw_threadsafe", bytes, samples, burst)?;
+        }
+        if wanted("bourse") {
+            bourse(bytes, samples, burst)?;
+        }
     }
     Ok(())
 }

@@ -275,9 +275,10 @@ struct Gate {
     budget: Duration,
 }
 
-/// Sees every published record, in LSN order, on the publishing thread, right after
-/// the ring has it (the iceoryx2 transport publishes from here, so other processes
-/// get an event without a thread hop).
+/// Sees every published record, in LSN order, on the publishing thread, once it has
+/// passed the publish checks and right before the ring takes it (the iceoryx2
+/// transport publishes from here, so other processes get an event without a thread
+/// hop or a wait for the ring's copy).
 pub(crate) trait Tap: Send + Sync {
     /// Record `h` with `payload` was published.
     fn published(&self, h: &Header, payload: &[u8]);
@@ -286,7 +287,7 @@ pub(crate) trait Tap: Send + Sync {
 /// The ring's writer, its tap, and what it remembers of the gates between publishes.
 struct WriterState {
     w: Writer,
-    /// Sees every record right after the ring (set under this lock, so a tap sees
+    /// Sees every record right before the ring (set under this lock, so a tap sees
     /// LSN order and the publish path takes no other lock to find it).
     tap: Option<Arc<dyn Tap>>,
     /// No active `Block` subscriber is overwritten by records ending at or below this
@@ -358,6 +359,12 @@ impl PubSide {
                 result = Err(Error::OutOfOrder { lsn: h.lsn, last });
                 break;
             }
+            if let Some(t) = &w.tap {
+                // Under the writer's lock: taps see LSN order. Before the ring's write
+                // (nothing after the checks above can refuse the record), so another
+                // process's subscriber does not wait for this process's ring.
+                t.published(&h, payload);
+            }
             // The gates are looked at only when the set changed or this record would
             // pass the limit they allowed last time, not on every publish (their
             // positions move on the readers' cores).
@@ -373,10 +380,6 @@ impl PubSide {
             }
             let limit = w.limit;
             w.w.write_within(h, payload, limit);
-            if let Some(t) = &w.tap {
-                // Under the writer's lock: taps see LSN order.
-                t.published(&h, payload);
-            }
             n += 1;
         }
         let any = w.w.commit();

@@ -17,7 +17,7 @@ use iceoryx2::prelude::*;
 use iceoryx2::service::port_factory::publish_subscribe::PortFactory;
 use iceoryx2::service::port_factory::PortFactory as _;
 
-use super::frame::{self, Frame, Request, FRAME_EVENT, FRAME_HEARTBEAT};
+use super::frame::{self, Frame, FrameWords, Request, FRAME_EVENT, FRAME_HEARTBEAT};
 use super::{check_instance, ipc_err, node, requests_name, service, service_name, wake_name};
 use crate::bus::{now_ns, Shared, Tap};
 use crate::filter::Topic;
@@ -36,8 +36,9 @@ pub struct IpcOptions {
     pub buffer: usize,
     /// Subscribers per service.
     pub max_subscribers: usize,
-    /// The first size of a frame's shared-memory slot in bytes; larger events make
-    /// iceoryx2 allocate bigger slots (power-of-two growth).
+    /// The first size of an event's shared-memory slot in bytes (the frame header
+    /// travels beside it); larger events make iceoryx2 allocate bigger slots
+    /// (power-of-two growth).
     pub initial_frame_bytes: usize,
     /// A service that sent nothing for this long gets a heartbeat.
     pub heartbeat: Duration,
@@ -134,12 +135,7 @@ impl IpcBridge {
         let node = super::node_threadsafe()?;
         let (outs, watch) = open_outs(&node, &opts)?;
         let watch = Arc::new(watch);
-        let outs = Arc::new(Mutex::new(Outs {
-            outs,
-            head: 0,
-            epoch: now_ns() as u64,
-            buf: Vec::with_capacity(opts.initial_frame_bytes),
-        }));
+        let outs = Arc::new(Mutex::new(Outs { outs, head: 0, epoch: now_ns() as u64 }));
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = sync_channel::<Result<()>>(1);
         {
@@ -248,7 +244,7 @@ fn spawn(
 /// same index.
 struct Out {
     topic: Option<Topic>,
-    publisher: Publisher<ipc_threadsafe::Service, [u8], ()>,
+    publisher: Publisher<ipc_threadsafe::Service, [u8], FrameWords>,
     /// The last LSN of this service's topics the bridge has seen (sent or not).
     prev: u64,
 }
@@ -259,7 +255,7 @@ struct Out {
 /// the services' shared-memory metadata, and never waits for the housekeeping thread
 /// except when it sends a heartbeat on an idle service.
 struct Watch {
-    factory: PortFactory<ipc_threadsafe::Service, [u8], ()>,
+    factory: PortFactory<ipc_threadsafe::Service, [u8], FrameWords>,
     /// Subscribers connected, as last counted.
     subscribers: AtomicUsize,
     /// Frames sent (events and heartbeats).
@@ -273,7 +269,6 @@ struct Outs {
     /// The last LSN published.
     head: u64,
     epoch: u64,
-    buf: Vec<u8>,
 }
 
 /// Re-reads every service's subscriber count: on every housekeeping tick (which
@@ -298,6 +293,7 @@ fn open_outs(
         let factory = node
             .service_builder(&name)
             .publish_subscribe::<[u8]>()
+            .user_header::<FrameWords>()
             .subscriber_max_buffer_size(opts.buffer)
             .max_subscribers(opts.max_subscribers)
             // A restarted bridge may meet its dead predecessor before the cleanup.
@@ -323,12 +319,16 @@ fn open_outs(
     Ok((outs, watch))
 }
 
-fn send(out: &mut Out, watch: &Watch, bytes: &[u8], counters: &Counters) {
-    let sent = out
-        .publisher
-        .loan_slice_uninit(bytes.len())
-        .map_err(|e| format!("{e:?}"))
-        .and_then(|s| s.write_from_slice(bytes).send().map_err(|e| format!("{e:?}")));
+/// Sends one frame: its header into the sample's user header, its payload copied
+/// once, straight into the loaned sample.
+fn send(out: &mut Out, watch: &Watch, f: &Frame, payload: &[u8], counters: &Counters) {
+    let sent =
+        out.publisher.loan_slice_uninit(payload.len()).map_err(|e| format!("{e:?}")).and_then(
+            |mut s| {
+                *s.user_header_mut() = f.to_words();
+                s.write_from_slice(payload).send().map_err(|e| format!("{e:?}"))
+            },
+        );
     match sent {
         Ok(_) => {
             // Called only under the outputs' lock: plain stores, no read-modify-write.
@@ -389,7 +389,7 @@ impl Tap for IpcTap {
         let payload = shareable(kind, payload);
         let mut g = self.outs.lock();
         bump(&self.counters.events);
-        let Outs { outs, head, epoch, buf } = &mut *g;
+        let Outs { outs, head, epoch } = &mut *g;
         *head = h.lsn;
         for (o, w) in outs.iter_mut().zip(self.watch.iter()) {
             if o.topic.is_some() && o.topic != topic {
@@ -407,8 +407,7 @@ impl Tap for IpcTap {
                     epoch: *epoch,
                     len: payload.len() as u32,
                 };
-                f.encode(&payload, buf);
-                send(o, w, buf, &self.counters);
+                send(o, w, &f, &payload, &self.counters);
             }
             o.prev = h.lsn;
         }
@@ -445,7 +444,7 @@ fn housekeeping(
         }
         if !due.is_empty() {
             let mut g = outs.lock();
-            let Outs { outs, head, epoch, buf } = &mut *g;
+            let Outs { outs, head, epoch } = &mut *g;
             for &i in &due {
                 let o = &mut outs[i];
                 let f = Frame {
@@ -459,8 +458,7 @@ fn housekeeping(
                     epoch: *epoch,
                     len: 0,
                 };
-                f.encode(&[], buf);
-                send(o, &watch[i], buf, counters);
+                send(o, &watch[i], &f, &[], counters);
                 counters.heartbeats.fetch_add(1, Ordering::Relaxed);
             }
         }

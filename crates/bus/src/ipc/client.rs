@@ -9,7 +9,7 @@ use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::prelude::*;
 use iceoryx2::sample::Sample;
 
-use super::frame::{self, Frame, Reply, Request, FRAME_EVENT, FRAME_HEADER, RESPONSE_HEADER};
+use super::frame::{self, Frame, FrameWords, Reply, Request, FRAME_EVENT, RESPONSE_HEADER};
 use super::{
     check_instance, ipc_err, node, requests_name, service, service_name, wake_name, Backoff,
 };
@@ -131,14 +131,14 @@ pub struct IpcSubscriber {
     ack_interval: Duration,
     canary_ignore_prev: bool,
     // Ports before the node: fields drop in order.
-    sub: Subscriber<ipc::Service, [u8], ()>,
+    sub: Subscriber<ipc::Service, [u8], FrameWords>,
     client: Client<ipc::Service, [u8], (), [u8], ()>,
     notifier: Notifier<ipc::Service>,
     _node: Node<ipc::Service>,
     /// Every LSN up to this one was delivered or filtered out (`None`: live, before
     /// the first frame).
     last: Option<u64>,
-    held: Option<Sample<ipc::Service, [u8], ()>>,
+    held: Option<Sample<ipc::Service, [u8], FrameWords>>,
     held_delivered: bool,
     page: Vec<u8>,
     page_pos: usize,
@@ -180,8 +180,14 @@ impl IpcSubscriber {
         let factory = node
             .service_builder(&service(&svc_name)?)
             .publish_subscribe::<[u8]>()
+            .user_header::<FrameWords>()
             .open()
-            .map_err(|e| ipc_err("open the topic service (is a bridge running?)", e))?;
+            .map_err(|e| match e {
+                iceoryx2::service::builder::publish_subscribe::PublishSubscribeOpenError::IncompatibleTypes => {
+                    ipc_err("open the topic service (its bridge speaks another frame version)", e)
+                }
+                _ => ipc_err("open the topic service (is a bridge running?)", e),
+            })?;
         let mut sb = factory.subscriber_builder();
         if let Some(b) = opts.buffer {
             sb = sb.buffer_size(b);
@@ -269,16 +275,21 @@ impl IpcSubscriber {
 
     /// The next message, waiting up to `timeout`; `None` when nothing came.
     pub fn next(&mut self, timeout: Duration) -> Result<Option<Message<'_>>> {
-        let deadline = Instant::now() + timeout;
-        let mut backoff = Backoff::new(self.spin);
-        let r = loop {
-            if let Some(r) = self.step()? {
-                break r;
+        // A frame that is already there costs no clock read; the wait starts at the
+        // first miss.
+        let r = match self.step()? {
+            Some(r) => r,
+            None => {
+                let mut backoff = Backoff::new(self.spin, timeout);
+                loop {
+                    if !backoff.wait() {
+                        return Ok(None);
+                    }
+                    if let Some(r) = self.step()? {
+                        break r;
+                    }
+                }
             }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            backoff.wait();
         };
         Ok(Some(self.message(r)))
     }
@@ -355,7 +366,7 @@ impl IpcSubscriber {
     fn message(&self, r: Ready) -> Message<'_> {
         match r {
             Ready::Held { lsn, timestamp, kind } => {
-                let payload = self.held.as_ref().map_or(&[][..], |s| &s.payload()[FRAME_HEADER..]);
+                let payload = self.held.as_ref().map_or(&[][..], |s| s.payload());
                 Message::Event(Delivery {
                     lsn,
                     timestamp,
@@ -447,7 +458,7 @@ impl IpcSubscriber {
     /// out), or opens a gap before it (and keeps holding it).
     fn take_held(&mut self) -> Result<Option<Ready>> {
         let Some(sample) = &self.held else { return Ok(None) };
-        let f = match Frame::decode(sample.payload()) {
+        let f = match Frame::from_words(sample.user_header(), sample.payload().len()) {
             Ok(f) => f,
             Err(why) => {
                 self.held = None;
@@ -482,7 +493,7 @@ impl IpcSubscriber {
             return Ok(Some(Ready::Heartbeat(l)));
         }
         self.last = Some(f.lsn);
-        if self.accepts(f.kind, Some((f.ih, f.ah)), &sample.payload()[FRAME_HEADER..]) {
+        if self.accepts(f.kind, Some((f.ih, f.ah)), sample.payload()) {
             self.held_delivered = true;
             return Ok(Some(Ready::Held { lsn: f.lsn, timestamp: f.timestamp, kind: f.kind }));
         }
@@ -541,9 +552,10 @@ impl IpcSubscriber {
             if let Err(e) = self.notifier.notify() {
                 tracing::debug!(error = ?e, "the request wake-up was not delivered");
             }
-            let resend_at = (Instant::now() + Duration::from_millis(500)).min(deadline);
-            let mut backoff = Backoff::new(Duration::from_micros(50));
-            while Instant::now() < resend_at {
+            let resend_in = deadline.saturating_duration_since(Instant::now());
+            let mut backoff =
+                Backoff::new(Duration::from_micros(50), resend_in.min(Duration::from_millis(500)));
+            while backoff.wait() {
                 if let Some(r) = pending.receive().map_err(|e| ipc_err("receive a response", e))? {
                     if frame::tag_of(r.payload()) != tag {
                         self.stale_replies += 1;
@@ -559,7 +571,6 @@ impl IpcSubscriber {
                     return frame::read_response(&self.resp)
                         .map_err(|why| Error::Ipc { op: "read a response", why: why.into() });
                 }
-                backoff.wait();
             }
             if Instant::now() >= deadline {
                 let why = format!(
@@ -608,6 +619,7 @@ mod tests {
         let _topic = node
             .service_builder(&service(&service_name(&instance, None)).unwrap())
             .publish_subscribe::<[u8]>()
+            .user_header::<FrameWords>()
             .open_or_create()
             .unwrap();
         let _wake = node
@@ -636,6 +648,22 @@ mod tests {
                 active.loan_slice_uninit(out.len()).unwrap().write_from_slice(&out).send().unwrap();
             }
         }
+    }
+
+    /// A topic service of frame version 1 (its header inside the payload, no iceoryx2
+    /// user header) is refused with an error that says so, not taken for a bridge
+    /// that is not running and not read as garbage.
+    #[test]
+    fn a_bridge_of_the_first_frame_version_is_named_in_the_error() {
+        let instance = format!("v1-{}", std::process::id());
+        let node = node().unwrap();
+        let _old = node
+            .service_builder(&service(&service_name(&instance, None)).unwrap())
+            .publish_subscribe::<[u8]>()
+            .open_or_create()
+            .unwrap();
+        let e = IpcSubscriber::connect(IpcSubscribeOptions::new(&instance)).unwrap_err();
+        assert!(e.to_string().contains("another frame version"), "{e}");
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The bytes on the wire between the bridge and its clients (all little-endian).
 //! `docs/bus.md` has the same tables.
 //!
-//! **Frame** (one iceoryx2 sample on a topic service), a 48-byte header then the
-//! encoded event:
+//! **Frame** (one iceoryx2 sample on a topic service). The sample's payload is the
+//! encoded event, exactly as the engine stored it (a registration's password hash
+//! emptied); the frame's header travels in the sample's iceoryx2 *user header*, six
+//! `u64` words (48 bytes) in the machine's byte order. Shared memory never leaves the
+//! machine, and on the little-endian machines Bourse runs on the bytes are:
 //!
 //! | offset | width | field |
 //! |---|---|---|
 //! | 0 | 1 | type: 1 event, 2 heartbeat |
-//! | 1 | 1 | version (1) |
+//! | 1 | 1 | version (2; version 1 put this header in front of the payload) |
 //! | 2 | 2 | event kind (0 in a heartbeat) |
 //! | 4 | 2 | 12-bit hash of the event's instrument (0 without one) |
 //! | 6 | 2 | 12-bit hash of the event's account (0 without one) |
@@ -15,8 +18,13 @@
 //! | 16 | 8 | event: its timestamp (ns); heartbeat: when it was sent |
 //! | 24 | 8 | `prev`: the last LSN of this service's topics before this frame, sent or not |
 //! | 32 | 8 | the bridge's incarnation (its start time in ns) |
-//! | 40 | 4 | payload length |
+//! | 40 | 4 | payload length (must equal the sample's payload length) |
 //! | 44 | 4 | reserved (0) |
+//!
+//! With the header out of the payload, the bridge copies an event once, straight from
+//! the caller's buffer into the loaned sample, instead of assembling header and
+//! payload in a buffer first. A version-1 client cannot open a version-2 service: the
+//! user header is part of the service's type, so iceoryx2 refuses the mismatch.
 //!
 //! `prev` is what makes iceoryx2's silent overflow visible: a client that has seen
 //! everything up to `last` and receives a frame with `prev > last` missed
@@ -54,11 +62,11 @@
 
 use crate::filter::Topic;
 
-/// Frame header size.
-pub(crate) const FRAME_HEADER: usize = 48;
+/// A frame's header as iceoryx2 carries it: the sample's user header.
+pub(crate) type FrameWords = [u64; 6];
 pub(crate) const FRAME_EVENT: u8 = 1;
 pub(crate) const FRAME_HEARTBEAT: u8 = 2;
-const FRAME_VERSION: u8 = 1;
+const FRAME_VERSION: u8 = 2;
 
 pub(crate) const OP_REPLAY: u8 = 1;
 pub(crate) const OP_OPEN: u8 = 2;
@@ -100,47 +108,49 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    /// Writes the header then the payload into `out` (cleared first).
-    pub fn encode(&self, payload: &[u8], out: &mut Vec<u8>) {
-        out.clear();
-        out.push(self.typ);
-        out.push(FRAME_VERSION);
-        out.extend_from_slice(&self.kind.to_le_bytes());
-        out.extend_from_slice(&self.ih.to_le_bytes());
-        out.extend_from_slice(&self.ah.to_le_bytes());
-        out.extend_from_slice(&self.lsn.to_le_bytes());
-        out.extend_from_slice(&self.timestamp.to_le_bytes());
-        out.extend_from_slice(&self.prev.to_le_bytes());
-        out.extend_from_slice(&self.epoch.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&[0u8; 4]);
-        out.extend_from_slice(payload);
+    /// The header words for this frame (its payload is the sample's payload).
+    pub fn to_words(self) -> FrameWords {
+        [
+            u64::from(self.typ)
+                | u64::from(FRAME_VERSION) << 8
+                | u64::from(self.kind) << 16
+                | u64::from(self.ih) << 32
+                | u64::from(self.ah) << 48,
+            self.lsn,
+            self.timestamp as u64,
+            self.prev,
+            self.epoch,
+            u64::from(self.len),
+        ]
     }
 
-    /// Reads a frame; `Err` names what is wrong. The payload is `b[FRAME_HEADER..]`.
-    pub fn decode(b: &[u8]) -> Result<Frame, &'static str> {
-        if b.len() < FRAME_HEADER {
-            return Err("frame shorter than its header");
-        }
-        if b[1] != FRAME_VERSION {
+    /// Reads a frame's header words, given the length of the sample's payload; `Err`
+    /// names what is wrong.
+    pub fn from_words(w: &FrameWords, payload_len: usize) -> Result<Frame, &'static str> {
+        let byte = |i: u32| (w[0] >> (8 * i)) as u8;
+        let half = |i: u32| (w[0] >> (16 * i)) as u16;
+        if byte(1) != FRAME_VERSION {
             return Err("unknown frame version");
         }
-        let typ = b[0];
+        let typ = byte(0);
         if typ != FRAME_EVENT && typ != FRAME_HEARTBEAT {
             return Err("unknown frame type");
         }
+        if w[5] >> 32 != 0 {
+            return Err("reserved frame bits set");
+        }
         let f = Frame {
             typ,
-            kind: u16_at(b, 2),
-            ih: u16_at(b, 4),
-            ah: u16_at(b, 6),
-            lsn: u64_at(b, 8),
-            timestamp: u64_at(b, 16) as i64,
-            prev: u64_at(b, 24),
-            epoch: u64_at(b, 32),
-            len: u32_at(b, 40),
+            kind: half(1),
+            ih: half(2),
+            ah: half(3),
+            lsn: w[1],
+            timestamp: w[2] as i64,
+            prev: w[3],
+            epoch: w[4],
+            len: w[5] as u32,
         };
-        if b.len() - FRAME_HEADER != f.len as usize {
+        if f.len as usize != payload_len {
             return Err("frame length does not match its payload");
         }
         Ok(f)
@@ -327,7 +337,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_round_trip_and_reject_bad_lengths() {
+    fn frames_round_trip_and_reject_bad_headers() {
         let f = Frame {
             typ: FRAME_EVENT,
             kind: 7,
@@ -339,18 +349,23 @@ mod tests {
             epoch: 99,
             len: 3,
         };
-        let mut b = Vec::new();
-        f.encode(b"xyz", &mut b);
-        assert_eq!(b.len(), FRAME_HEADER + 3);
-        assert_eq!(Frame::decode(&b), Ok(f));
-        assert!(Frame::decode(&b[..b.len() - 1]).is_err());
-        assert!(Frame::decode(&b[..FRAME_HEADER - 1]).is_err());
-        let mut bad = b.clone();
-        bad[0] = 9;
-        assert!(Frame::decode(&bad).is_err());
-        let mut bad = b;
-        bad[1] = 2;
-        assert!(Frame::decode(&bad).is_err());
+        let w = f.to_words();
+        assert_eq!(Frame::from_words(&w, 3), Ok(f));
+        // On a little-endian machine the words are the documented bytes.
+        if cfg!(target_endian = "little") {
+            let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+            assert_eq!(&bytes[..8], &[1, 2, 7, 0, 0xbc, 0x0a, 0x23, 0x01]);
+            assert_eq!(&bytes[40..48], &[3, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        assert!(Frame::from_words(&w, 2).is_err());
+        assert!(Frame::from_words(&w, 4).is_err());
+        for (word, bad) in
+            [(0usize, w[0] & !0xff | 9), (0, w[0] & !0xff00 | 1 << 8), (5, w[5] | 1 << 40)]
+        {
+            let mut b = w;
+            b[word] = bad;
+            assert!(Frame::from_words(&b, 3).is_err(), "{b:?}");
+        }
     }
 
     #[test]

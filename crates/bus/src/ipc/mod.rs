@@ -24,7 +24,7 @@ mod bridge;
 mod client;
 mod frame;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iceoryx2::prelude::*;
 
@@ -117,25 +117,48 @@ pub fn dead_nodes() -> Result<usize> {
     Ok(dead)
 }
 
-/// Spins, then sleeps for doubling periods up to 1 ms: the wait of a poller that
-/// must not burn a core while idle nor add much latency while busy.
+/// Spins, then sleeps for doubling periods up to 1 ms, until a deadline: the wait of
+/// a poller that must not burn a core while idle nor add much latency while busy.
+/// While spinning it reads the clock only every [`Backoff::CLOCK_EVERY`] polls, so a
+/// poll costs what the poll itself costs and an arriving frame is seen sooner.
 pub(crate) struct Backoff {
+    polls: u32,
     sleeps: u32,
-    spin_until: std::time::Instant,
+    spin_until: Instant,
+    deadline: Instant,
 }
 
 impl Backoff {
-    pub fn new(spin: Duration) -> Backoff {
-        Backoff { sleeps: 0, spin_until: std::time::Instant::now() + spin }
+    /// Spinning polls between two clock reads (a poll is tens of nanoseconds, so
+    /// the spin and the deadline are kept to within a few microseconds).
+    const CLOCK_EVERY: u32 = 64;
+
+    /// Starts waiting now: spin for `spin`, give up after `timeout`.
+    pub fn new(spin: Duration, timeout: Duration) -> Backoff {
+        let now = Instant::now();
+        Backoff { polls: 0, sleeps: 0, spin_until: now + spin, deadline: now + timeout }
     }
 
-    pub fn wait(&mut self) {
-        if std::time::Instant::now() < self.spin_until {
+    /// Waits a little before the next poll; false once the deadline has passed.
+    pub fn wait(&mut self) -> bool {
+        if self.sleeps == 0 {
+            self.polls = self.polls.wrapping_add(1);
+            if !self.polls.is_multiple_of(Self::CLOCK_EVERY) {
+                std::hint::spin_loop();
+                return true;
+            }
+        }
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        if now < self.spin_until {
             std::hint::spin_loop();
-            return;
+            return true;
         }
         let us = (1u64 << self.sleeps.min(10)).min(1000);
         self.sleeps += 1;
-        std::thread::sleep(Duration::from_micros(us));
+        std::thread::sleep(Duration::from_micros(us).min(self.deadline - now));
+        true
     }
 }
