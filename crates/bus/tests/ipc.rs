@@ -390,6 +390,69 @@ fn a_new_subscriber_is_counted_at_once() {
     assert_eq!(seen, [1, 2, 3]);
 }
 
+/// The bridge's publishers are plain `ipc::Service` ports kept behind one lock and
+/// moved between threads (the `unsafe impl Send` for its state): here four writer
+/// threads commit concurrently, so each batch is published on whichever thread holds
+/// the engine's publish turn, while the housekeeping thread sends heartbeats through
+/// the same ports every few milliseconds. The subscriber in this process must see
+/// LSNs 1..=end in order, each with the payload the journal has, and no gap.
+#[test]
+fn writers_on_many_threads_reach_an_ipc_subscriber_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, bus) = open(dir.path());
+    let inst = instance("threads");
+    let opts = IpcOptions {
+        instance: inst.clone(),
+        heartbeat: Duration::from_millis(4),
+        ..IpcOptions::default()
+    };
+    let bridge = IpcBridge::start(&bus, opts).unwrap();
+    let mut s = IpcSubscriber::connect(
+        IpcSubscribeOptions::new(&inst).start(IpcStart::Lsn(1)).on_lag(OnLag::Replay),
+    )
+    .unwrap();
+    let writers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                for i in 0..1500u64 {
+                    let n = t * 1_000_000 + i;
+                    let batch = [sample(mixed_kind(n), n), sample(mixed_kind(n + 1), n + 1)];
+                    engine.submit(&batch[..1 + (i % 2) as usize], Durability::Buffered).unwrap();
+                    if i % 100 == 99 {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
+    let t = Instant::now();
+    let mut done = false;
+    while !done || s.position() < engine.applied_lsn() {
+        assert!(t.elapsed() < Duration::from_secs(120), "stuck at {}", s.position());
+        match s.next(Duration::from_millis(20)).unwrap() {
+            Some(Message::Event(d)) => got.push((d.lsn, d.payload.to_vec())),
+            Some(Message::Lagged { from, to }) => panic!("Lagged {from}..={to} with Replay"),
+            Some(Message::Heartbeat { .. }) | None => {}
+        }
+        done = done || writers.iter().all(|w| w.is_finished());
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    let end = engine.applied_lsn();
+    assert_eq!(end, 4 * (750 + 750 * 2), "every submit committed");
+    let lsns: Vec<u64> = got.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lsns, (1..=end).collect::<Vec<_>>(), "every LSN once, in order");
+    let mut journal = engine.commits(1).unwrap();
+    for (lsn, payload) in &got {
+        let c = journal.next_raw().unwrap().unwrap();
+        assert_eq!((c.lsn, c.payload), (*lsn, &payload[..]), "the payload the journal has");
+    }
+    assert!(bridge.stats().heartbeats > 0, "the housekeeping thread used the ports too");
+}
+
 #[test]
 fn connecting_without_a_bridge_is_a_clear_error() {
     let e = IpcSubscriber::connect(IpcSubscribeOptions::new(&instance("none"))).unwrap_err();

@@ -103,7 +103,6 @@ pub struct IpcBridge {
     counters: Arc<Counters>,
     instance: String,
     shared: Arc<Shared>,
-    _node: Node<ipc_threadsafe::Service>,
 }
 
 impl std::fmt::Debug for IpcBridge {
@@ -132,10 +131,11 @@ impl IpcBridge {
         let counters = Arc::new(Counters::default());
         counters.dead_nodes_removed.fetch_add(removed as u64, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
-        let node = super::node_threadsafe()?;
+        let node = node()?;
         let (outs, watch) = open_outs(&node, &opts)?;
         let watch = Arc::new(watch);
-        let outs = Arc::new(Mutex::new(Outs { outs, head: 0, epoch: now_ns() as u64 }));
+        let outs =
+            Arc::new(Mutex::new(Outs { outs, head: 0, epoch: now_ns() as u64, _node: node }));
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = sync_channel::<Result<()>>(1);
         {
@@ -153,7 +153,6 @@ impl IpcBridge {
             counters: counters.clone(),
             instance: opts.instance.clone(),
             shared: shared.clone(),
-            _node: node,
         };
         let r = ready_rx.recv().unwrap_or_else(|_| {
             Err(Error::Ipc { op: "start", why: "the request thread ended early".into() })
@@ -178,10 +177,17 @@ impl IpcBridge {
                 o.prev = head;
             }
         });
-        let (stop2, counters2, opts2) = (stop, counters, opts);
+        let (ready_tx, ready_rx) = sync_channel::<Result<()>>(1);
         bridge.threads.push(spawn("bourse-ipc-hk", move || {
-            housekeeping(&outs, &watch, &opts2, &stop2, &counters2)
+            housekeeping(&outs, &watch, &opts, &stop, &counters, &ready_tx)
         })?);
+        let r = ready_rx.recv().unwrap_or_else(|_| {
+            Err(Error::Ipc { op: "start", why: "the housekeeping thread ended early".into() })
+        });
+        if let Err(e) = r {
+            let _ = bridge.shutdown();
+            return Err(e);
+        }
         Ok(bridge)
     }
 
@@ -244,18 +250,18 @@ fn spawn(
 /// same index.
 struct Out {
     topic: Option<Topic>,
-    publisher: Publisher<ipc_threadsafe::Service, [u8], FrameWords>,
+    publisher: Publisher<ipc::Service, [u8], FrameWords>,
     /// The last LSN of this service's topics the bridge has seen (sent or not).
     prev: u64,
 }
 
 /// What the housekeeping thread and the tap share without a lock, per service: the
-/// tap reads the subscriber count and bumps `sent`; the housekeeping thread recounts
-/// and watches `sent` for idleness. So the publishing thread never reads a clock or
-/// the services' shared-memory metadata, and never waits for the housekeeping thread
+/// tap reads the subscriber count and bumps `sent`; the housekeeping and request
+/// threads recount (each through its own [`Census`]) and the housekeeping thread
+/// watches `sent` for idleness. So the publishing thread never reads a clock or the
+/// services' shared-memory metadata, and never waits for the housekeeping thread
 /// except when it sends a heartbeat on an idle service.
 struct Watch {
-    factory: PortFactory<ipc_threadsafe::Service, [u8], FrameWords>,
     /// Subscribers connected, as last counted.
     subscribers: AtomicUsize,
     /// Frames sent (events and heartbeats).
@@ -263,45 +269,93 @@ struct Watch {
 }
 
 /// The publishing state, shared by the tap (the bus's publishing thread) and the
-/// housekeeping thread (heartbeats).
+/// housekeeping thread (heartbeats), always behind one mutex.
+///
+/// Its ports are `ipc::Service` ports, not `ipc_threadsafe` ones: those put every port
+/// behind a recursive pthread mutex of their own, which cost about a quarter of a
+/// microsecond per publish on the 2-core machine (raw iceoryx2 publish calls, p50
+/// 0.81–0.84 µs thread-safe against 0.55–0.58 µs), while this mutex is needed anyway
+/// to keep LSN order and each service's `prev`.
 struct Outs {
+    // Ports before the node: fields drop in order.
     outs: Vec<Out>,
     /// The last LSN published.
     head: u64,
     epoch: u64,
+    _node: Node<ipc::Service>,
 }
 
-/// Re-reads every service's subscriber count: on every housekeeping tick (which
-/// notices subscribers that left, or connected without signalling) and whenever the
-/// wake-up event fires (a subscriber signals it once connected). A subscriber counted
-/// late sees the frames it missed as a gap (`prev`).
-fn recount(watch: &[Watch]) {
-    for w in watch {
-        let n = w.factory.dynamic_config().number_of_subscribers();
-        w.subscribers.store(n, Ordering::Relaxed);
+// SAFETY: `ipc::Service` ports are `!Send` only because they share their node's and
+// their service's state through `Rc`s (iceoryx2's `SingleThreaded` policy) and
+// unsynchronised cells. An `Outs` owns that node and every port made from it; no
+// `Rc`, port or sample leaves it (samples are loaned and sent inside one call under
+// the lock); and it is reachable only through one `Mutex` (the tap's and the
+// housekeeping thread's `Arc<Mutex<Outs>>`), so one thread at a time touches any of
+// that state and the mutex orders those touches (release on unlock, acquire on
+// lock). iceoryx2 keeps no thread-local state for these ports and starts no
+// threads. Moving the whole graph to another thread between locked sections is then
+// what a `Mutex<T: Send>` does with any `T`. The `Census` of the other threads use
+// their own nodes and never share this one.
+#[allow(unsafe_code)]
+unsafe impl Send for Outs {}
+
+/// Reads the services' subscriber counts from shared memory, through a node of the
+/// thread that holds it (the housekeeping thread and the request thread each have
+/// their own; `ipc::Service` handles stay on the thread that made them).
+struct Census {
+    factories: Vec<PortFactory<ipc::Service, [u8], FrameWords>>,
+}
+
+impl Census {
+    /// Opens every topic service through `node`, which must outlive the census.
+    fn open(node: &Node<ipc::Service>, opts: &IpcOptions) -> Result<Census> {
+        let factories =
+            topics().map(|topic| topic_service(node, topic, opts)).collect::<Result<Vec<_>>>()?;
+        Ok(Census { factories })
+    }
+
+    /// Re-reads every service's subscriber count: on every housekeeping tick (which
+    /// notices subscribers that left, or connected without signalling) and whenever
+    /// the wake-up event fires (a subscriber signals it once connected). A subscriber
+    /// counted late sees the frames it missed as a gap (`prev`).
+    fn recount(&self, watch: &[Watch]) {
+        for (f, w) in self.factories.iter().zip(watch) {
+            let n = f.dynamic_config().number_of_subscribers();
+            w.subscribers.store(n, Ordering::Relaxed);
+        }
     }
 }
 
-fn open_outs(
-    node: &Node<ipc_threadsafe::Service>,
+/// The services in [`Out`] order: all topics, then each topic.
+fn topics() -> impl Iterator<Item = Option<Topic>> {
+    std::iter::once(None).chain(Topic::ALL.into_iter().map(Some))
+}
+
+/// Opens (or creates) the service of `topic` (`None`: all), with the bridge's settings.
+fn topic_service(
+    node: &Node<ipc::Service>,
+    topic: Option<Topic>,
     opts: &IpcOptions,
-) -> Result<(Vec<Out>, Vec<Watch>)> {
+) -> Result<PortFactory<ipc::Service, [u8], FrameWords>> {
+    let name = service(&service_name(&opts.instance, topic))?;
+    node.service_builder(&name)
+        .publish_subscribe::<[u8]>()
+        .user_header::<FrameWords>()
+        .subscriber_max_buffer_size(opts.buffer)
+        .max_subscribers(opts.max_subscribers)
+        // A restarted bridge may meet its dead predecessor before the cleanup.
+        .max_publishers(2)
+        .history_size(0)
+        .enable_safe_overflow(true)
+        .open_or_create()
+        .map_err(|e| ipc_err("open or create a topic service", e))
+}
+
+fn open_outs(node: &Node<ipc::Service>, opts: &IpcOptions) -> Result<(Vec<Out>, Vec<Watch>)> {
     let mut outs = Vec::new();
     let mut watch = Vec::new();
-    for topic in std::iter::once(None).chain(Topic::ALL.into_iter().map(Some)) {
-        let name = service(&service_name(&opts.instance, topic))?;
-        let factory = node
-            .service_builder(&name)
-            .publish_subscribe::<[u8]>()
-            .user_header::<FrameWords>()
-            .subscriber_max_buffer_size(opts.buffer)
-            .max_subscribers(opts.max_subscribers)
-            // A restarted bridge may meet its dead predecessor before the cleanup.
-            .max_publishers(2)
-            .history_size(0)
-            .enable_safe_overflow(true)
-            .open_or_create()
-            .map_err(|e| ipc_err("open or create a topic service", e))?;
+    for topic in topics() {
+        let factory = topic_service(node, topic, opts)?;
         let publisher = factory
             .publisher_builder()
             .initial_max_slice_len(opts.initial_frame_bytes)
@@ -310,11 +364,7 @@ fn open_outs(
             .map_err(|e| ipc_err("create a publisher", e))?;
         let subscribers = factory.dynamic_config().number_of_subscribers();
         outs.push(Out { topic, publisher, prev: 0 });
-        watch.push(Watch {
-            factory,
-            subscribers: AtomicUsize::new(subscribers),
-            sent: AtomicU64::new(0),
-        });
+        watch.push(Watch { subscribers: AtomicUsize::new(subscribers), sent: AtomicU64::new(0) });
     }
     Ok((outs, watch))
 }
@@ -389,7 +439,7 @@ impl Tap for IpcTap {
         let payload = shareable(kind, payload);
         let mut g = self.outs.lock();
         bump(&self.counters.events);
-        let Outs { outs, head, epoch } = &mut *g;
+        let Outs { outs, head, epoch, .. } = &mut *g;
         *head = h.lsn;
         for (o, w) in outs.iter_mut().zip(self.watch.iter()) {
             if o.topic.is_some() && o.topic != topic {
@@ -421,7 +471,19 @@ fn housekeeping(
     opts: &IpcOptions,
     stop: &AtomicBool,
     counters: &Counters,
+    ready: &std::sync::mpsc::SyncSender<Result<()>>,
 ) -> Result<()> {
+    let setup = node().and_then(|n| Census::open(&n, opts).map(|c| (n, c)));
+    let (_node, census) = match setup {
+        Ok(x) => {
+            let _ = ready.send(Ok(()));
+            x
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
     let tick = (opts.heartbeat / 2).clamp(Duration::from_millis(1), Duration::from_millis(50));
     let mut last_cleanup = Instant::now();
     // Per service: the `sent` count last seen and when it last moved.
@@ -432,7 +494,7 @@ fn housekeeping(
         std::thread::sleep(tick);
         let now = Instant::now();
         due.clear();
-        recount(watch);
+        census.recount(watch);
         for (i, (w, seen)) in watch.iter().zip(seen.iter_mut()).enumerate() {
             let subscribers = w.subscribers.load(Ordering::Relaxed);
             let sent = w.sent.load(Ordering::Relaxed);
@@ -444,7 +506,7 @@ fn housekeeping(
         }
         if !due.is_empty() {
             let mut g = outs.lock();
-            let Outs { outs, head, epoch } = &mut *g;
+            let Outs { outs, head, epoch, .. } = &mut *g;
             for &i in &due {
                 let o = &mut outs[i];
                 let f = Frame {
@@ -535,9 +597,10 @@ fn serve_loop(
             .map_err(|e| ipc_err("open or create the wake-up service", e))?;
         let listener =
             wake.listener_builder().create().map_err(|e| ipc_err("create a listener", e))?;
-        Ok((n, svc, server, wake, listener))
+        let census = Census::open(&n, opts)?;
+        Ok((n, svc, server, wake, listener, census))
     });
-    let (_node, _svc, server, _wake, listener) = match setup {
+    let (_node, _svc, server, _wake, listener, census) = match setup {
         Ok(x) => {
             let _ = ready.send(Ok(()));
             x
@@ -562,7 +625,7 @@ fn serve_loop(
                 }
                 // A subscriber that connects signals too: count it now, so its frames
                 // start at once rather than at the next housekeeping tick.
-                recount(watch);
+                census.recount(watch);
                 continue;
             }
             Err(e) => {

@@ -74,15 +74,6 @@ pub(crate) fn node() -> Result<Node<ipc::Service>> {
         .map_err(|e| ipc_err("create node", e))
 }
 
-/// A node whose ports may be used from any thread (the publishers are driven by the
-/// bus's publishing thread). Same shared memory as `ipc::Service`.
-pub(crate) fn node_threadsafe() -> Result<Node<ipc_threadsafe::Service>> {
-    NodeBuilder::new()
-        .signal_handling_mode(SignalHandlingMode::Disabled)
-        .create::<ipc_threadsafe::Service>()
-        .map_err(|e| ipc_err("create node", e))
-}
-
 pub(crate) fn service(s: &str) -> Result<ServiceName> {
     s.try_into().map_err(|e| ipc_err("service name", e))
 }
