@@ -57,7 +57,7 @@ pub fn run(dir: &Path, quick: bool) -> anyhow::Result<()> {
         }
     }
     replay(dir, quick)?;
-    crate::ipc::run(quick)?;
+    crate::ipc::run(quick, dir)?;
     Ok(())
 }
 

@@ -3,10 +3,15 @@
 //! publish/subscribe of the same payload (the floor).
 //!
 //! The subscriber is this benchmark binary again, started as a child
-//! (`BOURSE_BENCH_IPC_CHILD`); it prints its result lines on stdout, which the parent
-//! relays. Send times are wall-clock nanoseconds in the payload's first 8 bytes (both
-//! processes read the same clock); byte 8 is the phase: 0 latency, 1 throughput,
-//! 2 end.
+//! (`BOURSE_BENCH_IPC_CHILD`); it writes its latencies to a file and prints one
+//! `result` line, which the parent adds to its system's totals. Send times are
+//! wall-clock nanoseconds in the payload's first 8 bytes (both processes read the same
+//! clock); byte 8 is the phase: 0 latency, 1 throughput, 2 end.
+//!
+//! The systems run **interleaved**: several rounds, each running every system once
+//! with a share of the samples, so a slow stretch of the machine (this VM has them)
+//! falls on all of them alike. Latencies are reported over all rounds, throughput as
+//! the median round, and the ratios of Bourse to each floor as their own lines.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -18,7 +23,7 @@ use bourse_model::EventKind;
 use iceoryx2::prelude::*;
 use serde_json::json;
 
-use crate::report::{emit, histogram, record, Latency};
+use crate::report::{emit, histogram, median, record, Latency};
 
 const SUITE: &str = "bus";
 const CHILD: &str = "BOURSE_BENCH_IPC_CHILD";
@@ -52,19 +57,16 @@ fn pause(d: Duration) {
 pub fn child_main() -> Option<anyhow::Result<()>> {
     let role = std::env::var(CHILD).ok()?;
     let name = std::env::var("BOURSE_BENCH_IPC_NAME").unwrap_or_default();
-    let bytes: usize =
-        std::env::var("BOURSE_BENCH_IPC_BYTES").ok().and_then(|b| b.parse().ok()).unwrap_or(64);
     Some(match role.as_str() {
-        "raw" => raw_child(&name, bytes, "iceoryx2"),
-        "raw_threadsafe" => raw_child(&name, bytes, "iceoryx2_threadsafe"),
-        "bourse" => bourse_child(&name, bytes),
+        "raw" | "raw_threadsafe" => raw_child(&name),
+        "bourse" => bourse_child(&name),
         other => Err(anyhow::anyhow!("unknown child role {other}")),
     })
 }
 
 /// What a child measured, in one place for both systems.
 struct Tally {
-    h: hdrhistogram::Histogram<u64>,
+    lat: Vec<u64>,
     got: u64,
     lost: u64,
     first: Option<Instant>,
@@ -73,14 +75,14 @@ struct Tally {
 
 impl Tally {
     fn new() -> Tally {
-        Tally { h: histogram(), got: 0, lost: 0, first: None, last: Instant::now() }
+        Tally { lat: Vec::new(), got: 0, lost: 0, first: None, last: Instant::now() }
     }
 
     /// Returns false at the end marker.
     fn see(&mut self, payload: &[u8]) -> bool {
         let (sent, phase) = read_stamp(payload);
         match phase {
-            LATENCY => record(&mut self.h, Duration::from_nanos(wall_ns().saturating_sub(sent))),
+            LATENCY => self.lat.push(wall_ns().saturating_sub(sent).max(1)),
             THROUGHPUT => {
                 self.first.get_or_insert_with(Instant::now);
                 self.last = Instant::now();
@@ -91,17 +93,20 @@ impl Tally {
         true
     }
 
-    fn print(&self, system: &str, bytes: usize) {
-        let params = json!({"bytes": bytes});
-        Latency::of(&self.h).emit(SUITE, "ipc", system, &params);
+    /// Writes the latencies (little-endian `u64` ns) to the file the parent named and
+    /// prints `result <deliveries per second> <lost>`.
+    fn report(&self) -> anyhow::Result<()> {
+        let path = std::env::var("BOURSE_BENCH_IPC_OUT")?;
+        let bytes: Vec<u8> = self.lat.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes)?;
         let secs = self.first.map_or(0.0, |f| self.last.duration_since(f).as_secs_f64());
         let rate = if secs > 0.0 { self.got as f64 / secs } else { 0.0 };
-        emit(SUITE, "ipc", system, &params, "deliveries", rate, "msg/s");
-        emit(SUITE, "ipc", system, &params, "lost_in_throughput_run", self.lost as f64, "msg");
+        println!("result {rate} {}", self.lost);
+        Ok(())
     }
 }
 
-fn raw_child(name: &str, bytes: usize, system: &str) -> anyhow::Result<()> {
+fn raw_child(name: &str) -> anyhow::Result<()> {
     let node = NodeBuilder::new().create::<ipc::Service>()?;
     let svc = node.service_builder(&name.try_into()?).publish_subscribe::<[u8]>().open()?;
     let sub = svc.subscriber_builder().create()?;
@@ -115,11 +120,10 @@ fn raw_child(name: &str, bytes: usize, system: &str) -> anyhow::Result<()> {
             }
         }
     }
-    t.print(system, bytes);
-    Ok(())
+    t.report()
 }
 
-fn bourse_child(name: &str, bytes: usize) -> anyhow::Result<()> {
+fn bourse_child(name: &str) -> anyhow::Result<()> {
     let opts = IpcSubscribeOptions::new(name).on_lag(OnLag::Signal).spin(Duration::from_millis(1));
     let mut sub = IpcSubscriber::connect(opts)?;
     println!("ready");
@@ -132,20 +136,45 @@ fn bourse_child(name: &str, bytes: usize) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    t.print("bourse", bytes);
-    Ok(())
+    t.report()
+}
+
+/// One system's totals over all rounds of one payload size.
+struct Totals {
+    system: &'static str,
+    lat: hdrhistogram::Histogram<u64>,
+    calls: hdrhistogram::Histogram<u64>,
+    deliveries: Vec<f64>,
+    lost: u64,
+}
+
+impl Totals {
+    fn new(system: &'static str) -> Totals {
+        Totals { system, lat: histogram(), calls: histogram(), deliveries: Vec::new(), lost: 0 }
+    }
+
+    fn emit(&self, bytes: usize) {
+        let params = json!({"bytes": bytes});
+        Latency::of(&self.lat).emit(SUITE, "ipc", self.system, &params);
+        let call = Latency::of(&self.calls);
+        emit(SUITE, "ipc", self.system, &params, "publish_call_p50", call.p50, "us");
+        emit(SUITE, "ipc", self.system, &params, "publish_call_p99", call.p99, "us");
+        let rate = median(self.deliveries.clone());
+        emit(SUITE, "ipc", self.system, &params, "deliveries", rate, "msg/s");
+        emit(SUITE, "ipc", self.system, &params, "lost_in_throughput_run", self.lost as f64, "msg");
+    }
 }
 
 /// Starts the child and waits until it is subscribed; returns it with its output.
 fn start_child(
     role: &str,
     name: &str,
-    bytes: usize,
+    out_file: &std::path::Path,
 ) -> anyhow::Result<(std::process::Child, BufReader<std::process::ChildStdout>)> {
     let mut child = Command::new(std::env::current_exe()?)
         .env(CHILD, role)
         .env("BOURSE_BENCH_IPC_NAME", name)
-        .env("BOURSE_BENCH_IPC_BYTES", bytes.to_string())
+        .env("BOURSE_BENCH_IPC_OUT", out_file)
         .stdout(Stdio::piped())
         .spawn()?;
     let out = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no child stdout"))?;
@@ -158,41 +187,56 @@ fn start_child(
     Ok((child, out))
 }
 
+/// Waits for the child and adds what it measured to `t`.
 fn finish_child(
     mut child: std::process::Child,
     out: BufReader<std::process::ChildStdout>,
+    out_file: &std::path::Path,
+    t: &mut Totals,
 ) -> anyhow::Result<()> {
+    let mut result = None;
     for line in out.lines() {
-        println!("{}", line?);
+        let line = line?;
+        match line.strip_prefix("result ") {
+            Some(r) => result = Some(r.to_string()),
+            None => eprintln!("ipc child: {line}"),
+        }
     }
     let status = child.wait()?;
     anyhow::ensure!(status.success(), "the benchmark child failed: {status}");
+    let result = result.ok_or_else(|| anyhow::anyhow!("the benchmark child sent no result"))?;
+    let mut parts = result.split_whitespace().map(|x| x.parse::<f64>());
+    let (Some(Ok(rate)), Some(Ok(lost))) = (parts.next(), parts.next()) else {
+        anyhow::bail!("a bad result line from the child: {result:?}");
+    };
+    t.deliveries.push(rate);
+    t.lost += lost as u64;
+    for v in std::fs::read(out_file)?.chunks_exact(8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(v);
+        let _ = t.lat.record(u64::from_le_bytes(b));
+    }
     Ok(())
 }
 
-/// Runs the three phases through `send`, and reports how long a send call takes in
-/// the latency phase (`publish_call_p50`/`_p99`): the publishing side's share of the
-/// one-way latency, measured on one clock.
+/// Runs the three phases through `send`, adding how long each send call takes in the
+/// latency phase to `calls` (the publishing side's share of the one-way latency,
+/// measured on one clock).
 fn drive(
-    system: &str,
     bytes: usize,
     samples: u64,
     burst: u64,
+    calls: &mut hdrhistogram::Histogram<u64>,
     mut send: impl FnMut(&[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut payload = vec![0u8; bytes.max(16)];
-    let mut calls = histogram();
     for _ in 0..samples {
         stamp(&mut payload, LATENCY);
         let t = Instant::now();
         send(&payload)?;
-        record(&mut calls, t.elapsed());
+        record(calls, t.elapsed());
         pause(Duration::from_micros(10));
     }
-    let call = Latency::of(&calls);
-    let params = json!({"bytes": bytes});
-    emit(SUITE, "ipc", system, &params, "publish_call_p50", call.p50, "us");
-    emit(SUITE, "ipc", system, &params, "publish_call_p99", call.p99, "us");
     for _ in 0..burst {
         stamp(&mut payload, THROUGHPUT);
         send(&payload)?;
@@ -207,14 +251,22 @@ fn drive(
     Ok(())
 }
 
-/// Raw iceoryx2 through a publisher of service type `S`: `ipc::Service` is the floor;
-/// `ipc_threadsafe::Service` (ports behind a mutex) is what the bridge must use, since
-/// the bus publishes on whichever thread commits.
-fn raw<S: iceoryx2::service::Service>(
-    role: &str,
+/// The size of one round: latency samples and throughput burst.
+#[derive(Clone, Copy)]
+struct Round {
     bytes: usize,
     samples: u64,
     burst: u64,
+}
+
+/// Raw iceoryx2 through a publisher of service type `S`: `ipc::Service` is the floor;
+/// `ipc_threadsafe::Service` (ports behind a mutex each) is the floor of a publisher
+/// shared between threads.
+fn raw<S: iceoryx2::service::Service>(
+    role: &str,
+    r: Round,
+    out_file: &std::path::Path,
+    t: &mut Totals,
 ) -> anyhow::Result<()> {
     let name = format!("bourse-bench/{role}/{}", std::process::id());
     let node = NodeBuilder::new().create::<S>()?;
@@ -226,49 +278,73 @@ fn raw<S: iceoryx2::service::Service>(
         .open_or_create()?;
     let publisher = svc
         .publisher_builder()
-        .initial_max_slice_len(bytes.max(16))
+        .initial_max_slice_len(r.bytes.max(16))
         .allocation_strategy(AllocationStrategy::PowerOfTwo)
         .create()?;
-    let (child, out) = start_child(role, &name, bytes)?;
-    let system = if role == "raw" { "iceoryx2" } else { "iceoryx2_threadsafe" };
-    drive(system, bytes, samples, burst, |p| {
+    let (child, out) = start_child(role, &name, out_file)?;
+    drive(r.bytes, r.samples, r.burst, &mut t.calls, |p| {
         publisher.loan_slice_uninit(p.len())?.write_from_slice(p).send()?;
         Ok(())
     })?;
-    finish_child(child, out)
+    finish_child(child, out, out_file, t)
 }
 
-fn bourse(bytes: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
+fn bourse(r: Round, out_file: &std::path::Path, t: &mut Totals) -> anyhow::Result<()> {
     let instance = format!("bench-{}", std::process::id());
     let (bus, p) = Bus::detached(BusOptions::default())?;
     let _bridge =
         IpcBridge::start(&bus, IpcOptions { instance: instance.clone(), ..IpcOptions::default() })?;
-    let (child, out) = start_child("bourse", &instance, bytes)?;
+    let (child, out) = start_child("bourse", &instance, out_file)?;
     let mut lsn = 0u64;
-    drive("bourse", bytes, samples, burst, |payload| {
+    drive(r.bytes, r.samples, r.burst, &mut t.calls, |payload| {
         lsn += 1;
         p.publish_raw(lsn, 0, EventKind::Extension, payload)?;
         Ok(())
     })?;
-    finish_child(child, out)
+    finish_child(child, out, out_file, t)
 }
 
-/// The `ipc` case: both systems at 64 and 512 bytes.
-pub fn run(quick: bool) -> anyhow::Result<()> {
+/// The `ipc` case: the three systems at 64 and 512 bytes, interleaved in rounds.
+/// `--only ipc` runs all; `--only "ipc bourse"` (or `ipc raw_threadsafe`) one system
+/// (`ipc raw` matches both raw ones).
+pub fn run(quick: bool, dir: &std::path::Path) -> anyhow::Result<()> {
+    let rounds: u64 = if quick { 3 } else { 5 };
     let samples = if quick { 10_000 } else { 100_000 };
     let burst = if quick { 200_000 } else { 2_000_000 };
-    // `--only ipc` runs every system; `--only "ipc bourse"` (or `raw`, `raw_threadsafe`)
-    // runs one of them.
     let wanted = |role: &str| crate::report::wanted(&format!("ipc {role}"));
+    let out_file = dir.join(format!("ipc-latencies-{}", std::process::id()));
     for bytes in [64usize, 512] {
-        if wanted("raw") {
-            raw::<ipc::Service>("raw", bytes, samples, burst)?;
+        let r = Round { bytes, samples: samples / rounds, burst: burst / rounds };
+        let mut totals =
+            [Totals::new("iceoryx2"), Totals::new("iceoryx2_threadsafe"), Totals::new("bourse")];
+        for round in 0..rounds {
+            eprintln!("ipc {bytes} B: round {} of {rounds}", round + 1);
+            let [t_raw, t_ts, t_bourse] = &mut totals;
+            if wanted("raw") {
+                raw::<ipc::Service>("raw", r, &out_file, t_raw)?;
+            }
+            if wanted("raw_threadsafe") {
+                raw::<ipc_threadsafe::Service>("raw_threadsafe", r, &out_file, t_ts)?;
+            }
+            if wanted("bourse") {
+                bourse(r, &out_file, t_bourse)?;
+            }
         }
-        if wanted("raw_threadsafe") {
-            raw::<ipc_threadsafe::Service>("raw_threadsafe", bytes, samples, burst)?;
+        let _ = std::fs::remove_file(&out_file);
+        for t in totals.iter().filter(|t| !t.lat.is_empty()) {
+            t.emit(bytes);
         }
-        if wanted("bourse") {
-            bourse(bytes, samples, burst)?;
+        let [raw_t, ts_t, b] = &totals;
+        if b.lat.is_empty() {
+            continue;
+        }
+        let params = json!({"bytes": bytes});
+        for floor in [raw_t, ts_t].into_iter().filter(|t| !t.lat.is_empty()) {
+            let (bl, fl) = (Latency::of(&b.lat), Latency::of(&floor.lat));
+            for (name, x, y) in [("p50", bl.p50, fl.p50), ("p99", bl.p99, fl.p99)] {
+                let metric = format!("{name}_ratio_vs_{}", floor.system);
+                emit(SUITE, "ipc", "bourse", &params, &metric, x / y, "x");
+            }
         }
     }
     Ok(())
