@@ -10,8 +10,10 @@
 //!
 //! The systems run **interleaved**: several rounds, each running every system once
 //! with a share of the samples, so a slow stretch of the machine (this VM has them)
-//! falls on all of them alike. Latencies are reported over all rounds, throughput as
-//! the median round, and the ratios of Bourse to each floor as their own lines.
+//! falls on all of them alike. Latencies are reported over all rounds and as the
+//! median round's p50/p99 (`*_median_round`: robust to a stall that hits one round),
+//! throughput as the median round, and the ratios of Bourse to each floor as their own
+//! lines.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -123,14 +125,17 @@ fn raw_child(name: &str) -> anyhow::Result<()> {
     t.report()
 }
 
+/// Polls without ever sleeping, as the raw child does: `next` would sleep after its
+/// spin time, and the first event after the 100 ms the parent waits before sending
+/// would then measure a wake-up (up to 1 ms) rather than the transport.
 fn bourse_child(name: &str) -> anyhow::Result<()> {
-    let opts = IpcSubscribeOptions::new(name).on_lag(OnLag::Signal).spin(Duration::from_millis(1));
+    let opts = IpcSubscribeOptions::new(name).on_lag(OnLag::Signal);
     let mut sub = IpcSubscriber::connect(opts)?;
     println!("ready");
     let mut t = Tally::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        match sub.next(Duration::from_millis(100))? {
+        match sub.try_next()? {
             Some(Message::Event(d)) if !t.see(d.payload) => break,
             Some(Message::Lagged { from, to }) => t.lost += to - from + 1,
             _ => {}
@@ -144,18 +149,32 @@ struct Totals {
     system: &'static str,
     lat: hdrhistogram::Histogram<u64>,
     calls: hdrhistogram::Histogram<u64>,
+    /// Each round's own p50 and p99 (µs).
+    rounds: Vec<(f64, f64)>,
     deliveries: Vec<f64>,
     lost: u64,
 }
 
 impl Totals {
     fn new(system: &'static str) -> Totals {
-        Totals { system, lat: histogram(), calls: histogram(), deliveries: Vec::new(), lost: 0 }
+        let (lat, calls) = (histogram(), histogram());
+        Totals { system, lat, calls, rounds: Vec::new(), deliveries: Vec::new(), lost: 0 }
+    }
+
+    /// The median round's p50 and p99 (µs): a round that a stall of the machine fell
+    /// on moves the merged percentiles, not these.
+    fn round_median(&self) -> (f64, f64) {
+        let p50 = median(self.rounds.iter().map(|r| r.0).collect());
+        let p99 = median(self.rounds.iter().map(|r| r.1).collect());
+        (p50, p99)
     }
 
     fn emit(&self, bytes: usize) {
         let params = json!({"bytes": bytes});
         Latency::of(&self.lat).emit(SUITE, "ipc", self.system, &params);
+        let (p50, p99) = self.round_median();
+        emit(SUITE, "ipc", self.system, &params, "latency_p50_median_round", p50, "us");
+        emit(SUITE, "ipc", self.system, &params, "latency_p99_median_round", p99, "us");
         let call = Latency::of(&self.calls);
         emit(SUITE, "ipc", self.system, &params, "publish_call_p50", call.p50, "us");
         emit(SUITE, "ipc", self.system, &params, "publish_call_p99", call.p99, "us");
@@ -211,11 +230,16 @@ fn finish_child(
     };
     t.deliveries.push(rate);
     t.lost += lost as u64;
+    let mut round = histogram();
     for v in std::fs::read(out_file)?.chunks_exact(8) {
         let mut b = [0u8; 8];
         b.copy_from_slice(v);
-        let _ = t.lat.record(u64::from_le_bytes(b));
+        let _ = round.record(u64::from_le_bytes(b));
     }
+    let l = Latency::of(&round);
+    eprintln!("  {}: p50 {:.2} p99 {:.2} p99.9 {:.2} us", t.system, l.p50, l.p99, l.p999);
+    t.rounds.push((l.p50, l.p99));
+    t.lat.add(&round).map_err(|e| anyhow::anyhow!("merging latencies: {e}"))?;
     Ok(())
 }
 
@@ -308,7 +332,7 @@ fn bourse(r: Round, out_file: &std::path::Path, t: &mut Totals) -> anyhow::Resul
 /// `--only ipc` runs all; `--only "ipc bourse"` (or `ipc raw_threadsafe`) one system
 /// (`ipc raw` matches both raw ones).
 pub fn run(quick: bool, dir: &std::path::Path) -> anyhow::Result<()> {
-    let rounds: u64 = if quick { 3 } else { 5 };
+    let rounds: u64 = if quick { 3 } else { 10 };
     let samples = if quick { 10_000 } else { 100_000 };
     let burst = if quick { 200_000 } else { 2_000_000 };
     let wanted = |role: &str| crate::report::wanted(&format!("ipc {role}"));
@@ -341,7 +365,13 @@ pub fn run(quick: bool, dir: &std::path::Path) -> anyhow::Result<()> {
         let params = json!({"bytes": bytes});
         for floor in [raw_t, ts_t].into_iter().filter(|t| !t.lat.is_empty()) {
             let (bl, fl) = (Latency::of(&b.lat), Latency::of(&floor.lat));
-            for (name, x, y) in [("p50", bl.p50, fl.p50), ("p99", bl.p99, fl.p99)] {
+            let (bm, fm) = (b.round_median(), floor.round_median());
+            for (name, x, y) in [
+                ("p50", bl.p50, fl.p50),
+                ("p99", bl.p99, fl.p99),
+                ("p50_median_round", bm.0, fm.0),
+                ("p99_median_round", bm.1, fm.1),
+            ] {
                 let metric = format!("{name}_ratio_vs_{}", floor.system);
                 emit(SUITE, "ipc", "bourse", &params, &metric, x / y, "x");
             }
