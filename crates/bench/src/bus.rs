@@ -6,10 +6,12 @@
 //! first 8 bytes of the payload and paces itself; each subscriber takes the difference
 //! when it sees the event. One subscriber spins on its own core; with 4 and 16 on a
 //! 2-core machine they sleep until woken (spinning would starve the publisher), so
-//! those numbers include a futex wake-up.
+//! those numbers include a futex wake-up. The one-subscriber latency runs interleaved
+//! with the floor's, in rounds (3 quick, 10 full), and is also reported as the median
+//! round with its ratios to the floor.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -19,9 +21,14 @@ use bourse_model::samples::{mixed_kind, sample};
 use bourse_model::EventKind;
 use serde_json::json;
 
-use crate::report::{emit, histogram, record, Latency};
+use hdrhistogram::Histogram;
+
+use crate::report::{emit, histogram, median, record, Latency};
 
 const SUITE: &str = "bus";
+
+/// The send time of a warm-up event (not measured).
+const WARM_UP: u64 = u64::MAX;
 
 fn ns_since(base: Instant) -> u64 {
     base.elapsed().as_nanos() as u64
@@ -50,8 +57,9 @@ pub fn run(dir: &Path, quick: bool) -> anyhow::Result<()> {
     let burst = if quick { 1_000_000 } else { 5_000_000 };
     spsc_floor_throughput::<64>(burst)?;
     spsc_floor_throughput::<512>(burst)?;
+    let rounds = if quick { 3 } else { 10 };
     for bytes in [64usize, 512] {
-        spsc_floor(bytes, samples)?;
+        one_subscriber_latency(bytes, samples, rounds)?;
         for subs in [1usize, 4, 16] {
             inproc(bytes, subs, samples, burst)?;
         }
@@ -61,13 +69,9 @@ pub fn run(dir: &Path, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spsc_floor(bytes: usize, samples: u64) -> anyhow::Result<()> {
-    if !crate::report::wanted("spsc_floor") {
-        return Ok(());
-    }
-    let params = json!({"bytes": bytes});
+/// One round of the floor's latency: `samples` paced pushes through rtrb.
+fn spsc_floor_round(bytes: usize, samples: u64) -> anyhow::Result<Histogram<u64>> {
     let base = Instant::now();
-    // Latency.
     let (mut tx, mut rx) = rtrb::RingBuffer::<Vec<u8>>::new(4096);
     let n = samples;
     let reader = std::thread::spawn(move || {
@@ -93,8 +97,92 @@ fn spsc_floor(bytes: usize, samples: u64) -> anyhow::Result<()> {
         }
         pause(Duration::from_micros(2));
     }
-    let h = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    Latency::of(&h).emit(SUITE, "spsc_floor", "raw", &params);
+    reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))
+}
+
+/// One system's latency over interleaved rounds.
+struct Rounds {
+    all: Histogram<u64>,
+    /// Each round's p50 and p99 (µs).
+    each: Vec<(f64, f64)>,
+}
+
+impl Rounds {
+    fn new() -> Rounds {
+        Rounds { all: histogram(), each: Vec::new() }
+    }
+
+    fn add(&mut self, h: &Histogram<u64>) -> anyhow::Result<()> {
+        let l = Latency::of(h);
+        self.each.push((l.p50, l.p99));
+        self.all.add(h).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The median round's p50 and p99 (µs): robust to a stall that hits one round.
+    fn median(&self) -> (f64, f64) {
+        let p50 = median(self.each.iter().map(|r| r.0).collect());
+        let p99 = median(self.each.iter().map(|r| r.1).collect());
+        (p50, p99)
+    }
+
+    fn emit(&self, case: &str, system: &str, params: &serde_json::Value) {
+        Latency::of(&self.all).emit(SUITE, case, system, params);
+        let (p50, p99) = self.median();
+        emit(SUITE, case, system, params, "latency_p50_median_round", p50, "us");
+        emit(SUITE, case, system, params, "latency_p99_median_round", p99, "us");
+    }
+}
+
+/// One-subscriber latency, interleaved with the floor: `rounds` rounds, each running
+/// the floor and then the bus with a share of the samples, so a slow stretch of the
+/// machine falls on both alike. Reports both over all samples and as the median
+/// round, and the bus's ratios to the floor.
+fn one_subscriber_latency(bytes: usize, samples: u64, rounds: u64) -> anyhow::Result<()> {
+    let (floor_on, bus_on) = (crate::report::wanted("spsc_floor"), crate::report::wanted("inproc"));
+    if !floor_on && !bus_on {
+        return Ok(());
+    }
+    let (mut floor, mut bus) = (Rounds::new(), Rounds::new());
+    let mut lagged = 0;
+    for round in 0..rounds {
+        eprintln!("latency {bytes} B, 1 subscriber: round {} of {rounds}", round + 1);
+        if floor_on {
+            floor.add(&spsc_floor_round(bytes, samples / rounds)?)?;
+        }
+        if bus_on {
+            let (h, l) = inproc_latency_round(bytes, 1, samples / rounds)?;
+            bus.add(&h)?;
+            lagged += l;
+        }
+    }
+    if floor_on {
+        floor.emit("spsc_floor", "raw", &json!({"bytes": bytes}));
+    }
+    if bus_on {
+        let params = json!({"subscribers": 1, "bytes": bytes});
+        bus.emit("inproc", "bourse", &params);
+        emit(SUITE, "inproc", "bourse", &params, "lagged_in_latency_run", lagged as f64, "events");
+        if floor_on {
+            let (b, f) = (Latency::of(&bus.all), Latency::of(&floor.all));
+            let (bm, fm) = (bus.median(), floor.median());
+            for (name, x, y) in [
+                ("p50", b.p50, f.p50),
+                ("p99", b.p99, f.p99),
+                ("p50_median_round", bm.0, fm.0),
+                ("p99_median_round", bm.1, fm.1),
+            ] {
+                emit(
+                    SUITE,
+                    "inproc",
+                    "bourse",
+                    &params,
+                    &format!("{name}_ratio_vs_raw"),
+                    x / y,
+                    "x",
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -138,20 +226,44 @@ fn spsc_floor_throughput<const N: usize>(burst: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Latency with `subs` subscribers (more than one: a single run; one: see
+/// [`one_subscriber_latency`]), then throughput.
 fn inproc(bytes: usize, subs: usize, samples: u64, burst: u64) -> anyhow::Result<()> {
     if !crate::report::wanted("inproc") {
         return Ok(());
     }
-    let params = json!({"subscribers": subs, "bytes": bytes});
+    let spin = if subs == 1 { Duration::from_millis(50) } else { Duration::ZERO };
+    if subs > 1 {
+        let params = json!({"subscribers": subs, "bytes": bytes});
+        let (h, lagged) = inproc_latency_round(bytes, subs, samples)?;
+        Latency::of(&h).emit(SUITE, "inproc", "bourse", &params);
+        emit(SUITE, "inproc", "bourse", &params, "lagged_in_latency_run", lagged as f64, "events");
+    }
+    // Throughput, one publish call per message and (as the engine publishes its
+    // batches) 64 per call.
+    for batch in [1, 64] {
+        inproc_throughput(bytes, subs, burst, batch, spin)?;
+    }
+    Ok(())
+}
+
+/// One latency run: `samples` paced publishes to `subs` live subscribers
+/// (`DropOldest`; nothing should lag at this pace). Returns the merged histogram and
+/// how many events lagged.
+fn inproc_latency_round(
+    bytes: usize,
+    subs: usize,
+    samples: u64,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
     let base = Instant::now();
     let spin = if subs == 1 { Duration::from_millis(50) } else { Duration::ZERO };
-    // Latency: paced publishes, DropOldest (nothing should lag at this pace).
     let (bus, p) = Bus::detached(BusOptions::default())?;
     let start = Arc::new(Barrier::new(subs + 1));
+    let warm = Arc::new(AtomicU64::new(0));
     let readers: Vec<_> = (0..subs)
         .map(|_| {
             let mut s = bus.subscribe(SubscribeOptions::live().spin(spin))?;
-            let start = start.clone();
+            let (start, warm) = (start.clone(), warm.clone());
             Ok(std::thread::spawn(move || -> anyhow::Result<_> {
                 let mut h = histogram();
                 let mut got = 0u64;
@@ -159,6 +271,9 @@ fn inproc(bytes: usize, subs: usize, samples: u64, burst: u64) -> anyhow::Result
                 start.wait();
                 while got + lagged < samples {
                     match s.next(Duration::from_secs(5))? {
+                        Some(Message::Event(d)) if read_stamp(d.payload) == WARM_UP => {
+                            warm.fetch_add(1, Ordering::Relaxed);
+                        }
                         Some(Message::Event(d)) => {
                             let now = ns_since(base);
                             record(
@@ -178,16 +293,27 @@ fn inproc(bytes: usize, subs: usize, samples: u64, burst: u64) -> anyhow::Result
         .collect::<anyhow::Result<_>>()?;
     start.wait();
     let mut payload = vec![0u8; bytes];
-    for lsn in 1..=samples {
+    let pace = Duration::from_micros(match subs {
+        1 => 2,
+        4 => 60,
+        _ => 250,
+    });
+    // Warm-up, not measured: until every subscriber has seen 64 events, so that a
+    // subscriber thread still waking from the barrier does not count as latency.
+    stamp(&mut payload, WARM_UP);
+    let mut lsn = 0;
+    while warm.load(Ordering::Relaxed) < 64 * subs as u64 {
+        lsn += 1;
+        p.publish_raw(lsn, 0, EventKind::Extension, &payload)?;
+        pause(pace);
+        anyhow::ensure!(base.elapsed() < Duration::from_secs(30), "the subscribers never woke");
+    }
+    for lsn in lsn + 1..=lsn + samples {
         stamp(&mut payload, ns_since(base));
         p.publish_raw(lsn, 0, EventKind::Extension, &payload)?;
         // Paced above the cost of waking every subscriber on 2 cores, so the
         // numbers are latency, not queueing.
-        pause(Duration::from_micros(match subs {
-            1 => 2,
-            4 => 60,
-            _ => 250,
-        }));
+        pause(pace);
     }
     let mut all = histogram();
     let mut lagged = 0;
@@ -196,15 +322,7 @@ fn inproc(bytes: usize, subs: usize, samples: u64, burst: u64) -> anyhow::Result
         all.add(&h).map_err(|e| anyhow::anyhow!("{e}"))?;
         lagged += l;
     }
-    Latency::of(&all).emit(SUITE, "inproc", "bourse", &params);
-    emit(SUITE, "inproc", "bourse", &params, "lagged_in_latency_run", lagged as f64, "events");
-    drop(bus);
-    // Throughput, one publish call per message and (as the engine publishes its
-    // batches) 64 per call.
-    for batch in [1, 64] {
-        inproc_throughput(bytes, subs, burst, batch, spin)?;
-    }
-    Ok(())
+    Ok((all, lagged))
 }
 
 /// Throughput: as fast as possible, Block so no subscriber loses anything; `batch`
