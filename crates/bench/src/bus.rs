@@ -23,7 +23,7 @@ use serde_json::json;
 
 use hdrhistogram::Histogram;
 
-use crate::report::{emit, histogram, median, record, Latency};
+use crate::report::{emit, histogram, record, Latency, Rounds};
 
 const SUITE: &str = "bus";
 
@@ -100,39 +100,6 @@ fn spsc_floor_round(bytes: usize, samples: u64) -> anyhow::Result<Histogram<u64>
     reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))
 }
 
-/// One system's latency over interleaved rounds.
-struct Rounds {
-    all: Histogram<u64>,
-    /// Each round's p50 and p99 (µs).
-    each: Vec<(f64, f64)>,
-}
-
-impl Rounds {
-    fn new() -> Rounds {
-        Rounds { all: histogram(), each: Vec::new() }
-    }
-
-    fn add(&mut self, h: &Histogram<u64>) -> anyhow::Result<()> {
-        let l = Latency::of(h);
-        self.each.push((l.p50, l.p99));
-        self.all.add(h).map_err(|e| anyhow::anyhow!("{e}"))
-    }
-
-    /// The median round's p50 and p99 (µs): robust to a stall that hits one round.
-    fn median(&self) -> (f64, f64) {
-        let p50 = median(self.each.iter().map(|r| r.0).collect());
-        let p99 = median(self.each.iter().map(|r| r.1).collect());
-        (p50, p99)
-    }
-
-    fn emit(&self, case: &str, system: &str, params: &serde_json::Value) {
-        Latency::of(&self.all).emit(SUITE, case, system, params);
-        let (p50, p99) = self.median();
-        emit(SUITE, case, system, params, "latency_p50_median_round", p50, "us");
-        emit(SUITE, case, system, params, "latency_p99_median_round", p99, "us");
-    }
-}
-
 /// One-subscriber latency, interleaved with the floor: `rounds` rounds, each running
 /// the floor and then the bus with a share of the samples, so a slow stretch of the
 /// machine falls on both alike. Reports both over all samples and as the median
@@ -156,31 +123,14 @@ fn one_subscriber_latency(bytes: usize, samples: u64, rounds: u64) -> anyhow::Re
         }
     }
     if floor_on {
-        floor.emit("spsc_floor", "raw", &json!({"bytes": bytes}));
+        floor.emit(SUITE, "spsc_floor", "raw", &json!({"bytes": bytes}));
     }
     if bus_on {
         let params = json!({"subscribers": 1, "bytes": bytes});
-        bus.emit("inproc", "bourse", &params);
+        bus.emit(SUITE, "inproc", "bourse", &params);
         emit(SUITE, "inproc", "bourse", &params, "lagged_in_latency_run", lagged as f64, "events");
         if floor_on {
-            let (b, f) = (Latency::of(&bus.all), Latency::of(&floor.all));
-            let (bm, fm) = (bus.median(), floor.median());
-            for (name, x, y) in [
-                ("p50", b.p50, f.p50),
-                ("p99", b.p99, f.p99),
-                ("p50_median_round", bm.0, fm.0),
-                ("p99_median_round", bm.1, fm.1),
-            ] {
-                emit(
-                    SUITE,
-                    "inproc",
-                    "bourse",
-                    &params,
-                    &format!("{name}_ratio_vs_raw"),
-                    x / y,
-                    "x",
-                );
-            }
+            bus.emit_ratios(&floor, "raw", (SUITE, "inproc", "bourse"), &params);
         }
     }
     Ok(())

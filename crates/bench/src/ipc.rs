@@ -25,7 +25,7 @@ use bourse_model::EventKind;
 use iceoryx2::prelude::*;
 use serde_json::json;
 
-use crate::report::{emit, histogram, median, record, Latency};
+use crate::report::{emit, histogram, median, record, Latency, Rounds};
 
 const SUITE: &str = "bus";
 const CHILD: &str = "BOURSE_BENCH_IPC_CHILD";
@@ -147,34 +147,20 @@ fn bourse_child(name: &str) -> anyhow::Result<()> {
 /// One system's totals over all rounds of one payload size.
 struct Totals {
     system: &'static str,
-    lat: hdrhistogram::Histogram<u64>,
+    lat: Rounds,
     calls: hdrhistogram::Histogram<u64>,
-    /// Each round's own p50 and p99 (µs).
-    rounds: Vec<(f64, f64)>,
     deliveries: Vec<f64>,
     lost: u64,
 }
 
 impl Totals {
     fn new(system: &'static str) -> Totals {
-        let (lat, calls) = (histogram(), histogram());
-        Totals { system, lat, calls, rounds: Vec::new(), deliveries: Vec::new(), lost: 0 }
-    }
-
-    /// The median round's p50 and p99 (µs): a round that a stall of the machine fell
-    /// on moves the merged percentiles, not these.
-    fn round_median(&self) -> (f64, f64) {
-        let p50 = median(self.rounds.iter().map(|r| r.0).collect());
-        let p99 = median(self.rounds.iter().map(|r| r.1).collect());
-        (p50, p99)
+        Totals { system, lat: Rounds::new(), calls: histogram(), deliveries: Vec::new(), lost: 0 }
     }
 
     fn emit(&self, bytes: usize) {
         let params = json!({"bytes": bytes});
-        Latency::of(&self.lat).emit(SUITE, "ipc", self.system, &params);
-        let (p50, p99) = self.round_median();
-        emit(SUITE, "ipc", self.system, &params, "latency_p50_median_round", p50, "us");
-        emit(SUITE, "ipc", self.system, &params, "latency_p99_median_round", p99, "us");
+        self.lat.emit(SUITE, "ipc", self.system, &params);
         let call = Latency::of(&self.calls);
         emit(SUITE, "ipc", self.system, &params, "publish_call_p50", call.p50, "us");
         emit(SUITE, "ipc", self.system, &params, "publish_call_p99", call.p99, "us");
@@ -238,9 +224,7 @@ fn finish_child(
     }
     let l = Latency::of(&round);
     eprintln!("  {}: p50 {:.2} p99 {:.2} p99.9 {:.2} us", t.system, l.p50, l.p99, l.p999);
-    t.rounds.push((l.p50, l.p99));
-    t.lat.add(&round).map_err(|e| anyhow::anyhow!("merging latencies: {e}"))?;
-    Ok(())
+    t.lat.add(&round)
 }
 
 /// Runs the three phases through `send`, adding how long each send call takes in the
@@ -355,26 +339,16 @@ pub fn run(quick: bool, dir: &std::path::Path) -> anyhow::Result<()> {
             }
         }
         let _ = std::fs::remove_file(&out_file);
-        for t in totals.iter().filter(|t| !t.lat.is_empty()) {
+        for t in totals.iter().filter(|t| !t.lat.all.is_empty()) {
             t.emit(bytes);
         }
         let [raw_t, ts_t, b] = &totals;
-        if b.lat.is_empty() {
+        if b.lat.all.is_empty() {
             continue;
         }
         let params = json!({"bytes": bytes});
-        for floor in [raw_t, ts_t].into_iter().filter(|t| !t.lat.is_empty()) {
-            let (bl, fl) = (Latency::of(&b.lat), Latency::of(&floor.lat));
-            let (bm, fm) = (b.round_median(), floor.round_median());
-            for (name, x, y) in [
-                ("p50", bl.p50, fl.p50),
-                ("p99", bl.p99, fl.p99),
-                ("p50_median_round", bm.0, fm.0),
-                ("p99_median_round", bm.1, fm.1),
-            ] {
-                let metric = format!("{name}_ratio_vs_{}", floor.system);
-                emit(SUITE, "ipc", "bourse", &params, &metric, x / y, "x");
-            }
+        for floor in [raw_t, ts_t].into_iter().filter(|t| !t.lat.all.is_empty()) {
+            b.lat.emit_ratios(&floor.lat, floor.system, (SUITE, "ipc", "bourse"), &params);
         }
     }
     Ok(())

@@ -68,6 +68,65 @@ impl Latency {
     }
 }
 
+/// One system's latency over interleaved rounds: every sample, and each round's own
+/// p50 and p99.
+pub struct Rounds {
+    /// Every sample of every round.
+    pub all: Histogram<u64>,
+    /// Each round's p50 and p99 (µs).
+    each: Vec<(f64, f64)>,
+}
+
+impl Rounds {
+    pub fn new() -> Rounds {
+        Rounds { all: histogram(), each: Vec::new() }
+    }
+
+    /// Adds one round's histogram.
+    pub fn add(&mut self, h: &Histogram<u64>) -> anyhow::Result<()> {
+        let l = Latency::of(h);
+        self.each.push((l.p50, l.p99));
+        self.all.add(h).map_err(|e| anyhow::anyhow!("merging latencies: {e}"))
+    }
+
+    /// The median round's p50 and p99 (µs): a stall of the machine that hits one
+    /// round moves the percentiles over all samples, not these.
+    pub fn median(&self) -> (f64, f64) {
+        let p50 = median(self.each.iter().map(|r| r.0).collect());
+        let p99 = median(self.each.iter().map(|r| r.1).collect());
+        (p50, p99)
+    }
+
+    /// The four latency lines over all samples and the two median-round lines.
+    pub fn emit(&self, suite: &str, case: &str, system: &str, params: &Value) {
+        Latency::of(&self.all).emit(suite, case, system, params);
+        let (p50, p99) = self.median();
+        emit(suite, case, system, params, "latency_p50_median_round", p50, "us");
+        emit(suite, case, system, params, "latency_p99_median_round", p99, "us");
+    }
+
+    /// Ratio lines of these rounds (`system`'s) to `floor`'s, named after `floor_name`:
+    /// p50 and p99 over all samples and of the median round.
+    pub fn emit_ratios(
+        &self,
+        floor: &Rounds,
+        floor_name: &str,
+        (suite, case, system): (&str, &str, &str),
+        params: &Value,
+    ) {
+        let (b, f) = (Latency::of(&self.all), Latency::of(&floor.all));
+        let (bm, fm) = (self.median(), floor.median());
+        for (name, x, y) in [
+            ("p50", b.p50, f.p50),
+            ("p99", b.p99, f.p99),
+            ("p50_median_round", bm.0, fm.0),
+            ("p99_median_round", bm.1, fm.1),
+        ] {
+            emit(suite, case, system, params, &format!("{name}_ratio_vs_{floor_name}"), x / y, "x");
+        }
+    }
+}
+
 /// The median of a few runs.
 pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
