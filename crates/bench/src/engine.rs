@@ -147,11 +147,12 @@ fn open_bourse(dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
 
 type Opener = fn(&Path) -> anyhow::Result<Arc<dyn Store>>;
 
-fn systems() -> Vec<Opener> {
+/// The systems measured, by name.
+fn systems() -> Vec<(&'static str, Opener)> {
     #[allow(unused_mut)]
-    let mut v: Vec<Opener> = vec![open_bourse];
+    let mut v: Vec<(&'static str, Opener)> = vec![("bourse", open_bourse)];
     #[cfg(feature = "peers")]
-    v.push(crate::rocks::open_store);
+    v.push(("rocksdb", crate::rocks::open_store));
     v
 }
 
@@ -159,6 +160,37 @@ struct Cfg {
     run_time: Duration,
     runs: usize,
     reopen_events: u64,
+}
+
+/// Events in the pool the writers submit from (a multiple of every batch size).
+const POOL_EVENTS: usize = 1 << 20;
+
+/// The workload, built before any clock starts: writers submit slices of it, so the
+/// measured time is the store's and not the building of events (several string formats
+/// each, about 1 µs per event, which capped a single writer at a few hundred thousand
+/// events per second whatever the store did). A writer past its end starts again from
+/// the front: ids repeat, so some order requests become repeats (the engine then writes
+/// only their order-flow entry), for both systems alike. Times in events are those of the
+/// build; `built_ns` stands for "now" in queries of recent history.
+struct Pool {
+    events: Arc<Vec<Event>>,
+    built_ns: i64,
+}
+
+impl Pool {
+    /// Builds the pool, printing how long it took.
+    fn build() -> Pool {
+        let t = Instant::now();
+        let events: Vec<Event> = (0..POOL_EVENTS as u64).map(event).collect();
+        eprintln!("  (built {POOL_EVENTS} workload events in {:.1} s)", t.elapsed().as_secs_f64());
+        Pool { events: Arc::new(events), built_ns: now_ns() }
+    }
+
+    /// The `batch` events starting at event number `first`.
+    fn batch(&self, first: u64, batch: usize) -> &[Event] {
+        let at = (first % POOL_EVENTS as u64) as usize;
+        &self.events[at..at + batch]
+    }
 }
 
 /// Runs `writers` threads submitting batches of `batch` for `run_time`; returns events/s
@@ -170,24 +202,24 @@ fn drive(
     durable: bool,
     run_time: Duration,
     next: &Arc<AtomicU64>,
-) -> anyhow::Result<(f64, hdrhistogram::Histogram<u64>)> {
+    pool: &Pool,
+) -> anyhow::Result<Run> {
     let barrier = Arc::new(Barrier::new(writers + 1));
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..writers)
         .map(|_| {
             let (store, barrier, stop, next) =
                 (store.clone(), barrier.clone(), stop.clone(), next.clone());
+            let pool = Pool { events: pool.events.clone(), built_ns: pool.built_ns };
             std::thread::spawn(move || -> anyhow::Result<(u64, hdrhistogram::Histogram<u64>)> {
                 let mut h = histogram();
-                let mut events = Vec::with_capacity(batch);
                 let mut done = 0u64;
                 barrier.wait();
                 while !stop.load(Ordering::Relaxed) {
                     let first = next.fetch_add(batch as u64, Ordering::Relaxed);
-                    events.clear();
-                    events.extend((first..first + batch as u64).map(event));
+                    let events = pool.batch(first, batch);
                     let t = Instant::now();
-                    store.submit(&events, durable)?;
+                    store.submit(events, durable)?;
                     record(&mut h, t.elapsed());
                     done += batch as u64;
                 }
@@ -197,6 +229,7 @@ fn drive(
         .collect();
     barrier.wait();
     let t = Instant::now();
+    let cpu = crate::report::process_cpu();
     std::thread::sleep(run_time);
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
@@ -206,7 +239,23 @@ fn drive(
         total += n;
         hist.add(hh).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    Ok((total as f64 / t.elapsed().as_secs_f64(), hist))
+    let elapsed = t.elapsed().as_secs_f64();
+    let cpu = cpu.zip(crate::report::process_cpu()).map(|(a, b)| {
+        // CPU per event, all threads of the process (writers, background work).
+        (b.saturating_sub(a)).as_secs_f64() * 1e6 / total.max(1) as f64
+    });
+    Ok(Run { rate: total as f64 / elapsed, hist, cpu_us: cpu })
+}
+
+/// What one `drive` measured.
+struct Run {
+    /// Events per second.
+    rate: f64,
+    /// Submit latencies.
+    hist: hdrhistogram::Histogram<u64>,
+    /// CPU time of the whole process per event, in µs (a steadier figure than the rate
+    /// on a shared machine: it does not count time the process spent waiting for a CPU).
+    cpu_us: Option<f64>,
 }
 
 fn ratio_lines(case: &str, params: &serde_json::Value, results: &[(&'static str, f64, f64)]) {
@@ -233,39 +282,47 @@ fn ratio_lines(case: &str, params: &serde_json::Value, results: &[(&'static str,
 fn submit_case(
     root: &Path,
     cfg: &Cfg,
+    pool: &Pool,
     case: &str,
     writers: usize,
     batch: usize,
     durable: bool,
 ) -> anyhow::Result<()> {
-    // `--only "submit_durable 16x64"` picks one shape.
-    if !crate::report::wanted(&format!("{case} {writers}x{batch}")) {
-        return Ok(());
-    }
     let params = json!({ "writers": writers, "batch": batch });
     let mut results = Vec::new();
-    for (i, open) in systems().into_iter().enumerate() {
+    for (i, (name, open)) in systems().into_iter().enumerate() {
+        // `--only "submit_durable 16x64"` picks one shape, `--only "1x64 bourse"` one
+        // system too.
+        if !crate::report::wanted(&format!("{case} {writers}x{batch} {name}")) {
+            continue;
+        }
         let dir = root.join(format!("{case}-{writers}-{batch}-{i}"));
         let store = open(&dir)?;
         let next = Arc::new(AtomicU64::new(0));
         // Warm-up, not measured: the first event of each instrument creates its
         // partition (directories, manifest, fsyncs), a one-time cost of milliseconds.
-        drive(&store, writers, batch, durable, cfg.run_time / 4, &next)?;
+        drive(&store, writers, batch, durable, cfg.run_time / 4, &next, pool)?;
         let mut rates = Vec::new();
+        let mut cpus = Vec::new();
         let mut all = histogram();
         for _ in 0..cfg.runs {
-            let (rate, h) = drive(&store, writers, batch, durable, cfg.run_time, &next)?;
-            rates.push(rate);
-            all.add(h).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let run = drive(&store, writers, batch, durable, cfg.run_time, &next, pool)?;
+            rates.push(run.rate);
+            cpus.extend(run.cpu_us);
+            all.add(run.hist).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let rate = median(rates);
         let lat = Latency::of(&all);
         let sys = store.system();
         emit("engine", case, sys, &params, "throughput", rate, "events/s");
         lat.emit("engine", case, sys, &params);
+        let cpu = (!cpus.is_empty()).then(|| median(cpus));
+        if let Some(cpu) = cpu {
+            emit("engine", case, sys, &params, "cpu_per_event", cpu, "us");
+        }
         eprintln!(
-            "  {case:<16} {sys:<8} writers {writers:>2} batch {batch:>2}: {rate:>10.0} events/s  p50 {:>8.2} us  p99 {:>8.2} us  p99.9 {:>8.2} us",
-            lat.p50, lat.p99, lat.p999
+            "  {case:<16} {sys:<8} writers {writers:>2} batch {batch:>2}: {rate:>10.0} events/s  p50 {:>8.2} us  p99 {:>8.2} us  p99.9 {:>8.2} us  cpu/event {:.2} us",
+            lat.p50, lat.p99, lat.p999, cpu.unwrap_or(f64::NAN)
         );
         results.push((sys, rate, lat.p99));
         drop(store);
@@ -275,22 +332,22 @@ fn submit_case(
     Ok(())
 }
 
-fn mixed_case(root: &Path, cfg: &Cfg) -> anyhow::Result<()> {
+fn mixed_case(root: &Path, cfg: &Cfg, pool: &Pool) -> anyhow::Result<()> {
     if !crate::report::wanted("mixed") {
         return Ok(());
     }
     let params = json!({ "writers": 4, "batch": 16, "readers": 2 });
     let mut results = Vec::new();
-    for (i, open) in systems().into_iter().enumerate() {
+    for (i, (_, open)) in systems().into_iter().enumerate() {
         let dir = root.join(format!("mixed-{i}"));
         let store = open(&dir)?;
         let next = Arc::new(AtomicU64::new(0));
         // Warm up: some history to query.
-        drive(&store, 4, 64, false, cfg.run_time / 2, &next)?;
+        drive(&store, 4, 64, false, cfg.run_time / 2, &next, pool)?;
         let stop = Arc::new(AtomicBool::new(false));
         let readers: Vec<_> = (0..2u64)
             .map(|r| {
-                let (store, stop) = (store.clone(), stop.clone());
+                let (store, stop, now) = (store.clone(), stop.clone(), pool.built_ns);
                 std::thread::spawn(move || -> anyhow::Result<[hdrhistogram::Histogram<u64>; 3]> {
                     let mut hs = [histogram(), histogram(), histogram()];
                     let mut k = r;
@@ -306,7 +363,7 @@ fn mixed_case(root: &Path, cfg: &Cfg) -> anyhow::Result<()> {
                         let t = Instant::now();
                         std::hint::black_box(store.trades_since(
                             &ins,
-                            now_ns() - 60_000_000_000,
+                            now - 60_000_000_000,
                             1000,
                         )?);
                         record(&mut hs[2], t.elapsed());
@@ -315,7 +372,7 @@ fn mixed_case(root: &Path, cfg: &Cfg) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        let (rate, h) = drive(&store, 4, 16, true, cfg.run_time, &next)?;
+        let Run { rate, hist: h, .. } = drive(&store, 4, 16, true, cfg.run_time, &next, pool)?;
         stop.store(true, Ordering::Relaxed);
         let mut q = [histogram(), histogram(), histogram()];
         for r in readers {
@@ -354,17 +411,18 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         "engine suite ({} mode): {INSTRUMENTS} instruments, {ACCOUNTS} accounts, exchange event mix",
         if quick { "quick" } else { "full" }
     );
-    submit_case(root, &cfg, "submit_buffered", 1, 1, false)?;
-    submit_case(root, &cfg, "submit_buffered", 1, 64, false)?;
+    let pool = Pool::build();
+    submit_case(root, &cfg, &pool, "submit_buffered", 1, 1, false)?;
+    submit_case(root, &cfg, &pool, "submit_buffered", 1, 64, false)?;
     let shapes: &[(usize, usize)] = if quick {
         &[(1, 1), (16, 1), (64, 1), (16, 64)]
     } else {
         &[(1, 1), (16, 1), (64, 1), (1, 64), (16, 64), (64, 64)]
     };
     for &(writers, batch) in shapes {
-        submit_case(root, &cfg, "submit_durable", writers, batch, true)?;
+        submit_case(root, &cfg, &pool, "submit_durable", writers, batch, true)?;
     }
-    mixed_case(root, &cfg)
+    mixed_case(root, &cfg, &pool)
 }
 
 fn cfg(quick: bool) -> Cfg {

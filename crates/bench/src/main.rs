@@ -7,6 +7,12 @@
 //!
 //! This crate is **not** compiled into Bourse and is not a test: it asserts nothing.
 
+/// jemalloc rather than the system's malloc: the engine's apply path allocates small
+/// buffers on one thread and frees them on another, which glibc's malloc does slowly
+/// (see docs/server.md, "Memory allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod bus;
 mod engine;
 mod ipc;

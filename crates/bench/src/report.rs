@@ -144,3 +144,15 @@ pub fn set_only(filters: Vec<String>) {
 pub fn wanted(case: &str) -> bool {
     ONLY.get().is_none_or(|f| f.is_empty() || f.iter().any(|x| case.contains(x.as_str())))
 }
+
+/// CPU time (user and system, all threads) this process has used so far, from
+/// `/proc/self/stat` (in clock ticks of 10 ms); `None` where that is not available.
+pub fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}

@@ -5,6 +5,12 @@
 //! stores, and `bourse selftest` writes, replays and verifies an exchange-shaped journal.
 //! This binary wires crates together and holds no business logic.
 
+/// jemalloc rather than the system's malloc: the engine's apply path allocates small
+/// buffers on one thread and frees them on another, which glibc's malloc does slowly
+/// (see docs/server.md, "Memory allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod inspect;
 mod publish;
 mod selftest;

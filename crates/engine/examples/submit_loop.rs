@@ -1,0 +1,69 @@
+//! A fixed amount of submit work, for counting it with `perf stat` (instructions do
+//! not swing with a shared machine's load the way times do) or profiling it with
+//! `perf record`:
+//!
+//! ```text
+//! cargo build --release -p bourse-engine --example submit_loop
+//! perf stat -e instructions,cycles target/release/examples/submit_loop EVENTS BATCH
+//! ```
+//!
+//! It builds `EVENTS` events of the exchange mix (50 instruments, 10,000 accounts, as
+//! `bourse-bench engine` does) in memory, then submits them at `Buffered` in batches
+//! of `BATCH` to an engine in a temporary directory, and prints the time the submits
+//! took. Run it with `EVENTS` = 0 as well: the difference is the submits' share.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Instant;
+
+use bourse_engine::{Durability, Engine, EngineOptions};
+use bourse_model::samples::{mixed_kind, sample};
+use bourse_model::{Event, InstrumentId};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn event(n: u64) -> Event {
+    let mut e = sample(mixed_kind(n), n);
+    let ins = InstrumentId::new(format!("SIM.i{:02}", (n.wrapping_mul(31) >> 3) % 50)).unwrap();
+    let acct = format!("acct{:05}", (n.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17) % 10_000);
+    match &mut e {
+        Event::Tick(t) => t.instrument_id = ins,
+        Event::BookDelta(d) => d.instrument_id = ins,
+        Event::OrderRequested(o) => (o.instrument_id, o.user_id) = (ins, acct),
+        Event::OrderAccepted(o) => (o.instrument_id, o.user_id) = (ins, acct),
+        Event::TradeExecuted(t) => (t.instrument_id, t.user_id) = (ins, acct),
+        Event::AccountUpdated(a) => a.user_id = acct,
+        Event::PositionUpdated(p) => (p.instrument_id, p.user_id) = (ins, acct),
+        Event::CancelRequested(c) => c.user_id = acct,
+        Event::OrderCancelled(c) => (c.instrument_id, c.user_id) = (ins, acct),
+        _ => {}
+    }
+    e
+}
+
+fn main() {
+    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let (events, batch) =
+        (args.first().copied().unwrap_or(1 << 20), args.get(1).copied().unwrap_or(64));
+    let all: Vec<Event> = (0..events).map(event).collect();
+    let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let mut opts = EngineOptions {
+        memtable_bytes: 64 << 20,
+        memtable_budget_bytes: 512 << 20,
+        ..EngineOptions::default()
+    };
+    opts.wal.segment_bytes = 256 << 20;
+    opts.wal.preallocate = bourse_wal::Preallocate::None;
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    let t = Instant::now();
+    for chunk in all.chunks(batch.max(1) as usize) {
+        engine.submit(chunk, Durability::Buffered).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{events} events in batches of {batch}: {secs:.3} s, {:.0} events/s",
+        events as f64 / secs.max(1e-9)
+    );
+    // Exit without freeing the memtables, which is not what is measured.
+    std::mem::forget(engine);
+}
