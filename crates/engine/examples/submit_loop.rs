@@ -55,15 +55,55 @@ fn main() {
     opts.wal.segment_bytes = 256 << 20;
     opts.wal.preallocate = bourse_wal::Preallocate::None;
     let engine = Engine::open(dir.path(), opts).unwrap();
+    let mut took = Vec::with_capacity(all.len() / batch.max(1) as usize + 1);
     let t = Instant::now();
     for chunk in all.chunks(batch.max(1) as usize) {
+        let s = Instant::now();
         engine.submit(chunk, Durability::Buffered).unwrap();
+        took.push(s.elapsed().as_nanos() as u64);
     }
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "{events} events in batches of {batch}: {secs:.3} s, {:.0} events/s",
         events as f64 / secs.max(1e-9)
     );
+    // Where the slowest submits were, and what they cost together.
+    let mut order: Vec<usize> = (0..took.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(took[i]));
+    let mut sorted = took.clone();
+    sorted.sort_unstable();
+    let pct = |p: f64| sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)));
+    eprintln!(
+        "submit p50 {:?} ns, p99 {:?} ns, p99.9 {:?} ns; slowest 1% took {:.1}% of the time",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        100.0 * order.iter().take(took.len() / 100).map(|&i| took[i]).sum::<u64>() as f64
+            / took.iter().sum::<u64>().max(1) as f64
+    );
+    if let Some(kinds) = std::env::var_os("SLOW_BY_KIND").and_then(|v| v.into_string().ok()) {
+        // Submits over the given ns, by the kind of their first event, against all.
+        let over: u64 = kinds.parse().unwrap();
+        let mut by: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for (i, chunk) in all.chunks(batch.max(1) as usize).enumerate() {
+            let e = by.entry(format!("{:?}", chunk[0].kind())).or_default();
+            e.0 += 1;
+            e.1 += u64::from(took[i] > over);
+        }
+        for (k, (n, slow)) in by {
+            eprintln!("  {k:<16} {n:>8} submits, {slow:>6} over {over} ns ({:.2}%)", 100.0 * slow as f64 / n as f64);
+        }
+        let mut windows = vec![0u32; took.len() / 10_000 + 1];
+        for (i, &ns) in took.iter().enumerate() {
+            windows[i / 10_000] += u32::from(ns > over);
+        }
+        eprintln!("  slow per 10,000 submits, in order: {windows:?}");
+    }
+    if std::env::var_os("SLOWEST").is_some() {
+        for &i in order.iter().take(40) {
+            eprintln!("  submit {i}: {} ns", took[i]);
+        }
+    }
     // Exit without freeing the memtables, which is not what is measured.
     std::mem::forget(engine);
 }
