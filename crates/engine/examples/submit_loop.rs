@@ -72,7 +72,9 @@ fn main() {
     order.sort_by_key(|&i| std::cmp::Reverse(took[i]));
     let mut sorted = took.clone();
     sorted.sort_unstable();
-    let pct = |p: f64| sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)));
+    let pct = |p: f64| {
+        sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+    };
     eprintln!(
         "submit p50 {:?} ns, p99 {:?} ns, p99.9 {:?} ns; slowest 1% took {:.1}% of the time",
         pct(0.5),
@@ -91,7 +93,10 @@ fn main() {
             e.1 += u64::from(took[i] > over);
         }
         for (k, (n, slow)) in by {
-            eprintln!("  {k:<16} {n:>8} submits, {slow:>6} over {over} ns ({:.2}%)", 100.0 * slow as f64 / n as f64);
+            eprintln!(
+                "  {k:<16} {n:>8} submits, {slow:>6} over {over} ns ({:.2}%)",
+                100.0 * slow as f64 / n as f64
+            );
         }
         let mut windows = vec![0u32; took.len() / 10_000 + 1];
         for (i, &ns) in took.iter().enumerate() {
