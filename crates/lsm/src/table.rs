@@ -101,7 +101,10 @@ pub struct TableWriter {
     bits_per_key: usize,
     block: BlockBuilder,
     index: BlockBuilder,
-    last: Option<(Vec<u8>, SeqNo, Kind)>,
+    /// The sequence and kind of the last entry added (`None` before the first); its
+    /// key is `last_key`, a buffer reused for every entry.
+    last: Option<(SeqNo, Kind)>,
+    last_key: Vec<u8>,
     hashes: Vec<u64>,
     meta: TableMeta,
     compression: Compression,
@@ -144,6 +147,7 @@ impl TableWriter {
             block: BlockBuilder::default(),
             index: BlockBuilder::default(),
             last: None,
+            last_key: Vec::new(),
             hashes: Vec::new(),
             meta,
             compression: Compression::None,
@@ -155,7 +159,7 @@ impl TableWriter {
         if self.meta.entries == 0 {
             self.meta.smallest = key.to_vec();
         }
-        if self.last.as_ref().is_none_or(|(k, _, _)| k != key) {
+        if self.last.is_none() || self.last_key != key {
             self.hashes.push(bloom::hash(key));
         }
         self.block.add(key, trailer(seq, kind), value);
@@ -163,7 +167,9 @@ impl TableWriter {
         self.meta.tombstones += u64::from(kind == Kind::Delete);
         self.meta.min_seq = self.meta.min_seq.min(seq);
         self.meta.max_seq = self.meta.max_seq.max(seq);
-        self.last = Some((key.to_vec(), seq, kind));
+        self.last = Some((seq, kind));
+        self.last_key.clear();
+        self.last_key.extend_from_slice(key);
         if self.block.estimated_bytes() >= self.block_bytes {
             self.flush_block()?;
         }
@@ -200,11 +206,11 @@ impl TableWriter {
         }
         let data = self.block.finish();
         let handle = self.write_block(&data, true)?;
-        if let Some((key, seq, kind)) = self.last.clone() {
+        if let Some((seq, kind)) = self.last {
             let mut v = Vec::new();
             put_varint(&mut v, handle.offset);
             put_varint(&mut v, handle.size);
-            self.index.add(&key, trailer(seq, kind), &v);
+            self.index.add(&self.last_key, trailer(seq, kind), &v);
         }
         Ok(())
     }
@@ -212,8 +218,8 @@ impl TableWriter {
     /// Writes filter, properties, index and footer, then `fdatasync`s the file.
     pub fn finish(mut self) -> Result<TableMeta> {
         self.flush_block()?;
-        if let Some((k, _, _)) = &self.last {
-            self.meta.largest.clone_from(k);
+        if self.last.is_some() {
+            self.meta.largest.clone_from(&self.last_key);
         }
         let filter = bloom::build(&self.hashes, self.bits_per_key);
         let filter_h = self.write_block(&filter, false)?;

@@ -609,9 +609,8 @@ impl Inner {
         self.pass_gate(imm.max_seq())?;
         if !imm.is_empty() {
             let mut w = self.new_table_writer()?;
-            for e in imm.iter_from(None) {
-                w.add(&e.key, e.seq, e.kind, &e.value)?;
-            }
+            // An immutable memtable takes no inserts: it can lend its versions.
+            imm.for_each_frozen(|key, seq, kind, value| w.add(key, seq, kind, value))?;
             let meta = w.finish()?;
             self.sync_dir()?;
             self.counters.flushed_bytes.fetch_add(meta.bytes, Ordering::Relaxed);
