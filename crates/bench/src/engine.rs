@@ -171,6 +171,7 @@ struct Cfg {
 /// which cost Bourse 3–8× its throughput when an earlier pool wrapped around). A run
 /// that uses it up ends early and says so. Times in events are those of the build;
 /// `built_ns` stands for "now" in queries of recent history.
+#[derive(Clone)]
 struct Pool {
     events: Arc<Vec<Event>>,
     built_ns: i64,
@@ -210,7 +211,7 @@ fn drive(
         .map(|_| {
             let (store, barrier, stop, next, out) =
                 (store.clone(), barrier.clone(), stop.clone(), next.clone(), out_of_events.clone());
-            let pool = Pool { events: pool.events.clone(), built_ns: pool.built_ns };
+            let pool = pool.clone();
             std::thread::spawn(move || -> anyhow::Result<(u64, hdrhistogram::Histogram<u64>)> {
                 let mut h = histogram();
                 let mut done = 0u64;

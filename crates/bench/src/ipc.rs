@@ -235,9 +235,9 @@ fn finish_child(
     t.lat.add(&round)
 }
 
-/// Runs the phases (warm-up, latency, throughput, end) through `send`, adding how long each send call takes in the
-/// latency phase to `calls` (the publishing side's share of the one-way latency,
-/// measured on one clock).
+/// Runs the phases (warm-up, latency, throughput, end) through `send`, adding how long
+/// each send call takes in the latency phase to `calls` (the publishing side's share of
+/// the one-way latency, measured on one clock).
 fn drive(
     bytes: usize,
     samples: u64,

@@ -1,11 +1,14 @@
-//! A fixed amount of submit work, for counting it with `perf stat` (instructions do
-//! not swing with a shared machine's load the way times do) or profiling it with
-//! `perf record`:
+//! A fixed amount of submit work, for counting it with `perf stat` or profiling it
+//! with `perf record`:
 //!
 //! ```text
 //! cargo build --release -p bourse-engine --example submit_loop
-//! perf stat -e instructions,cycles target/release/examples/submit_loop EVENTS BATCH
+//! perf stat -e task-clock target/release/examples/submit_loop EVENTS BATCH
 //! ```
+//!
+//! (`-e instructions` swings less with a shared machine's load than any time does,
+//! where the machine has hardware counters; the VMs these docs were measured on have
+//! none, and task-clock, the CPU time, is the next best.)
 //!
 //! It builds `EVENTS` events of the exchange mix (50 instruments, 10,000 accounts, as
 //! `bourse-bench engine` does) in memory, then submits them at `Buffered` in batches
