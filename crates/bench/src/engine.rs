@@ -345,12 +345,13 @@ fn submit_case(
 }
 
 fn mixed_case(root: &Path, cfg: &Cfg, pool: &Pool) -> anyhow::Result<()> {
-    if !crate::report::wanted("mixed") {
-        return Ok(());
-    }
     let params = json!({ "writers": 4, "batch": 16, "readers": 2 });
     let mut results = Vec::new();
-    for (i, (_, open)) in systems().into_iter().enumerate() {
+    for (i, (name, open)) in systems().into_iter().enumerate() {
+        // `--only "mixed bourse"` runs one system.
+        if !crate::report::wanted(&format!("mixed {name}")) {
+            continue;
+        }
         let dir = root.join(format!("mixed-{i}"));
         let store = open(&dir)?;
         let next = Arc::new(AtomicU64::new(0));
