@@ -14,68 +14,23 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bourse_engine::{Durability, Engine, EngineOptions, OrderFilter};
-use bourse_model::samples::{mixed_kind, sample};
 use bourse_model::{Event, InstrumentId};
 use serde_json::json;
 
 use crate::report::{emit, histogram, median, record, Latency};
 
-const INSTRUMENTS: u64 = 50;
-const ACCOUNTS: u64 = 10_000;
-
-pub fn instrument(k: u64) -> InstrumentId {
-    InstrumentId::new(format!("SIM.i{:02}", k % INSTRUMENTS)).unwrap_or_default()
-}
-
-pub fn account(k: u64) -> String {
-    format!("acct{:05}", k % ACCOUNTS)
-}
+use bourse_model::samples::{exchange_account as account, exchange_instrument as instrument};
+use bourse_model::samples::{
+    exchange_event, EXCHANGE_ACCOUNTS as ACCOUNTS, EXCHANGE_INSTRUMENTS as INSTRUMENTS,
+};
 
 fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Event number `n` of the workload.
+/// Event number `n` of the workload, stamped now.
 pub fn event(n: u64) -> Event {
-    let mut e = sample(mixed_kind(n), n);
-    let ins = instrument(n.wrapping_mul(31) >> 3);
-    let acct = account(n.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17);
-    let now = now_ns();
-    match &mut e {
-        Event::Tick(t) => {
-            t.instrument_id = ins;
-            t.datetime = now;
-        }
-        Event::BookDelta(d) => {
-            d.instrument_id = ins;
-            d.datetime = now;
-        }
-        Event::OrderRequested(o) => {
-            o.instrument_id = ins;
-            o.user_id = acct;
-        }
-        Event::OrderAccepted(o) => {
-            o.instrument_id = ins;
-            o.user_id = acct;
-        }
-        Event::TradeExecuted(t) => {
-            t.instrument_id = ins;
-            t.user_id = acct;
-            t.trade_date_time = now;
-        }
-        Event::AccountUpdated(a) => a.user_id = acct,
-        Event::PositionUpdated(p) => {
-            p.instrument_id = ins;
-            p.user_id = acct;
-        }
-        Event::CancelRequested(c) => c.user_id = acct,
-        Event::OrderCancelled(c) => {
-            c.instrument_id = ins;
-            c.user_id = acct;
-        }
-        _ => {}
-    }
-    e
+    exchange_event(n, now_ns())
 }
 
 /// What the suite needs from a store.

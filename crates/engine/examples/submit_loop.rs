@@ -19,36 +19,20 @@
 use std::time::Instant;
 
 use bourse_engine::{Durability, Engine, EngineOptions};
-use bourse_model::samples::{mixed_kind, sample};
-use bourse_model::{Event, InstrumentId};
+use bourse_model::samples::exchange_event;
+use bourse_model::Event;
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-fn event(n: u64) -> Event {
-    let mut e = sample(mixed_kind(n), n);
-    let ins = InstrumentId::new(format!("SIM.i{:02}", (n.wrapping_mul(31) >> 3) % 50)).unwrap();
-    let acct = format!("acct{:05}", (n.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17) % 10_000);
-    match &mut e {
-        Event::Tick(t) => t.instrument_id = ins,
-        Event::BookDelta(d) => d.instrument_id = ins,
-        Event::OrderRequested(o) => (o.instrument_id, o.user_id) = (ins, acct),
-        Event::OrderAccepted(o) => (o.instrument_id, o.user_id) = (ins, acct),
-        Event::TradeExecuted(t) => (t.instrument_id, t.user_id) = (ins, acct),
-        Event::AccountUpdated(a) => a.user_id = acct,
-        Event::PositionUpdated(p) => (p.instrument_id, p.user_id) = (ins, acct),
-        Event::CancelRequested(c) => c.user_id = acct,
-        Event::OrderCancelled(c) => (c.instrument_id, c.user_id) = (ins, acct),
-        _ => {}
-    }
-    e
-}
 
 fn main() {
     let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
     let (events, batch) =
         (args.first().copied().unwrap_or(1 << 20), args.get(1).copied().unwrap_or(64));
-    let all: Vec<Event> = (0..events).map(event).collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let all: Vec<Event> = (0..events).map(|n| exchange_event(n, now)).collect();
     let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| ".".into())).unwrap();
     let mut opts = EngineOptions {
         memtable_bytes: 64 << 20,
@@ -76,10 +60,11 @@ fn main() {
     let mut sorted = took.clone();
     sorted.sort_unstable();
     let pct = |p: f64| {
-        sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        let at = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+        sorted.get(at).copied().unwrap_or(0)
     };
     eprintln!(
-        "submit p50 {:?} ns, p99 {:?} ns, p99.9 {:?} ns; slowest 1% took {:.1}% of the time",
+        "submit p50 {} ns, p99 {} ns, p99.9 {} ns; slowest 1% took {:.1}% of the time",
         pct(0.5),
         pct(0.99),
         pct(0.999),

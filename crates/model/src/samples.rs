@@ -37,6 +37,47 @@ pub fn mixed_kind(n: u64) -> EventKind {
     EventKind::Tick
 }
 
+/// Instruments of the exchange-shaped benchmark workload ([`exchange_event`]).
+pub const EXCHANGE_INSTRUMENTS: u64 = 50;
+
+/// Accounts of the exchange-shaped benchmark workload ([`exchange_event`]).
+pub const EXCHANGE_ACCOUNTS: u64 = 10_000;
+
+/// Instrument `k` (modulo [`EXCHANGE_INSTRUMENTS`]) of the benchmark workload: `SIM.i07`.
+pub fn exchange_instrument(k: u64) -> InstrumentId {
+    InstrumentId::new(format!("SIM.i{:02}", k % EXCHANGE_INSTRUMENTS)).unwrap_or_default()
+}
+
+/// Account `k` (modulo [`EXCHANGE_ACCOUNTS`]) of the benchmark workload: `acct00042`.
+pub fn exchange_account(k: u64) -> String {
+    format!("acct{:05}", k % EXCHANGE_ACCOUNTS)
+}
+
+/// Event number `n` of the exchange-shaped workload that the engine benchmark and its
+/// profiling example submit: a [`mixed_kind`] sample moved onto one of
+/// [`EXCHANGE_INSTRUMENTS`] instruments and [`EXCHANGE_ACCOUNTS`] accounts (scattered
+/// by hashes of `n`), with ticks, book deltas and trades stamped `now` (ns).
+pub fn exchange_event(n: u64, now: i64) -> Event {
+    let mut e = sample(mixed_kind(n), n);
+    let ins = exchange_instrument(n.wrapping_mul(31) >> 3);
+    let acct = exchange_account(n.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17);
+    match &mut e {
+        Event::Tick(t) => (t.instrument_id, t.datetime) = (ins, now),
+        Event::BookDelta(d) => (d.instrument_id, d.datetime) = (ins, now),
+        Event::OrderRequested(o) => (o.instrument_id, o.user_id) = (ins, acct),
+        Event::OrderAccepted(o) => (o.instrument_id, o.user_id) = (ins, acct),
+        Event::TradeExecuted(t) => {
+            (t.instrument_id, t.user_id, t.trade_date_time) = (ins, acct, now);
+        }
+        Event::AccountUpdated(a) => a.user_id = acct,
+        Event::PositionUpdated(p) => (p.instrument_id, p.user_id) = (ins, acct),
+        Event::CancelRequested(c) => c.user_id = acct,
+        Event::OrderCancelled(c) => (c.instrument_id, c.user_id) = (ins, acct),
+        _ => {}
+    }
+    e
+}
+
 fn ts(n: u64) -> i64 {
     1_763_800_000_000_000_000 + (n as i64) * 500_000_000
 }
