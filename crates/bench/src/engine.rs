@@ -123,7 +123,7 @@ struct Cfg {
 /// events per second whatever the store did). It is never reused: a second pass would
 /// repeat ids and, worse, times (a book delta older than the instrument's latest makes
 /// the engine rebuild that book from the store, which a real feed never asks for and
-/// which cost Bourse 3–8× its throughput when an earlier pool wrapped around). A run
+/// which cost Bourse 4–8× its throughput when an earlier pool wrapped around). A run
 /// that uses it up ends early and says so. Times in events are those of the build;
 /// `built_ns` stands for "now" in queries of recent history.
 #[derive(Clone)]
