@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bourse_engine::{CommitSink, CommitStream, Engine, WalPin};
+use bourse_engine::{CommitSink, CommitStream, Encoded, Engine, WalPin};
 use bourse_model::{Event, EventKind};
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -485,11 +485,12 @@ impl CommitSink for PubSide {
         }
     }
 
-    fn committed_batch(&self, first: u64, timestamp: i64, events: &[Event], encoded: &[Vec<u8>]) {
-        let records =
-            events.iter().zip(encoded).enumerate().map(|(i, (e, p))| {
-                (header_for(first + i as u64, timestamp, e, p.len()), p.as_slice())
-            });
+    fn committed_batch(&self, first: u64, timestamp: i64, events: &[Event], encoded: &Encoded) {
+        let records = events
+            .iter()
+            .zip(encoded.iter())
+            .enumerate()
+            .map(|(i, (e, p))| (header_for(first + i as u64, timestamp, e, p.len()), p));
         if let Err(e) = self.publish_batch(records) {
             // As above: a bug, not a runtime condition.
             tracing::error!(error = %e, first, "the bus could not publish a committed batch");

@@ -57,10 +57,61 @@ pub trait CommitSink: Send + Sync {
     /// A batch: `events[i]` is LSN `first + i`, encoded as `encoded[i]`, all submitted
     /// at `timestamp`. The engine calls this once per batch; the default calls
     /// [`CommitSink::committed`] for each event.
-    fn committed_batch(&self, first: u64, timestamp: i64, events: &[Event], encoded: &[Vec<u8>]) {
-        for (i, (e, p)) in events.iter().zip(encoded).enumerate() {
+    fn committed_batch(&self, first: u64, timestamp: i64, events: &[Event], encoded: &Encoded) {
+        for (i, (e, p)) in events.iter().zip(encoded.iter()).enumerate() {
             self.committed(first + i as u64, timestamp, e, p);
         }
+    }
+}
+
+/// The encoded forms of a batch's events, as the WAL holds them, back to back in one
+/// buffer (one allocation per batch rather than one per event).
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    bytes: Vec<u8>,
+    /// Where each event's form ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Encoded {
+    /// Validates and encodes `events`; the error names the first bad event.
+    fn of(events: &[Event]) -> Result<Encoded> {
+        // Typical events are 60–250 bytes: one guess, then amortised growth.
+        let mut out = Encoded {
+            bytes: Vec::with_capacity(events.len() * 192),
+            ends: Vec::with_capacity(events.len()),
+        };
+        for (index, e) in events.iter().enumerate() {
+            e.validate().map_err(|source| Error::Event { index, source })?;
+            e.encode_into(&mut out.bytes).map_err(|source| Error::Event { index, source })?;
+            out.ends.push(out.bytes.len());
+        }
+        Ok(out)
+    }
+
+    /// How many events.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Event `i`'s encoded form.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.bytes.get(start..end)
+    }
+
+    /// Every event's encoded form, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.ends.len()).map(|i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.bytes[start..self.ends[i]]
+        })
     }
 }
 
@@ -84,9 +135,10 @@ pub(crate) struct Inner {
     pub shutdown: AtomicBool,
     pub wake: (Mutex<bool>, Condvar),
     pub applies_since_check: AtomicU64,
-    /// Jobs for the apply lane thread (the instrument partitions' writes of large
-    /// batches); `None` with one apply thread, and once the engine stops.
-    pub lane: Mutex<Option<std::sync::mpsc::SyncSender<LaneJob>>>,
+    /// The apply lane: one thread that applies the instrument partitions' writes of
+    /// large batches, borrowing the batch from its submitter (who waits for it); unset
+    /// with one apply thread.
+    pub lane: std::sync::OnceLock<rayon::ThreadPool>,
 }
 
 /// The exchange store. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -241,7 +293,7 @@ impl Engine {
             shutdown: AtomicBool::new(false),
             wake: (Mutex::new(false), Condvar::new()),
             applies_since_check: AtomicU64::new(0),
-            lane: Mutex::new(None),
+            lane: std::sync::OnceLock::new(),
         });
         let mut ids = vec![PartitionId::Accounts, PartitionId::Users, PartitionId::Market];
         for name in inner.read_partition_list()? {
@@ -260,14 +312,12 @@ impl Engine {
         inner.rebuild_cache()?;
         let mut workers = Vec::new();
         if inner.opts.apply_threads > 1 {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<LaneJob>(LANE_QUEUE);
-            let inner2 = inner.clone();
-            let h = std::thread::Builder::new()
-                .name("bourse-apply".into())
-                .spawn(move || inner2.lane_loop(rx))
-                .map_err(io_err("spawn apply thread", dir))?;
-            *inner.lane.lock() = Some(tx);
-            workers.push(h);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "bourse-apply".into())
+                .build()
+                .map_err(|e| io_err("spawn apply thread", dir)(std::io::Error::other(e)))?;
+            let _ = inner.lane.set(pool);
         }
         for i in 0..inner.opts.maintenance_threads.max(1) {
             let inner2 = inner.clone();
@@ -477,8 +527,6 @@ impl Engine {
 
     fn stop_workers(&mut self) {
         self.inner.shutdown.store(true, Ordering::Release);
-        // Ends the apply lane's job loop.
-        self.inner.lane.lock().take();
         self.inner.kick();
         for h in self.workers.drain(..) {
             let _ = h.join();
@@ -864,20 +912,16 @@ impl Inner {
                 events.len()
             )));
         }
-        let mut payloads = Vec::with_capacity(events.len());
-        for (index, e) in events.iter().enumerate() {
-            e.validate().map_err(|source| Error::Event { index, source })?;
-            payloads.push(e.encode().map_err(|source| Error::Event { index, source })?);
-        }
+        let payloads = Encoded::of(events)?;
         self.check_poison()?;
         let ts = now_ns();
         let entries: Vec<Entry<'_>> = events
             .iter()
-            .zip(&payloads)
+            .zip(payloads.iter())
             .map(|(e, p)| Entry { kind: e.kind().as_u16(), timestamp: ts, payload: p })
             .collect();
         let range = self.wal.append_batch(&entries, bourse_wal::Durability::Buffered)?;
-        self.apply_in_order(range, ts, events, payloads)?;
+        self.apply_in_order(range, ts, events, &payloads)?;
         if durability == Durability::Durable {
             self.wal.wait_durable(range.last)?;
         }
@@ -901,16 +945,18 @@ impl Inner {
     /// state, so they go one batch at a time. A batch of at least [`LANE_BATCH_MIN`]
     /// events hands its writes to the instrument partitions (which read nothing) to the
     /// apply lane thread, which takes jobs in LSN order, so they overlap the next
-    /// batch's turn. The publish turn (`applied`) then makes batches visible in LSN
-    /// order, each once both parts are in: the sink sees it, then readers do.
+    /// batch's turn. The lane's job borrows the batch: this call does not return before
+    /// the job is done (the scope waits for it), so nothing is copied for it. The
+    /// publish turn (`applied`) then makes batches visible in LSN order, each once both
+    /// parts are in: the sink sees it, then readers do.
     fn apply_in_order(
         &self,
         range: LsnRange,
         timestamp: i64,
         events: &[Event],
-        payloads: Vec<Vec<u8>>,
+        payloads: &Encoded,
     ) -> Result<()> {
-        let (first, last) = (range.first.0, range.last.0);
+        let first = range.first.0;
         let mut seq = self.seq.lock();
         if seq.turn + 1 != first && seq.poisoned.is_none() {
             seq.waiters.insert(first, std::thread::current());
@@ -930,42 +976,48 @@ impl Inner {
         // a hand-off costs a thread wake-up.
         let lane_idle = seq.lanes_done + 1 == first;
         drop(seq);
-        let lane = if events.len() >= LANE_BATCH_MIN || !lane_idle {
-            self.lane.lock().clone()
-        } else {
-            None
-        };
+        let lane =
+            if events.len() >= LANE_BATCH_MIN || !lane_idle { self.lane.get() } else { None };
+        match lane {
+            // The turn is ours until `turn` moves, so the lane's job is queued behind
+            // every earlier batch's (one thread, jobs in the order they come).
+            Some(pool) => pool.in_place_scope(|scope| {
+                scope.spawn(|_| self.lane_job(first, events, payloads));
+                self.apply_own(range, timestamp, events, payloads, true)
+            }),
+            None => self.apply_own(range, timestamp, events, payloads, false),
+        }
+    }
+
+    /// The submitter's part of [`Inner::apply_in_order`], once the apply turn is its:
+    /// its writes (all of them, or all but the instrument partitions' when `lane`),
+    /// then the turn passed on, then the batch published in LSN order.
+    fn apply_own(
+        &self,
+        range: LsnRange,
+        timestamp: i64,
+        events: &[Event],
+        payloads: &Encoded,
+        lane: bool,
+    ) -> Result<()> {
+        let (first, last) = (range.first.0, range.last.0);
         // The turn is ours until `turn` moves, so apply runs without the lock: other
         // writers keep appending to the WAL (and checking for poison) meanwhile.
-        let payloads = Arc::new(payloads);
+        let own = lane.then_some(Lane::Others);
         let mut writes = Vec::new();
         let mut result = Ok(());
-        let own = match &lane {
-            Some(tx) => {
-                let job = LaneJob {
-                    first,
-                    events: Arc::new(events.to_vec()),
-                    payloads: payloads.clone(),
-                };
-                if tx.send(job).is_err() {
-                    result = Err(Error::Invalid("the apply thread has stopped".into()));
-                }
-                Some(Lane::Others)
-            }
-            None => None,
-        };
         for (i, (e, p)) in events.iter().zip(payloads.iter()).enumerate() {
+            result = self.apply_one(first + i as u64, e, p, &mut writes, own);
             if result.is_err() {
                 break;
             }
-            result = self.apply_one(first + i as u64, e, p, &mut writes, own);
         }
         let mut seq = self.seq.lock();
         if let Err(e) = &result {
             self.poison(&mut seq, e);
             return result;
         }
-        if lane.is_none() {
+        if !lane {
             seq.lanes_done = last;
         }
         seq.turn = last;
@@ -979,7 +1031,7 @@ impl Inner {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
         if let Some(sink) = &seq.sink {
-            sink.committed_batch(first, timestamp, events, &payloads);
+            sink.committed_batch(first, timestamp, events, payloads);
         }
         seq.applied = last;
         self.visible.store(last, Ordering::Release);
@@ -1007,29 +1059,38 @@ impl Inner {
         self.seq_cond.notify_all();
     }
 
-    /// The apply lane: applies the instrument partitions' writes of each job, in the
-    /// order the jobs come (LSN order), and reports how far it got.
-    fn lane_loop(&self, jobs: std::sync::mpsc::Receiver<LaneJob>) {
-        let mut writes = Vec::new();
-        for job in jobs {
-            if self.poison_flag.load(Ordering::Acquire) {
-                continue;
-            }
-            let mut result = Ok(());
-            for (i, (e, p)) in job.events.iter().zip(job.payloads.iter()).enumerate() {
-                let lsn = job.first + i as u64;
-                result = self.apply_one(lsn, e, p, &mut writes, Some(Lane::Instruments));
-                if result.is_err() {
-                    break;
-                }
-            }
-            let mut seq = self.seq.lock();
-            match &result {
-                Ok(()) => seq.lanes_done = job.first + job.events.len() as u64 - 1,
-                Err(e) => self.poison(&mut seq, e),
-            }
-            self.seq_cond.notify_all();
+    /// The apply lane's job for the batch at `first`: its instrument partitions'
+    /// writes, then how far the lane got. Jobs run one at a time in LSN order. A panic
+    /// poisons the engine like a failed write (its submitter waits for `lanes_done`).
+    fn lane_job(&self, first: u64, events: &[Event], payloads: &Encoded) {
+        if self.poison_flag.load(Ordering::Acquire) {
+            return;
         }
+        let run = || -> Result<()> {
+            let mut writes = Vec::new();
+            for (i, (e, p)) in events.iter().zip(payloads.iter()).enumerate() {
+                self.apply_one(first + i as u64, e, p, &mut writes, Some(Lane::Instruments))?;
+            }
+            Ok(())
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .unwrap_or_else(|_| Err(Error::Invalid("the apply lane panicked".into())));
+        let mut seq = self.seq.lock();
+        match &result {
+            Ok(()) if seq.lanes_done + 1 == first => {
+                seq.lanes_done = first + events.len() as u64 - 1;
+            }
+            // Not reached: jobs come in LSN order and run one at a time.
+            Ok(()) => {
+                let e = Error::Invalid(format!(
+                    "the apply lane got LSN {first} after {}",
+                    seq.lanes_done
+                ));
+                self.poison(&mut seq, &e);
+            }
+            Err(e) => self.poison(&mut seq, e),
+        }
+        self.seq_cond.notify_all();
     }
 
     /// Applies one event: computes its writes, writes them with the event's LSN as
@@ -1138,16 +1199,6 @@ const REPLAY_BUDGET_EVERY: u64 = 4096;
 /// Batches of at least this many events hand their instrument partitions' writes to
 /// the apply lane thread; smaller ones do all their writes themselves when it is idle.
 const LANE_BATCH_MIN: usize = 16;
-
-/// Jobs the apply lane may have queued.
-const LANE_QUEUE: usize = 64;
-
-/// A batch's instrument-partition writes, for the apply lane thread.
-pub(crate) struct LaneJob {
-    first: u64,
-    events: Arc<Vec<Event>>,
-    payloads: Arc<Vec<Vec<u8>>>,
-}
 
 /// Which partitions a replay thread writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -52,7 +52,7 @@ pub use apply::{OrderRecord, UserRecord};
 pub use bourse_wal::{Lsn, LsnRange};
 pub use cache::{apply_delta, MarketCache};
 pub use engine::{
-    BackupReport, CommitSink, Engine, EngineStats, OpenProgress, PartitionStats, WalPin,
+    BackupReport, CommitSink, Encoded, Engine, EngineStats, OpenProgress, PartitionStats, WalPin,
     PARTITION_LIST,
 };
 pub use query::{OrderFilter, Rows};

@@ -1,0 +1,98 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Injected I/O errors during live writes: whichever thread meets the failure (the
+//! submitter, or the apply lane creating a new instrument's partition), the batch
+//! fails, the engine is poisoned, no writer hangs, and a reopen finds every batch that
+//! was acknowledged.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bourse_engine::{Durability, Engine, EngineOptions, Error};
+use bourse_fs::{FaultKind, SimFs};
+use bourse_model::{Event, InstrumentId, Tick};
+
+fn opts() -> EngineOptions {
+    let mut o = EngineOptions {
+        apply_threads: 2,
+        maintenance_threads: 1,
+        // No background flush or checkpoint: the failing call is the batch's own.
+        checkpoint_interval: Duration::from_secs(3600),
+        argon2_memory_kib: 64,
+        argon2_iterations: 1,
+        ..EngineOptions::default()
+    };
+    o.wal.preallocate = bourse_wal::Preallocate::None;
+    o
+}
+
+/// Ticks of 20 instruments never seen before (batch `b`): a batch large enough for the
+/// apply lane, which must create each instrument's partition (files and directories).
+fn batch(b: u64) -> Vec<Event> {
+    (0..20)
+        .map(|i| {
+            Event::Tick(Tick {
+                instrument_id: InstrumentId::new(format!("SIM.b{b}i{i}")).unwrap(),
+                datetime: 1_000 + b as i64,
+                last_price: 10.0 + i as f64,
+                ..Tick::default()
+            })
+        })
+        .collect()
+}
+
+/// Submits batch 0, arms a fault on the `n`-th file-system call from then on, submits
+/// batches 1 and 2; returns how many batches were acknowledged and whether one failed.
+fn run(fs: &SimFs, n: u64) -> (u64, bool) {
+    let e = Engine::open_with(fs.shared(), Path::new("/db"), opts(), &mut |_| {}).unwrap();
+    e.submit(&batch(0), Durability::Buffered).unwrap();
+    fs.fail_op(n, FaultKind::Eio);
+    let mut acked = 1;
+    for b in 1..3 {
+        match e.submit(&batch(b), Durability::Buffered) {
+            Ok(_) => acked += 1,
+            Err(first) => {
+                // Poisoned from now on, with the first failure as the cause.
+                let again = e.submit(&batch(9), Durability::Buffered).unwrap_err();
+                assert!(
+                    matches!(again, Error::Poisoned { .. } | Error::Wal(_)),
+                    "after {first}, the next submit got {again}"
+                );
+                return (acked, true);
+            }
+        }
+    }
+    (acked, false)
+}
+
+#[test]
+fn a_failed_write_on_either_apply_thread_poisons_and_hangs_no_writer() {
+    let mut failed = 0;
+    for n in 1..=40u64 {
+        let fs = SimFs::new();
+        let (tx, rx) = mpsc::channel();
+        let fs2 = fs.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(run(&fs2, n));
+        });
+        let (acked, did_fail) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("fault at call {n}: a writer hung (or the run panicked)"));
+        failed += u64::from(did_fail);
+        // Every acknowledged batch is there after a reopen (the fault is spent).
+        let e = Engine::open_with(fs.shared(), Path::new("/db"), opts(), &mut |_| {}).unwrap();
+        for b in 0..acked {
+            for (i, ev) in batch(b).iter().enumerate() {
+                let Event::Tick(t) = ev else { unreachable!() };
+                let got = e.latest_tick(&t.instrument_id);
+                assert_eq!(
+                    got.map(|g| g.last_price),
+                    Some(t.last_price),
+                    "fault at call {n}: batch {b} tick {i} lost"
+                );
+            }
+        }
+    }
+    // The fault points covered the batches' own calls, not only calls after them.
+    assert!(failed >= 10, "only {failed} of 40 fault points failed a batch");
+}
