@@ -12,7 +12,7 @@
 //! from it onwards ([`Update::Late`]). Both read only what came after the late event.
 //! Reads never touch disk.
 
-use std::collections::HashMap;
+use ahash::HashMap;
 use std::sync::Arc;
 
 use bourse_model::{BookDelta, BookSnapshot, InstrumentId, Level, Side, Tick};
@@ -79,7 +79,14 @@ impl MarketCache {
             .get(&t.instrument_id)
             .is_none_or(|(l, cur)| (t.datetime, lsn) > (cur.datetime, *l));
         if newer {
-            ticks.insert(t.instrument_id.clone(), (lsn, Arc::new(t.clone())));
+            let latest = (lsn, Arc::new(t.clone()));
+            // The id is copied only the first time an instrument ticks.
+            match ticks.get_mut(&t.instrument_id) {
+                Some(cur) => *cur = latest,
+                None => {
+                    ticks.insert(t.instrument_id.clone(), latest);
+                }
+            }
         }
     }
 

@@ -1,6 +1,8 @@
 //! The engine: open and recover, submit and apply in LSN order, partitions, pins.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use ahash::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -279,13 +281,13 @@ impl Engine {
             dir: dir.to_path_buf(),
             opts,
             wal,
-            parts: RwLock::new(HashMap::new()),
+            parts: RwLock::new(HashMap::default()),
             seq: Mutex::new(Sequencer::default()),
             poison_flag: AtomicBool::new(false),
             seq_cond: Condvar::new(),
             visible: AtomicU64::new(0),
             cache: MarketCache::default(),
-            catalogue: RwLock::new(HashSet::new()),
+            catalogue: RwLock::new(HashSet::default()),
             // Pin id 0 is the hold at open (see `EngineOptions::wal_hold_at_open`).
             pins: Mutex::new(hold.map(|l| (0, l)).into_iter().collect()),
             next_pin: AtomicU64::new(1),
