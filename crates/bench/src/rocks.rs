@@ -164,11 +164,10 @@ impl crate::engine::Store for RocksStore {
         let mut batch = WriteBatch::default();
         {
             let mut lsn = self.lsn.lock();
-            let mut writes = Vec::new();
             for e in events {
                 *lsn += 1;
                 let encoded = e.encode()?;
-                writes.clear();
+                let mut writes = Vec::new();
                 bourse_engine::apply::apply(*lsn, e, &encoded, &RocksState(self), &mut writes)?;
                 for w in writes.drain(..) {
                     let name = cf_name(&w.part);

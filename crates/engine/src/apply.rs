@@ -8,21 +8,24 @@
 //! an LSN (its tables are past it) can be skipped during replay without changing what
 //! the others compute.
 
+use std::borrow::Cow;
+
 use bourse_model::{Event, InstrumentId, Order, OrderStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::layout::{acct, inst, market, users, Key, PartitionId};
 use crate::Result;
 
-/// A write the apply step produces.
+/// A write the apply step produces. Values that are the event's encoded form (most of
+/// them) borrow it rather than copy it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Write {
+pub struct Write<'a> {
     /// The partition written.
     pub part: PartitionId,
     /// The key (see `docs/storage-layout.md`).
     pub key: Vec<u8>,
     /// The value; `None` deletes.
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Cow<'a, [u8]>>,
 }
 
 /// An order's latest state, as stored in the accounts partition.
@@ -67,11 +70,11 @@ pub trait StateRead {
     fn catalogued(&self, id: &bourse_model::InstrumentId) -> bool;
 }
 
-fn put(out: &mut Vec<Write>, part: PartitionId, key: Key, value: Vec<u8>) {
-    out.push(Write { part, key: key.into_vec(), value: Some(value) });
+fn put<'a>(out: &mut Vec<Write<'a>>, part: PartitionId, key: Key, value: impl Into<Cow<'a, [u8]>>) {
+    out.push(Write { part, key: key.into_vec(), value: Some(value.into()) });
 }
 
-fn delete(out: &mut Vec<Write>, part: PartitionId, key: Key) {
+fn delete(out: &mut Vec<Write<'_>>, part: PartitionId, key: Key) {
     out.push(Write { part, key: key.into_vec(), value: None });
 }
 
@@ -86,12 +89,12 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Resu
 /// Computes the writes of `event` (whose encoded form is `encoded`) at `lsn`, appending
 /// them to `out`. Public so that other stores (a benchmark peer, a replica's state
 /// machine) can perform exactly the engine's writes.
-pub fn apply(
+pub fn apply<'a>(
     lsn: u64,
     event: &Event,
-    encoded: &[u8],
+    encoded: &'a [u8],
     state: &dyn StateRead,
-    out: &mut Vec<Write>,
+    out: &mut Vec<Write<'a>>,
 ) -> Result<()> {
     if let Some(ins) = event.instrument() {
         if !state.catalogued(ins) {
@@ -124,22 +127,22 @@ pub fn apply(
         }
         Event::CancelRequested(c) => {
             let key = Key::new(acct::CANCEL).str(&c.user_id).str(&c.order_id).u64(lsn);
-            put(out, PartitionId::Accounts, key, encoded.to_vec());
+            put(out, PartitionId::Accounts, key, encoded);
         }
         Event::TradeExecuted(t) => {
             let key = Key::new(acct::TRADE).str(&t.user_id).u64(!lsn);
-            put(out, PartitionId::Accounts, key, encoded.to_vec());
+            put(out, PartitionId::Accounts, key, encoded);
         }
         Event::AccountUpdated(a) => {
             let key = Key::new(acct::ACCOUNT).str(&a.user_id).str(&a.currency);
-            put(out, PartitionId::Accounts, key, encoded.to_vec());
+            put(out, PartitionId::Accounts, key, encoded);
         }
         Event::PositionUpdated(p) => {
             let key = Key::new(acct::POSITION)
                 .str(&p.user_id)
                 .str(p.instrument_id.as_str())
                 .u8(p.hedge_flag as u8);
-            put(out, PartitionId::Accounts, key, encoded.to_vec());
+            put(out, PartitionId::Accounts, key, encoded);
         }
         // Their only writes are to the instrument partition (above).
         Event::Tick(_) | Event::BookSnapshot(_) | Event::BookDelta(_) => {}
@@ -192,10 +195,10 @@ pub fn apply(
         }
         Event::Transfer(t) => {
             let key = Key::new(acct::TRANSFER).str(&t.user_id).u64(!lsn);
-            put(out, PartitionId::Accounts, key, encoded.to_vec());
+            put(out, PartitionId::Accounts, key, encoded);
         }
         Event::Extension(_) => {
-            put(out, PartitionId::Market, Key::new(market::EXTENSION).u64(lsn), encoded.to_vec());
+            put(out, PartitionId::Market, Key::new(market::EXTENSION).u64(lsn), encoded);
         }
     }
     Ok(())
@@ -204,13 +207,18 @@ pub fn apply(
 /// The writes `apply` makes to instrument partitions for `event`, appended to `out`:
 /// an order event's entry in the order flow, a trade, a tick, a book snapshot or delta.
 /// They read no state, so the apply lane thread computes them alone.
-pub(crate) fn instrument_writes(lsn: u64, event: &Event, encoded: &[u8], out: &mut Vec<Write>) {
+pub(crate) fn instrument_writes<'a>(
+    lsn: u64,
+    event: &Event,
+    encoded: &'a [u8],
+    out: &mut Vec<Write<'a>>,
+) {
     let Some((tag, ins, time)) = instrument_target(event) else { return };
     let key = match time {
         Some(t) => Key::new(tag).time(t).u64(lsn),
         None => Key::new(tag).u64(lsn),
     };
-    put(out, PartitionId::Instrument(ins.clone()), key, encoded.to_vec());
+    put(out, PartitionId::Instrument(ins.clone()), key, encoded);
 }
 
 /// Where `event` goes in its instrument partition: the key tag, the instrument and the
@@ -258,7 +266,7 @@ fn existing_order(
 /// Marks an order `FINISHED` (rejected or cancelled) with its message and, for a cancel,
 /// the volume left; an order never seen before is created from the event's ids.
 fn finish_order(
-    out: &mut Vec<Write>,
+    out: &mut Vec<Write<'_>>,
     state: &dyn StateRead,
     lsn: u64,
     (user_id, order_id, instrument_id, datetime): (&String, &String, &InstrumentId, i64),
@@ -286,7 +294,7 @@ fn finish_order(
 /// Writes an order's new state (`prev` is its stored record, if any) and keeps the
 /// by-time and open indexes in step.
 fn store_order(
-    out: &mut Vec<Write>,
+    out: &mut Vec<Write<'_>>,
     lsn: u64,
     prev: Option<OrderRecord>,
     order: Order,
@@ -364,7 +372,7 @@ mod tests {
                         let key = (w.part.clone(), w.key.clone());
                         let mut map = state.map.lock().unwrap();
                         match &w.value {
-                            Some(v) => map.insert(key, v.clone()),
+                            Some(v) => map.insert(key, v.to_vec()),
                             None => map.remove(&key),
                         };
                     }

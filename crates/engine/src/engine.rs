@@ -663,11 +663,12 @@ impl Inner {
                 self.replay_in_lanes(start, &mut report, started, progress)?;
             } else {
                 let mut reader = self.wal.read_from(Lsn(start))?;
-                let mut writes = Vec::new();
                 let mut last_report = Instant::now();
                 while let Some(rec) = reader.next_record()? {
                     let lsn = rec.lsn.0;
                     let event = decode_record(lsn, rec.payload)?;
+                    // (The writes borrow the record, so their vector is the record's too.)
+                    let mut writes = Vec::new();
                     self.apply_one(lsn, &event, rec.payload, &mut writes, Some(Lane::All))?;
                     report.records += 1;
                     if report.records.is_multiple_of(REPLAY_BUDGET_EVERY) {
@@ -727,9 +728,8 @@ impl Inner {
             let helper = std::thread::Builder::new()
                 .name("bourse-replay".into())
                 .spawn_scoped(scope, move || -> Result<()> {
-                    let mut writes = Vec::new();
                     for batch in for_helper {
-                        batch.apply(self, Lane::Instruments, &mut writes)?;
+                        batch.apply(self, Lane::Instruments)?;
                     }
                     Ok(())
                 })
@@ -759,11 +759,10 @@ impl Inner {
                     }
                 })
                 .map_err(io_err("spawn replay thread", &self.dir))?;
-            let mut writes = Vec::new();
             let mut last_report = Instant::now();
             let mut result = Ok(());
             for batch in for_main {
-                if let Err(e) = batch.apply(self, Lane::Others, &mut writes) {
+                if let Err(e) = batch.apply(self, Lane::Others) {
                     result = Err(e);
                     break;
                 }
@@ -1100,12 +1099,12 @@ impl Inner {
     /// or of a live batch split with the apply lane thread; `None`: every partition):
     /// only that lane's partitions are written, and partitions whose tables already hold
     /// `lsn` are skipped (which only happens during replay).
-    fn apply_one(
+    fn apply_one<'a>(
         &self,
         lsn: u64,
         event: &Event,
-        encoded: &[u8],
-        writes: &mut Vec<Write>,
+        encoded: &'a [u8],
+        writes: &mut Vec<Write<'a>>,
         replay: Option<Lane>,
     ) -> Result<()> {
         writes.clear();
@@ -1256,9 +1255,10 @@ struct ReplayBatch {
 }
 
 impl ReplayBatch {
-    fn apply(&self, inner: &Inner, lane: Lane, writes: &mut Vec<Write>) -> Result<()> {
+    fn apply(&self, inner: &Inner, lane: Lane) -> Result<()> {
+        let mut writes = Vec::new();
         for (lsn, event, range) in &self.events {
-            inner.apply_one(*lsn, event, &self.bytes[range.clone()], writes, Some(lane))?;
+            inner.apply_one(*lsn, event, &self.bytes[range.clone()], &mut writes, Some(lane))?;
         }
         Ok(())
     }
