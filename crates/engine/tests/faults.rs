@@ -26,10 +26,11 @@ fn opts() -> EngineOptions {
     o
 }
 
-/// Ticks of 20 instruments never seen before (batch `b`): a batch large enough for the
-/// apply lane, which must create each instrument's partition (files and directories).
+/// Ticks of 40 instruments never seen before (batch `b`): a batch large enough for the
+/// apply lane (32 events or more), which must create each instrument's partition (files
+/// and directories).
 fn batch(b: u64) -> Vec<Event> {
-    (0..20)
+    (0..40)
         .map(|i| {
             Event::Tick(Tick {
                 instrument_id: InstrumentId::new(format!("SIM.b{b}i{i}")).unwrap(),
