@@ -113,20 +113,17 @@ impl Store for JournalFloor {
         "raw"
     }
     fn submit(&self, events: &[Event], durable: bool) -> anyhow::Result<()> {
-        let mut bytes = Vec::with_capacity(events.len() * 192);
-        let mut ends = Vec::with_capacity(events.len());
-        for e in events {
-            e.validate()?;
-            e.encode_into(&mut bytes)?;
-            ends.push(bytes.len());
-        }
+        // The engine's own validation and encoding, and one timestamp per batch as it
+        // takes.
+        let encoded = bourse_engine::Encoded::of(events)?;
+        let ts = now_ns();
         let entries: Vec<bourse_wal::Entry<'_>> = events
             .iter()
-            .zip(&ends)
-            .scan(0, |start, (e, &end)| {
-                let payload = &bytes[*start..end];
-                *start = end;
-                Some(bourse_wal::Entry { kind: e.kind().as_u16(), timestamp: now_ns(), payload })
+            .zip(encoded.iter())
+            .map(|(e, payload)| bourse_wal::Entry {
+                kind: e.kind().as_u16(),
+                timestamp: ts,
+                payload,
             })
             .collect();
         let d = if durable {

@@ -76,8 +76,9 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Validates and encodes `events`; the error names the first bad event.
-    fn of(events: &[Event]) -> Result<Encoded> {
+    /// Validates and encodes `events`, as [`Engine::submit`] does before it appends
+    /// them; the error names the first bad event.
+    pub fn of(events: &[Event]) -> Result<Encoded> {
         // Typical events are 60–250 bytes: one guess, then amortised growth.
         let mut out = Encoded {
             bytes: Vec::with_capacity(events.len() * 192),
