@@ -12,9 +12,9 @@
 //! from it onwards ([`Update::Late`]). Both read only what came after the late event.
 //! Reads never touch disk.
 
-use ahash::HashMap;
 use std::sync::Arc;
 
+use ahash::HashMap;
 use bourse_model::{BookDelta, BookSnapshot, InstrumentId, Level, Side, Tick};
 use parking_lot::RwLock;
 

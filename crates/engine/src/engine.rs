@@ -1,14 +1,13 @@
 //! The engine: open and recover, submit and apply in LSN order, partitions, pins.
 
 use std::collections::BTreeMap;
-
-use ahash::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ahash::{HashMap, HashSet};
 use bourse_fs::{RealFs, Vfs};
 use bourse_lsm::{Tree, TreeOptions};
 use bourse_model::{Event, InstrumentId};
@@ -56,7 +55,7 @@ pub trait CommitSink: Send + Sync {
     /// encoded form as the WAL holds it.
     fn committed(&self, lsn: u64, timestamp: i64, event: &Event, encoded: &[u8]);
 
-    /// A batch: `events[i]` is LSN `first + i`, encoded as `encoded[i]`, all submitted
+    /// A batch: `events[i]` is LSN `first + i`, encoded as `encoded.get(i)`, all submitted
     /// at `timestamp`. The engine calls this once per batch; the default calls
     /// [`CommitSink::committed`] for each event.
     fn committed_batch(&self, first: u64, timestamp: i64, events: &[Event], encoded: &Encoded) {
