@@ -1287,6 +1287,34 @@ mod tests {
 
     use super::*;
 
+    /// A batch's encoded forms come back one by one, equal to each event's own
+    /// encoding, by index and in order; a bad event is named by its index.
+    #[test]
+    fn encoded_batch_holds_each_event_exactly() {
+        let events: Vec<Event> =
+            (0..40u64).map(|n| sample(EventKind::ALL[n as usize % 18], n)).collect();
+        let enc = Encoded::of(&events).unwrap();
+        assert_eq!((enc.len(), enc.iter().len()), (events.len(), events.len()));
+        for (i, (e, got)) in events.iter().zip(enc.iter()).enumerate() {
+            let want = e.encode().unwrap();
+            assert_eq!(got, want.as_slice(), "event {i}");
+            assert_eq!(enc.get(i), Some(want.as_slice()), "event {i}");
+            assert_eq!(Event::decode(got).unwrap(), *e);
+        }
+        assert_eq!(enc.get(events.len()), None);
+        assert!(Encoded::of(&[]).unwrap().is_empty());
+        let mut bad = events.clone();
+        if let Event::Tick(t) = &mut bad[7] {
+            t.last_price = f64::NAN;
+        } else {
+            bad[7] = Event::Tick(bourse_model::Tick { last_price: f64::NAN, ..Default::default() });
+        }
+        match Encoded::of(&bad) {
+            Err(Error::Event { index: 7, .. }) => {}
+            other => panic!("a bad 8th event gave {other:?}"),
+        }
+    }
+
     /// Every key and value of every partition, and the market cache.
     fn dump(e: &Engine) -> Vec<String> {
         let mut out = Vec::new();
