@@ -1304,11 +1304,7 @@ mod tests {
         assert_eq!(enc.get(events.len()), None);
         assert!(Encoded::of(&[]).unwrap().is_empty());
         let mut bad = events.clone();
-        if let Event::Tick(t) = &mut bad[7] {
-            t.last_price = f64::NAN;
-        } else {
-            bad[7] = Event::Tick(bourse_model::Tick { last_price: f64::NAN, ..Default::default() });
-        }
+        bad[7] = Event::Tick(bourse_model::Tick { last_price: f64::NAN, ..Default::default() });
         match Encoded::of(&bad) {
             Err(Error::Event { index: 7, .. }) => {}
             other => panic!("a bad 8th event gave {other:?}"),
