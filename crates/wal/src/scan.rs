@@ -5,7 +5,8 @@ use std::io;
 use bourse_fs::FileRef;
 
 use crate::format::{
-    record_crc, RecordHeader, SegmentHeader, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    record_crc, record_crc_whole, RecordHeader, SegmentHeader, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::{DamageKind, Lsn};
 
@@ -105,11 +106,10 @@ impl Scanner {
                 Step::Damage { offset, kind: DamageKind::TruncatedHeader }
             });
         }
-        let head = &self.buf[self.start..self.start + RECORD_HEADER_BYTES];
-        if head.iter().all(|b| *b == 0) {
+        let header = RecordHeader::decode(&self.buf[self.start..self.start + RECORD_HEADER_BYTES]);
+        if header.is_zero() {
             return Ok(Step::End { offset });
         }
-        let header = RecordHeader::decode(head);
         let len = header.len as usize;
         if len > self.max_record {
             return Ok(Step::Damage { offset, kind: DamageKind::BadLength { len: header.len } });
@@ -118,7 +118,7 @@ impl Scanner {
             return Ok(Step::Damage { offset, kind: DamageKind::TruncatedPayload });
         }
         let body = self.start + RECORD_HEADER_BYTES;
-        let actual = record_crc(&self.buf[self.start..body], &self.buf[body..body + len]);
+        let actual = record_crc_whole(&self.buf[self.start..body + len]);
         if actual != header.crc {
             let kind = DamageKind::BadChecksum { expected: header.crc, actual };
             return Ok(Step::Damage { offset, kind });

@@ -1,0 +1,64 @@
+//! A fixed amount of replay work, for `perf`: fills a data directory once with the bus
+//! benchmark's mixed events (Buffered, batches of 256), then reads them all back
+//! `ROUNDS` times through the engine's commit stream and through a bus subscriber that
+//! replays from LSN 1, printing each rate.
+//!
+//! `cargo run --release -p bourse-bus --example replay_loop -- DIR [EVENTS] [ROUNDS]`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bourse_bus::{Bus, BusOptions, Message, OnLag, SubscribeOptions};
+use bourse_engine::{Durability, Engine, EngineOptions};
+use bourse_model::samples::{mixed_kind, sample};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let dir =
+        std::path::PathBuf::from(args.next().expect("usage: replay_loop DIR [EVENTS] [ROUNDS]"));
+    let events: u64 = args.next().map_or(2_000_000, |a| a.parse().expect("EVENTS"));
+    let rounds: u32 = args.next().map_or(5, |a| a.parse().expect("ROUNDS"));
+    let fresh = !dir.exists();
+    let engine = Arc::new(Engine::open(&dir, EngineOptions::default()).unwrap());
+    if fresh {
+        let mut i = 0;
+        while i < events {
+            let batch: Vec<_> = (i..i + 256).map(|j| sample(mixed_kind(j), j)).collect();
+            engine.submit(&batch, Durability::Buffered).unwrap();
+            i += 256;
+        }
+    }
+    let bus = Bus::attach(engine.clone(), BusOptions::default()).unwrap();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let mut s = engine.commits(1).unwrap();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        while let Some(r) = s.next_raw().unwrap() {
+            n += 1;
+            bytes += r.payload.len() as u64;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        eprint!(
+            "commit stream {:.2} GB/s ({:.1} M events/s)",
+            bytes as f64 / secs / 1e9,
+            n as f64 / secs / 1e6
+        );
+        let mut sub = bus.subscribe(SubscribeOptions::from_lsn(1).on_lag(OnLag::Replay)).unwrap();
+        let t = Instant::now();
+        let mut got = 0;
+        while got < n {
+            match sub.try_next().unwrap() {
+                Some(Message::Event(_)) => got += 1,
+                Some(m) => panic!("unexpected {m:?}"),
+                None => panic!("replay stopped at {got} of {n}"),
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "; bus {:.2} GB/s ({:.1} M events/s)",
+            bytes as f64 / secs / 1e9,
+            n as f64 / secs / 1e6
+        );
+    }
+}
