@@ -82,6 +82,11 @@ impl WalReader {
         self.next
     }
 
+    fn replace_scanner(&mut self, fresh: Scanner) {
+        let old = std::mem::replace(&mut self.scanner, fresh);
+        self.scanner.reuse_buffer(old);
+    }
+
     /// The next record, or `None` when caught up with the last written LSN.
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>> {
         let header = loop {
@@ -127,7 +132,8 @@ impl WalReader {
     fn at_end(&mut self, offset: u64, damage: Option<crate::DamageKind>) -> Result<()> {
         if !self.retried {
             self.retried = true;
-            self.scanner = new_scanner(&self.shared, &self.segment, offset, self.next);
+            let fresh = new_scanner(&self.shared, &self.segment, offset, self.next);
+            self.replace_scanner(fresh);
             return Ok(());
         }
         let next_segment = {
@@ -143,8 +149,9 @@ impl WalReader {
                         found: seg.first_lsn,
                     });
                 }
-                self.scanner =
+                let fresh =
                     new_scanner(&self.shared, &seg, SEGMENT_HEADER_BYTES as u64, seg.first_lsn);
+                self.replace_scanner(fresh);
                 self.segment = seg;
                 self.retried = false;
                 Ok(())

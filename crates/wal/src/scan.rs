@@ -10,6 +10,9 @@ use crate::format::{
 };
 use crate::{DamageKind, Lsn};
 
+/// The first read of a scanner asks for at most this many bytes (see `Scanner::window`).
+const FIRST_READ: usize = 4096;
+
 /// One step of a scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -31,6 +34,11 @@ pub(crate) struct Scanner {
     end: usize,
     eof: bool,
     chunk: usize,
+    /// Bytes the next read asks for at most (beyond what a record needs): it starts
+    /// small and doubles up to `chunk`, so that a reader that follows the log, and
+    /// starts a scanner each time it catches up, reads about what was appended rather
+    /// than a whole chunk of the pre-written segment's zeros.
+    window: usize,
     max_record: usize,
     expect: Option<Lsn>,
     payload: (usize, usize),
@@ -53,9 +61,19 @@ impl Scanner {
             end: 0,
             eof: false,
             chunk: chunk.max(RECORD_HEADER_BYTES * 2),
+            window: FIRST_READ.min(chunk),
             max_record,
             expect,
             payload: (0, 0),
+        }
+    }
+
+    /// Takes over `old`'s buffer, if this scanner has none yet: a reader that follows
+    /// the log replaces its scanner each time it catches up, and a new buffer would be
+    /// allocated and zeroed every time.
+    pub(crate) fn reuse_buffer(&mut self, old: Scanner) {
+        if self.buf.is_empty() {
+            self.buf = old.buf;
         }
     }
 
@@ -85,8 +103,11 @@ impl Scanner {
             self.buf.resize(want, 0);
         }
         while self.end < n && !self.eof {
-            let got =
-                self.file.read_at(&mut self.buf[self.end..], self.buf_off + self.end as u64)?;
+            let limit = (self.end + self.window.max(n - self.end)).min(self.buf.len());
+            self.window = (self.window * 2).min(self.chunk);
+            let got = self
+                .file
+                .read_at(&mut self.buf[self.end..limit], self.buf_off + self.end as u64)?;
             if got == 0 {
                 self.eof = true;
             }
@@ -236,4 +257,60 @@ pub(crate) fn scan_segment(
     let above = scan.last_lsn.unwrap_or(Lsn(header.first_lsn.0.saturating_sub(1)));
     scan.intact_after = find_intact_record(file, stop_at + 1, above, max_record)?;
     Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::path::Path;
+
+    use bourse_fs::{OpenMode, SimFs, Vfs};
+
+    use super::*;
+    use crate::format::encode_record;
+
+    /// A segment-like file: records with these payload sizes, then 1 MiB of zeros (a
+    /// pre-written segment's unused part).
+    fn file_with(sizes: &[usize]) -> FileRef {
+        let fs = SimFs::new();
+        let mut bytes = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            encode_record(&mut bytes, Lsn(i as u64 + 1), 0, 1, true, &vec![i as u8; *n]);
+        }
+        bytes.resize(bytes.len() + (1 << 20), 0);
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        let f = fs.open(Path::new("/d/seg"), OpenMode::CreateNew).unwrap();
+        f.write_all_at(&bytes, 0).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_new_scanner_reads_little_then_more() {
+        let f = file_with(&[100; 3]);
+        let mut s = Scanner::new(f, 0, 256 << 10, 1 << 20, Some(Lsn(1)));
+        assert!(matches!(s.next_step().unwrap(), Step::Record { .. }));
+        // A reader that catches up starts a scanner each time: it must not read a
+        // whole chunk of zeros to find one new record.
+        assert_eq!(s.end, FIRST_READ, "the first read asks for {FIRST_READ} bytes");
+        for lsn in 2..=3 {
+            match s.next_step().unwrap() {
+                Step::Record { header, .. } => assert_eq!(header.lsn, Lsn(lsn)),
+                other => panic!("expected record {lsn}, got {other:?}"),
+            }
+        }
+        assert!(matches!(s.next_step().unwrap(), Step::End { .. }));
+    }
+
+    #[test]
+    fn records_larger_than_the_first_read_come_whole() {
+        let sizes = [10, 3 * FIRST_READ, 50, 600 << 10, 7];
+        let f = file_with(&sizes);
+        let mut s = Scanner::new(f, 0, 256 << 10, 1 << 20, Some(Lsn(1)));
+        for (i, n) in sizes.iter().enumerate() {
+            assert!(matches!(s.next_step().unwrap(), Step::Record { .. }), "record {i}");
+            assert_eq!(s.payload(), &vec![i as u8; *n][..]);
+        }
+        assert!(matches!(s.next_step().unwrap(), Step::End { .. }));
+    }
 }
