@@ -30,6 +30,8 @@ fn main() {
         }
     }
     let bus = Bus::attach(engine.clone(), BusOptions::default()).unwrap();
+    // BUS_ONLY: only the bus subscriber (a profile of the bus's own share).
+    let bus_only = std::env::var_os("BUS_ONLY").is_some();
     for _ in 0..rounds {
         let t = Instant::now();
         let mut s = engine.commits(1).unwrap();
@@ -39,11 +41,9 @@ fn main() {
             bytes += r.payload.len() as u64;
         }
         let secs = t.elapsed().as_secs_f64();
-        eprint!(
-            "commit stream {:.2} GB/s ({:.1} M events/s)",
-            bytes as f64 / secs / 1e9,
-            n as f64 / secs / 1e6
-        );
+        if !bus_only {
+            eprint!("commit stream {}; ", rate(bytes, n, secs));
+        }
         let mut sub = bus.subscribe(SubscribeOptions::from_lsn(1).on_lag(OnLag::Replay)).unwrap();
         let t = Instant::now();
         let mut got = 0;
@@ -54,11 +54,10 @@ fn main() {
                 None => panic!("replay stopped at {got} of {n}"),
             }
         }
-        let secs = t.elapsed().as_secs_f64();
-        eprintln!(
-            "; bus {:.2} GB/s ({:.1} M events/s)",
-            bytes as f64 / secs / 1e9,
-            n as f64 / secs / 1e6
-        );
+        eprintln!("bus {}", rate(bytes, n, t.elapsed().as_secs_f64()));
     }
+}
+
+fn rate(bytes: u64, events: u64, secs: f64) -> String {
+    format!("{:.2} GB/s ({:.1} M events/s)", bytes as f64 / secs / 1e9, events as f64 / secs / 1e6)
 }
