@@ -11,7 +11,7 @@ use ahash::{HashMap, HashSet};
 use bourse_fs::{RealFs, Vfs};
 use bourse_lsm::{Tree, TreeOptions};
 use bourse_model::{Event, InstrumentId};
-use bourse_wal::{Entry, Lsn, LsnRange, Wal};
+use bourse_wal::{Entry, Lsn, LsnRange, Wal, WalOptions};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::apply::{self, StateRead, Write};
@@ -274,7 +274,11 @@ impl Engine {
         }
         vfs.create_dir_all(&dir.join("parts/instruments"))
             .map_err(io_err("create directory", dir.join("parts/instruments")))?;
-        let wal = Arc::new(Wal::open(vfs.clone(), dir.join("wal"), opts.wal.clone())?);
+        // The spare segment is pre-written once the replay below is done: it would take
+        // a core and the disk from the replay (with a 256 MiB spare, replaying 1 M
+        // events took 1.74-1.80 s against 1.88-2.07 s).
+        let wal_opts = WalOptions { defer_preallocation: true, ..opts.wal.clone() };
+        let wal = Arc::new(Wal::open(vfs.clone(), dir.join("wal"), wal_opts)?);
         let hold = opts.wal_hold_at_open;
         let inner = Arc::new(Inner {
             vfs: vfs.clone(),
@@ -311,6 +315,7 @@ impl Engine {
         }
         inner.load_catalogue()?;
         inner.replay(progress)?;
+        inner.wal.start_preallocation();
         inner.rebuild_cache()?;
         let mut workers = Vec::new();
         if inner.opts.apply_threads > 1 {

@@ -417,3 +417,24 @@ fn backups_taken_during_writes_open_to_a_prefix() {
     b.submit(&[trade("SHFE.rb2601", "u", 99999, 1)], Durability::Durable).unwrap();
     assert_eq!(b.applied_lsn(), report.last_lsn + 1);
 }
+
+/// Open holds the WAL's spare segment back while it replays, and starts it after: a
+/// reopened engine gets its pre-written spare.
+#[test]
+fn the_wal_spare_is_prepared_after_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.wal.preallocate = bourse_wal::Preallocate::PreWrite;
+    o.wal.segment_bytes = 1 << 20;
+    let spare = dir.path().join("wal").join("spare.wal.tmp");
+    for round in 0..2 {
+        let e = Engine::open(dir.path(), o.clone()).unwrap();
+        e.submit(&[tick("SHFE.rb2501", round, 1.0)], Durability::Durable).unwrap();
+        let t = std::time::Instant::now();
+        while std::fs::metadata(&spare).map_or(true, |m| m.len() < o.wal.segment_bytes) {
+            assert!(t.elapsed() < Duration::from_secs(30), "no spare after open {round}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        e.close().unwrap();
+    }
+}

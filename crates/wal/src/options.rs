@@ -59,6 +59,11 @@ pub struct WalOptions {
     pub group_commit_delay_us: u64,
     /// How segments are prepared (default `PreWrite`).
     pub preallocate: Preallocate,
+    /// With `PreWrite`: do not start pre-writing the spare segment at open, only once
+    /// [`crate::Wal::start_preallocation`] is called (default false). For an owner that
+    /// replays the log right after opening it and wants the disk and a core for that;
+    /// until then a rotation creates its segment inline.
+    pub defer_preallocation: bool,
     /// What recovery does with damage in the newest segment.
     pub recovery: RecoveryMode,
     /// The LSN of the first record of a brand-new WAL (default 1).
@@ -80,6 +85,7 @@ impl Default for WalOptions {
             group_commit_bytes_max: 4 << 20,
             group_commit_delay_us: 0,
             preallocate: Preallocate::PreWrite,
+            defer_preallocation: false,
             recovery: RecoveryMode::TolerateTornTail,
             first_lsn: Lsn(1),
             read_chunk_bytes: 256 << 10,

@@ -34,7 +34,7 @@ impl Shared {
         loop {
             {
                 let mut s = self.spare.lock();
-                while !s.shutdown && !s.needed {
+                while !s.shutdown && (!s.needed || s.deferred) {
                     self.spare_cond.wait(&mut s);
                 }
                 if s.shutdown {

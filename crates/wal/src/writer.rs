@@ -168,6 +168,8 @@ pub(crate) struct Spare {
     pub ready: bool,
     pub needed: bool,
     pub shutdown: bool,
+    /// Held back until [`Wal::start_preallocation`] (`defer_preallocation`).
+    pub deferred: bool,
 }
 
 /// State shared by the WAL handle, its readers and its background thread.
@@ -210,6 +212,7 @@ impl Wal {
     ) -> Self {
         let last = state.written.0;
         let background = opts.preallocate == Preallocate::PreWrite;
+        let deferred = opts.defer_preallocation;
         let shared = Arc::new(Shared {
             vfs,
             dir,
@@ -220,7 +223,7 @@ impl Wal {
             written: AtomicU64::new(last),
             durable: AtomicU64::new(last),
             counters: Counters::default(),
-            spare: Mutex::new(Spare { needed: true, ..Spare::default() }),
+            spare: Mutex::new(Spare { needed: true, deferred, ..Spare::default() }),
             spare_cond: Condvar::new(),
         });
         let preparer = background.then(|| {
@@ -317,6 +320,16 @@ impl Wal {
     /// The oldest LSN still retained.
     pub fn first_lsn(&self) -> Lsn {
         self.shared.segments.read().first().map(|s| s.first_lsn).unwrap_or_default()
+    }
+
+    /// Lets the background thread start pre-writing the spare segment, when the WAL was
+    /// opened with `defer_preallocation` (otherwise it already runs).
+    pub fn start_preallocation(&self) {
+        let mut spare = self.shared.spare.lock();
+        if spare.deferred {
+            spare.deferred = false;
+            self.shared.spare_cond.notify_all();
+        }
     }
 
     /// Whether the next segment is ready: with `Preallocate::PreWrite`, whether the

@@ -337,3 +337,32 @@ fn a_second_writer_is_locked_out() {
     assert!(matches!(second, Err(Error::Locked { .. })), "{second:?}");
     drop(real);
 }
+
+#[test]
+fn a_deferred_spare_is_prepared_only_once_started() {
+    let fs = SimFs::new();
+    let opts = WalOptions {
+        defer_preallocation: true,
+        segment_bytes: 64 << 10,
+        ..small_opts(Preallocate::PreWrite)
+    };
+    let wal = open(&fs, &opts);
+    let spare = dir().join("spare.wal.tmp");
+    // Appends and rotations work meanwhile (a rotation creates its segment inline).
+    let payload = [5u8; 1000];
+    for _ in 0..200 {
+        wal.append(entry(&payload), Durability::Buffered).unwrap();
+    }
+    assert!(wal.segment_files().len() > 2, "the log rotated while the spare was held back");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!wal.preallocation_ready());
+    assert!(!fs.exists(&spare).unwrap(), "nothing was pre-written before the start");
+    wal.start_preallocation();
+    let t = std::time::Instant::now();
+    while !wal.preallocation_ready() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "the spare never came");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(fs.contents(&spare).unwrap().len() as u64, opts.segment_bytes);
+    assert_eq!(read_all(&wal).unwrap().len(), 200);
+}
