@@ -426,7 +426,7 @@ fn the_wal_spare_is_prepared_after_open() {
     let mut o = opts();
     o.wal.preallocate = bourse_wal::Preallocate::PreWrite;
     o.wal.segment_bytes = 1 << 20;
-    let spare = dir.path().join("wal").join("spare.wal.tmp");
+    let spare = dir.path().join("wal").join("spare.wal.ready");
     for round in 0..2 {
         let e = Engine::open(dir.path(), o.clone()).unwrap();
         e.submit(&[tick("SHFE.rb2501", round, 1.0)], Durability::Durable).unwrap();

@@ -10,15 +10,20 @@ use crate::options::Preallocate;
 use crate::writer::{Active, Shared};
 use crate::{io_err, Lsn, Result, WalOptions};
 
-/// The zero-filled file kept ready for the next rotation (`Preallocate::PreWrite`).
+/// The spare segment while it is being zero-filled (`Preallocate::PreWrite`).
 pub(crate) const SPARE_NAME: &str = "spare.wal.tmp";
+
+/// The zero-filled, synced spare, ready for the next rotation: renamed from
+/// [`SPARE_NAME`] only after its `fdatasync`, so a file by this name is whole. It
+/// outlives the process: the next open keeps it when it has the configured size.
+pub(crate) const SPARE_READY_NAME: &str = "spare.wal.ready";
 
 impl Shared {
     /// Creates and publishes the segment that starts at `first`, from the spare when
     /// one is ready.
     pub(crate) fn create_segment(&self, first: Lsn) -> Result<Active> {
         let spare = std::mem::take(&mut self.spare.lock().ready);
-        let spare_path = spare.then(|| self.dir.join(SPARE_NAME));
+        let spare_path = spare.then(|| self.dir.join(SPARE_READY_NAME));
         let active = create_segment_file(&*self.vfs, &self.dir, &self.opts, first, spare_path)?;
         if spare {
             self.spare.lock().needed = true;
@@ -57,7 +62,11 @@ impl Shared {
         let file =
             self.vfs.open(&path, OpenMode::CreateNew).map_err(io_err("create spare", &path))?;
         zero_fill(&file, &path, self.opts.segment_bytes)?;
-        file.sync_data().map_err(io_err("fdatasync spare", &path))
+        file.sync_data().map_err(io_err("fdatasync spare", &path))?;
+        // Named ready only once whole and synced. The rename need not be durable: a
+        // crash that loses it leaves the `.tmp` name, which the next open removes.
+        let ready = self.dir.join(SPARE_READY_NAME);
+        self.vfs.rename(&path, &ready).map_err(io_err("rename spare", &ready))
     }
 }
 

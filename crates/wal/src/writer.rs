@@ -200,16 +200,24 @@ pub struct Wal {
     _lock: bourse_fs::LockGuard,
 }
 
+/// What recovery found, for [`Wal::from_parts`].
+pub(crate) struct Recovered {
+    pub state: State,
+    pub segments: Vec<SegmentInfo>,
+    pub report: RecoveryReport,
+    /// Whether a ready spare segment from an earlier process was kept.
+    pub spare_ready: bool,
+}
+
 impl Wal {
     pub(crate) fn from_parts(
         vfs: Arc<dyn Vfs>,
         dir: PathBuf,
         opts: WalOptions,
-        state: State,
-        segments: Vec<SegmentInfo>,
-        recovery: RecoveryReport,
+        recovered: Recovered,
         lock: bourse_fs::LockGuard,
     ) -> Self {
+        let Recovered { state, segments, report: recovery, spare_ready } = recovered;
         let last = state.written.0;
         let background = opts.preallocate == Preallocate::PreWrite;
         let deferred = opts.defer_preallocation;
@@ -223,7 +231,12 @@ impl Wal {
             written: AtomicU64::new(last),
             durable: AtomicU64::new(last),
             counters: Counters::default(),
-            spare: Mutex::new(Spare { needed: true, deferred, ..Spare::default() }),
+            spare: Mutex::new(Spare {
+                needed: !spare_ready,
+                ready: spare_ready,
+                deferred,
+                ..Spare::default()
+            }),
             spare_cond: Condvar::new(),
         });
         let preparer = background.then(|| {

@@ -347,7 +347,7 @@ fn a_deferred_spare_is_prepared_only_once_started() {
         ..small_opts(Preallocate::PreWrite)
     };
     let wal = open(&fs, &opts);
-    let spare = dir().join("spare.wal.tmp");
+    let spare = dir().join("spare.wal.ready");
     // Appends and rotations work meanwhile (a rotation creates its segment inline).
     let payload = [5u8; 1000];
     for _ in 0..200 {
@@ -365,4 +365,47 @@ fn a_deferred_spare_is_prepared_only_once_started() {
     }
     assert_eq!(fs.contents(&spare).unwrap().len() as u64, opts.segment_bytes);
     assert_eq!(read_all(&wal).unwrap().len(), 200);
+}
+
+#[test]
+fn a_whole_spare_is_kept_across_reopen_and_a_wrong_one_removed() {
+    let fs = SimFs::new();
+    let opts = WalOptions { segment_bytes: 64 << 10, ..small_opts(Preallocate::PreWrite) };
+    let spare = dir().join("spare.wal.ready");
+    let wait_ready = |wal: &Wal| {
+        let t = std::time::Instant::now();
+        while !wal.preallocation_ready() {
+            assert!(t.elapsed() < std::time::Duration::from_secs(30), "the spare never came");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    {
+        let wal = open(&fs, &opts);
+        wal.append(entry(b"one"), Durability::Durable).unwrap();
+        wait_ready(&wal);
+    }
+    // Reopened with the pre-writing held back, the spare is ready all the same: the
+    // earlier one was kept. Rotation uses it.
+    let held = WalOptions { defer_preallocation: true, ..opts.clone() };
+    let wal = open(&fs, &held);
+    assert!(wal.preallocation_ready(), "the earlier spare was kept");
+    let payload = [9u8; 1000];
+    for _ in 0..100 {
+        wal.append(entry(&payload), Durability::Buffered).unwrap();
+    }
+    assert!(wal.segment_files().len() >= 2);
+    assert_eq!(read_all(&wal).unwrap().len(), 101);
+    wal.start_preallocation();
+    wait_ready(&wal);
+    drop(wal);
+    // A spare of another size (the segment size changed) is removed, and a new one made.
+    let bigger = WalOptions { segment_bytes: 128 << 10, ..opts.clone() };
+    let wal = open(&fs, &bigger);
+    wait_ready(&wal);
+    assert_eq!(fs.contents(&spare).unwrap().len() as u64, bigger.segment_bytes);
+    drop(wal);
+    // Without background pre-writing, a spare is not kept.
+    let inline = WalOptions { preallocate: Preallocate::PreWriteInline, ..bigger };
+    let _wal = open(&fs, &inline);
+    assert!(!fs.exists(&spare).unwrap());
 }
