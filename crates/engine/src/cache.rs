@@ -74,20 +74,25 @@ impl MarketCache {
     /// Offers tick `t` stored at `lsn`; it becomes the latest unless a later one (in
     /// store order) is cached.
     pub(crate) fn set_tick(&self, t: &Tick, lsn: u64) {
+        // Built before the write lock is taken, and the tick it replaces dropped after it
+        // is released: readers of every instrument wait while the lock is held.
+        let mut latest = (lsn, Arc::new(t.clone()));
         let mut ticks = self.ticks.write();
-        let newer = ticks
-            .get(&t.instrument_id)
-            .is_none_or(|(l, cur)| (t.datetime, lsn) > (cur.datetime, *l));
-        if newer {
-            let latest = (lsn, Arc::new(t.clone()));
-            // The id is copied only the first time an instrument ticks.
-            match ticks.get_mut(&t.instrument_id) {
-                Some(cur) => *cur = latest,
-                None => {
-                    ticks.insert(t.instrument_id.clone(), latest);
+        // The id is copied only the first time an instrument ticks.
+        match ticks.get_mut(&t.instrument_id) {
+            Some(cur) => {
+                if (t.datetime, lsn) > (cur.1.datetime, cur.0) {
+                    std::mem::swap(cur, &mut latest);
                 }
             }
+            None => {
+                ticks.insert(t.instrument_id.clone(), latest);
+                return;
+            }
         }
+        drop(ticks);
+        // `latest` now holds the replaced tick (or the offered one, if it was older).
+        drop(latest);
     }
 
     /// Offers snapshot `b` stored at `lsn`.
