@@ -82,7 +82,7 @@ impl SegmentHeader {
         b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         b[12..16].copy_from_slice(&(SEGMENT_HEADER_BYTES as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.first_lsn.0.to_le_bytes());
-        let crc = crc32c::crc32c(&b[0..28]);
+        let crc = crate::crc::crc32c(&b[0..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -95,7 +95,7 @@ impl SegmentHeader {
         if b[0..8] != SEGMENT_MAGIC {
             return Err(HeaderProblem::BadMagic);
         }
-        if u32_at(b, 28) != crc32c::crc32c(&b[0..28]) {
+        if u32_at(b, 28) != crate::crc::crc32c(&b[0..28]) {
             return Err(HeaderProblem::BadChecksum);
         }
         let version = u32_at(b, 8);
@@ -166,21 +166,21 @@ pub fn encode_record(
     let flags = if batch_end { FLAG_BATCH_END } else { 0 };
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out[start + 4..]);
+    let crc = crate::crc::crc32c(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Computes the checksum a record with this header tail (bytes 4..28) and payload must
 /// carry.
 pub fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&header[4..RECORD_HEADER_BYTES]), payload)
+    crate::crc::crc32c_append(crate::crc::crc32c(&header[4..RECORD_HEADER_BYTES]), payload)
 }
 
 /// Computes the checksum a whole record (header then payload, contiguous) must carry:
 /// the same value as [`record_crc`], in one pass (replay checks every record, and a
 /// second call per record cost as much as the first on short payloads).
 pub fn record_crc_whole(record: &[u8]) -> u32 {
-    crc32c::crc32c(&record[4..])
+    crate::crc::crc32c(&record[4..])
 }
 
 /// The encoded size of a record with an `n`-byte payload.

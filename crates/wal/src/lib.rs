@@ -40,6 +40,7 @@
 //! through [`bourse_fs::Vfs`], so the crash and fault tests run against the simulated file
 //! system.
 
+pub mod crc;
 pub mod format;
 mod options;
 mod reader;
