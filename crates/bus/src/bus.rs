@@ -163,7 +163,8 @@ impl SubscribeOptions {
     }
 }
 
-/// One event as delivered: borrowed from the subscriber's buffer until its next call.
+/// One event as delivered: borrowed from the subscriber (its buffer, or while it
+/// replays, the journal reader's) until its next call.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery<'a> {
     /// Its LSN.
@@ -1275,8 +1276,8 @@ impl Subscriber {
                         let why = format!("the WAL gave {} where {} was due", raw.lsn, self.next);
                         return Err(Error::Decode { lsn: self.next, why });
                     }
-                    self.buf.clear();
-                    self.buf.extend_from_slice(raw.payload);
+                    // The payload stays in the stream's buffer: `finish` lends it from
+                    // there rather than copying it into `buf`.
                     let h = Header {
                         lsn: raw.lsn,
                         timestamp: raw.timestamp,
@@ -1291,7 +1292,7 @@ impl Subscriber {
                     let ok = match self.filter.prefilter(raw.kind as u8, 0, 0) {
                         Some(false) => false,
                         _ if self.filter.is_all() => true,
-                        _ => Event::decode(&self.buf).is_ok_and(|e| self.filter.accepts(&e)),
+                        _ => Event::decode(raw.payload).is_ok_and(|e| self.filter.accepts(&e)),
                     };
                     if ok {
                         return Ok(Got::Event(h));
@@ -1367,7 +1368,13 @@ impl Subscriber {
                     lsn: h.lsn,
                     timestamp: h.timestamp,
                     kind,
-                    payload: &self.buf,
+                    // An event read during replay is still in the commit stream's
+                    // buffer (`poll` returns as soon as it reads one, so the source it
+                    // came from is the current one); one from the ring was copied out.
+                    payload: match &self.source {
+                        Source::Replay(r) => r.stream.last_payload(),
+                        Source::Ring => &self.buf,
+                    },
                 }))
             }
         }

@@ -102,6 +102,13 @@ impl CommitStream {
         }))
     }
 
+    /// The encoded payload of the event the last [`CommitStream::next_raw`] (or
+    /// [`CommitStream::next_event`]) returned, again; empty before the first and after
+    /// a call that returned none.
+    pub fn last_payload(&self) -> &[u8] {
+        self.reader.last_payload()
+    }
+
     /// Like [`CommitStream::next_event`], waiting up to `timeout` for an event to be
     /// applied.
     pub fn wait_next(&mut self, timeout: Duration) -> Result<Option<Committed>> {

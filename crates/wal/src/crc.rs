@@ -9,7 +9,8 @@
 //! generation AMD EPYC), `examples/crc.rs` times a 152-byte call at 52 ns through the
 //! crate and 28 ns here, a 24-byte one at 32 and 9 ns. That CPU's `crc32` instruction
 //! does not pipeline, so three interleaved streams, which the crate uses for long
-//! inputs, were no faster there at any length up to 10 KB.
+//! inputs, were no faster there at any length up to 10 KB (a scratch test, not
+//! kept).
 //!
 //! On x86-64 processors without SSE 4.2, and on other architectures, the crate computes
 //! the value.

@@ -126,6 +126,11 @@ pub struct RecordHeader {
 impl RecordHeader {
     /// Decodes a header from at least 28 bytes (no checksum check).
     pub fn decode(b: &[u8]) -> Self {
+        // One bounds check for the whole header (replay decodes one per record), then
+        // fixed offsets into the array.
+        let Some(b) = b.first_chunk::<RECORD_HEADER_BYTES>() else {
+            panic!("a record header needs {RECORD_HEADER_BYTES} bytes, got {}", b.len())
+        };
         Self {
             crc: u32_at(b, 0),
             len: u32_at(b, 4),

@@ -115,6 +115,13 @@ impl WalReader {
         }))
     }
 
+    /// The payload of the record the last [`WalReader::next_record`] returned, again
+    /// (empty before the first record, and after a call that returned none). For a
+    /// caller that hands the payload on after it has stopped borrowing the record.
+    pub fn last_payload(&self) -> &[u8] {
+        self.scanner.payload()
+    }
+
     /// Calls `f` for every record up to the last written LSN; returns how many.
     pub fn for_each(&mut self, mut f: impl FnMut(Record<'_>)) -> Result<u64> {
         let mut n = 0;
