@@ -1,7 +1,8 @@
 //! A fixed amount of replay work, for `perf`: fills a data directory once with the bus
 //! benchmark's mixed events (Buffered, batches of 256), then reads them all back
 //! `ROUNDS` times through the engine's commit stream and through a bus subscriber that
-//! replays from LSN 1, printing each rate.
+//! replays from LSN 1, printing each rate (`BUS_ONLY` or `COMMIT_ONLY` set: one of
+//! the two, for profiling).
 //!
 //! `cargo run --release -p bourse-bus --example replay_loop -- DIR [EVENTS] [ROUNDS]`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -30,19 +31,20 @@ fn main() {
         }
     }
     let bus = Bus::attach(engine.clone(), BusOptions::default()).unwrap();
-    // BUS_ONLY: only the bus subscriber (a profile of the bus's own share).
+    // BUS_ONLY: only the bus subscriber (a profile of the bus's own share);
+    // COMMIT_ONLY: only the commit stream.
     let bus_only = std::env::var_os("BUS_ONLY").is_some();
+    let commit_only = std::env::var_os("COMMIT_ONLY").is_some();
+    let (n, bytes) = commit_stream(&engine);
     for _ in 0..rounds {
-        let t = Instant::now();
-        let mut s = engine.commits(1).unwrap();
-        let (mut n, mut bytes) = (0u64, 0u64);
-        while let Some(r) = s.next_raw().unwrap() {
-            n += 1;
-            bytes += r.payload.len() as u64;
-        }
-        let secs = t.elapsed().as_secs_f64();
         if !bus_only {
-            eprint!("commit stream {}; ", rate(bytes, n, secs));
+            let t = Instant::now();
+            let (n, bytes) = commit_stream(&engine);
+            eprint!("commit stream {}; ", rate(bytes, n, t.elapsed().as_secs_f64()));
+        }
+        if commit_only {
+            eprintln!();
+            continue;
         }
         let mut sub = bus.subscribe(SubscribeOptions::from_lsn(1).on_lag(OnLag::Replay)).unwrap();
         let t = Instant::now();
@@ -56,6 +58,17 @@ fn main() {
         }
         eprintln!("bus {}", rate(bytes, n, t.elapsed().as_secs_f64()));
     }
+}
+
+/// Reads the whole commit stream; returns the events and payload bytes it held.
+fn commit_stream(engine: &Engine) -> (u64, u64) {
+    let mut s = engine.commits(1).unwrap();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while let Some(r) = s.next_raw().unwrap() {
+        n += 1;
+        bytes += r.payload.len() as u64;
+    }
+    (n, bytes)
 }
 
 fn rate(bytes: u64, events: u64, secs: f64) -> String {
