@@ -124,7 +124,8 @@ pub struct RecordHeader {
 }
 
 impl RecordHeader {
-    /// Decodes a header from at least 28 bytes (no checksum check).
+    /// Decodes a header from the first 28 bytes of `b` (no checksum check). Panics if
+    /// `b` is shorter.
     pub fn decode(b: &[u8]) -> Self {
         // One bounds check for the whole header (replay decodes one per record), then
         // fixed offsets into the array.
