@@ -2,7 +2,8 @@
 //! benchmark's mixed events (Buffered, batches of 256), then reads them all back
 //! `ROUNDS` times through the engine's commit stream and through a bus subscriber that
 //! replays from LSN 1, printing each rate (`BUS_ONLY` or `COMMIT_ONLY` set: one of
-//! the two, for profiling).
+//! the two, for profiling; `MMAP_READS=0`: the WAL read through its buffer rather than
+//! in place).
 //!
 //! `cargo run --release -p bourse-bus --example replay_loop -- DIR [EVENTS] [ROUNDS]`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,7 +22,10 @@ fn main() {
     let events: u64 = args.next().map_or(2_000_000, |a| a.parse().expect("EVENTS"));
     let rounds: u32 = args.next().map_or(5, |a| a.parse().expect("ROUNDS"));
     let fresh = !dir.exists();
-    let engine = Arc::new(Engine::open(&dir, EngineOptions::default()).unwrap());
+    // `MMAP_READS=0`: read the WAL through the buffer instead of in place (an A/B).
+    let mut opts = EngineOptions::default();
+    opts.wal.mmap_reads = std::env::var("MMAP_READS").map_or(true, |v| v != "0");
+    let engine = Arc::new(Engine::open(&dir, opts).unwrap());
     if fresh {
         let mut i = 0;
         while i < events {

@@ -34,9 +34,11 @@ fn main() {
         .map_or(0, |d| d.as_nanos() as i64);
     let all: Vec<Event> = (0..events).map(|n| exchange_event(n, now)).collect();
     let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| ".".into())).unwrap();
+    // `MEMTABLE_MB` sets each partition's memtable size (64 MiB, as the bench, unless set).
+    let mb: usize = std::env::var("MEMTABLE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     let mut opts = EngineOptions {
-        memtable_bytes: 64 << 20,
-        memtable_budget_bytes: 512 << 20,
+        memtable_bytes: mb << 20,
+        memtable_budget_bytes: (mb << 20) * 8,
         ..EngineOptions::default()
     };
     opts.wal.segment_bytes = 256 << 20;

@@ -645,7 +645,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Replays the WAL after the lowest LSN any partition's tables hold.
+    /// Replays the WAL after the lowest LSN any partition's tables hold. It reads
+    /// through the WAL reader's buffer, not a memory map: a damaged disk then fails the
+    /// open with an error naming the segment rather than killing it with `SIGBUS`.
     fn replay(&self, progress: &mut dyn FnMut(OpenProgress)) -> Result<()> {
         let floor = self.partitions().iter().map(|p| p.floor).min().unwrap_or(0);
         let first = self.wal.first_lsn().0;
@@ -667,7 +669,7 @@ impl Inner {
             if self.opts.apply_threads > 1 {
                 self.replay_in_lanes(start, &mut report, started, progress)?;
             } else {
-                let mut reader = self.wal.read_from(Lsn(start))?;
+                let mut reader = self.wal.read_from_buffered(Lsn(start))?;
                 let mut last_report = Instant::now();
                 while let Some(rec) = reader.next_record()? {
                     let lsn = rec.lsn.0;
@@ -742,7 +744,7 @@ impl Inner {
             let reader = std::thread::Builder::new()
                 .name("bourse-replay-read".into())
                 .spawn_scoped(scope, move || -> Result<()> {
-                    let mut reader = self.wal.read_from(Lsn(start))?;
+                    let mut reader = self.wal.read_from_buffered(Lsn(start))?;
                     loop {
                         let mut batch = ReplayBatch::default();
                         while batch.events.len() < BATCH {

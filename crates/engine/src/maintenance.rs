@@ -151,7 +151,7 @@ impl Inner {
             for (first, _) in segments.iter().skip(1) {
                 let young = self
                     .wal
-                    .read_from(*first)
+                    .read_from_buffered(*first)
                     .ok()
                     .and_then(|mut r| r.next_record().ok().flatten().map(|rec| rec.timestamp))
                     .is_some_and(|ts| now.saturating_sub(ts) < age);

@@ -54,6 +54,14 @@ pub trait VfsFile: Send + Sync + Debug {
     /// The current length of the file in bytes.
     fn len(&self) -> io::Result<u64>;
 
+    /// A read-only memory map of the file as long as it is now, for a reader that
+    /// wants its bytes without a copy per read; `None` when this file system has no
+    /// maps (the in-memory [`SimFs`]) or the file is empty. Callers keep a read path
+    /// for `None`. See [`Mapping`] for what a map may and may not be used for.
+    fn map(&self) -> io::Result<Option<Mapping>> {
+        Ok(None)
+    }
+
     /// Whether the file is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
@@ -75,6 +83,68 @@ pub trait VfsFile: Send + Sync + Debug {
 
 /// A shared handle to an open file.
 pub type FileRef = Arc<dyn VfsFile>;
+
+/// A read-only memory map of a file's first [`Mapping::len`] bytes (from
+/// [`VfsFile::map`]). It sees what is written to the file afterwards, as the page
+/// cache does; it does not grow with the file (map it again for that).
+///
+/// Reading a mapped byte past the file's *current* end kills the process with
+/// `SIGBUS` instead of returning an error, so a map suits files that only this process
+/// shortens, and only at times it controls: the WAL's segments (see `bourse-wal`).
+pub struct Mapping {
+    raw: memmap2::MmapRaw,
+}
+
+impl Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping").field("len", &self.raw.len()).finish()
+    }
+}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `file` read-only; `None` when `len` is 0.
+    fn of(file: &std::fs::File, len: u64) -> io::Result<Option<Mapping>> {
+        let Ok(len) = usize::try_from(len) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "file too large to map"));
+        };
+        if len == 0 {
+            return Ok(None);
+        }
+        let raw = memmap2::MmapOptions::new().len(len).map_raw_read_only(file)?;
+        Ok(Some(Mapping { raw }))
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether nothing is mapped (never true of a map [`VfsFile::map`] returned).
+    pub fn is_empty(&self) -> bool {
+        self.raw.len() == 0
+    }
+
+    /// Bytes `offset .. offset + len` of the map, or `None` if they are not all mapped.
+    ///
+    /// # Safety
+    ///
+    /// While the slice lives, nothing may change those bytes of the file (no write, and
+    /// no truncation below their end): the slice is the page cache itself, so a change
+    /// would show through a shared reference, and a truncation would turn the read into
+    /// `SIGBUS`. Ranges a file only appends after, read once they are written, keep this.
+    #[allow(unsafe_code)]
+    pub unsafe fn bytes(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.raw.len() {
+            return None;
+        }
+        // SAFETY: `offset..end` lies inside the mapping (checked above), which stays
+        // mapped as long as `self`, and the slice borrows `self`. The mapping is
+        // read-only and initialized (file pages, zero past a partial last page). The
+        // caller promises the bytes do not change while the slice lives.
+        Some(unsafe { std::slice::from_raw_parts(self.raw.as_ptr().add(offset), len) })
+    }
+}
 
 /// The file-system calls a storage engine makes.
 pub trait Vfs: Send + Sync + Debug {

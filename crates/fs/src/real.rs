@@ -43,6 +43,9 @@ impl VfsFile for RealFile {
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
+    fn map(&self) -> io::Result<Option<crate::Mapping>> {
+        crate::Mapping::of(&self.0, self.len()?)
+    }
 }
 
 impl Vfs for RealFs {

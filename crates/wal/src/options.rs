@@ -71,6 +71,13 @@ pub struct WalOptions {
     /// Read buffer for replay and recovery in bytes (default 256 KiB: small enough to
     /// stay in a core's L2 cache while its records are checked).
     pub read_chunk_bytes: usize,
+    /// Readers ([`crate::Wal::read_from`]) read segments in place through a read-only
+    /// memory map, with no copy per read (default true; recovery, `verify` and
+    /// [`crate::Wal::read_from_buffered`] always read through the buffer). The catch of any map: if something outside this
+    /// process shortens a segment file while a reader has it mapped, the process dies
+    /// of `SIGBUS` instead of getting an error. File systems without maps (the tests'
+    /// `SimFs`) read through the buffer either way.
+    pub mmap_reads: bool,
     #[doc(hidden)]
     pub canary: Canary,
 }
@@ -89,6 +96,7 @@ impl Default for WalOptions {
             recovery: RecoveryMode::TolerateTornTail,
             first_lsn: Lsn(1),
             read_chunk_bytes: 256 << 10,
+            mmap_reads: true,
             canary: Canary::default(),
         }
     }

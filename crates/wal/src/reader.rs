@@ -33,6 +33,8 @@ pub struct WalReader {
     scanner: Scanner,
     /// Set after re-reading the active segment once at the current offset.
     retried: bool,
+    /// Whether it maps its segments (when the file system can).
+    mapped: bool,
 }
 
 impl std::fmt::Debug for WalReader {
@@ -46,8 +48,22 @@ impl std::fmt::Debug for WalReader {
 
 impl Wal {
     /// A reader positioned at `from`, which must be retained and at most one past the last
-    /// written LSN.
+    /// written LSN. It reads in place through memory maps when
+    /// [`crate::WalOptions::mmap_reads`] is set (the default) and the file system has
+    /// them.
     pub fn read_from(&self, from: Lsn) -> Result<WalReader> {
+        self.reader(from, self.shared.opts.mmap_reads)
+    }
+
+    /// Like [`Wal::read_from`], but always reading through the reader's buffer: a
+    /// damaged disk then fails a read with an error naming the segment, where a mapped
+    /// read would die of `SIGBUS`. For reads that must report such damage cleanly, as
+    /// the replay when an engine opens.
+    pub fn read_from_buffered(&self, from: Lsn) -> Result<WalReader> {
+        self.reader(from, false)
+    }
+
+    fn reader(&self, from: Lsn, mapped: bool) -> Result<WalReader> {
         let shared = self.shared.clone();
         let last = Lsn(shared.written.load(Ordering::Acquire));
         let segment = {
@@ -60,26 +76,43 @@ impl Wal {
             segs[i].clone()
         };
         let scanner =
-            new_scanner(&shared, &segment, SEGMENT_HEADER_BYTES as u64, segment.first_lsn);
-        Ok(WalReader { shared, next: from, segment, scanner, retried: false })
+            new_scanner(&shared, &segment, SEGMENT_HEADER_BYTES as u64, segment.first_lsn, mapped)?;
+        Ok(WalReader { shared, next: from, segment, scanner, retried: false, mapped })
     }
 }
 
-fn new_scanner(shared: &Shared, segment: &SegmentInfo, offset: u64, expect: Lsn) -> Scanner {
+fn new_scanner(
+    shared: &Shared,
+    segment: &SegmentInfo,
+    offset: u64,
+    expect: Lsn,
+    mapped: bool,
+) -> Result<Scanner> {
     let opts = &shared.opts;
-    Scanner::new(
-        segment.file.clone(),
-        offset,
-        opts.read_chunk_bytes,
-        opts.record_bytes_max,
-        Some(expect),
-    )
+    let file = segment.file.clone();
+    let (chunk, max) = (opts.read_chunk_bytes, opts.record_bytes_max);
+    if mapped {
+        Scanner::mapped(file, offset, chunk, max, Some(expect)).map_err(|source| Error::Io {
+            op: "map segment",
+            path: segment.path.clone(),
+            source,
+        })
+    } else {
+        Ok(Scanner::new(file, offset, chunk, max, Some(expect)))
+    }
 }
 
 impl WalReader {
     /// The LSN the next record will carry.
     pub fn position(&self) -> Lsn {
         self.next
+    }
+
+    /// Whether the reader reads its current segment in place through a memory map
+    /// ([`crate::WalOptions::mmap_reads`] on a file system with maps) rather than
+    /// through its buffer.
+    pub fn reads_in_place(&self) -> bool {
+        self.scanner.is_mapped()
     }
 
     fn replace_scanner(&mut self, fresh: Scanner) {
@@ -134,12 +167,13 @@ impl WalReader {
 
     /// The scanner stopped although `self.next` is written. First re-read the current
     /// segment from here: its buffer may hold bytes from before the latest writes (even if
-    /// the log has rotated since). If it stops at the same place again, move to the next
+    /// the log has rotated since), and its map may end before them (a segment that grows
+    /// with its appends). If it stops at the same place again, move to the next
     /// segment when it continues the sequence, or report corruption.
     fn at_end(&mut self, offset: u64, damage: Option<crate::DamageKind>) -> Result<()> {
         if !self.retried {
             self.retried = true;
-            let fresh = new_scanner(&self.shared, &self.segment, offset, self.next);
+            let fresh = new_scanner(&self.shared, &self.segment, offset, self.next, self.mapped)?;
             self.replace_scanner(fresh);
             return Ok(());
         }
@@ -156,8 +190,8 @@ impl WalReader {
                         found: seg.first_lsn,
                     });
                 }
-                let fresh =
-                    new_scanner(&self.shared, &seg, SEGMENT_HEADER_BYTES as u64, seg.first_lsn);
+                let at = SEGMENT_HEADER_BYTES as u64;
+                let fresh = new_scanner(&self.shared, &seg, at, seg.first_lsn, self.mapped)?;
                 self.replace_scanner(fresh);
                 self.segment = seg;
                 self.retried = false;

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use bourse_fs::FileRef;
+use bourse_fs::{FileRef, Mapping};
 
 use crate::format::{
     record_crc, record_crc_whole, RecordHeader, SegmentHeader, RECORD_HEADER_BYTES,
@@ -25,9 +25,16 @@ pub(crate) enum Step {
     Damage { offset: u64, kind: DamageKind },
 }
 
-/// Reads records one after another through a buffer of `chunk` bytes.
+/// Reads records one after another through a buffer of `chunk` bytes, or, made with
+/// [`Scanner::mapped`] on a file system with maps, in place from a memory map of the
+/// file (no copy per read: replay checks a record's checksum where the page cache holds
+/// it, and hands out its payload from there).
 pub(crate) struct Scanner {
     file: FileRef,
+    /// The file's map in mapped mode; `buf`, `start`, `end`, `eof` and `window` are
+    /// then unused, `buf_off` is the next record's offset and `payload` is in file
+    /// offsets.
+    map: Option<Mapping>,
     buf: Vec<u8>,
     buf_off: u64,
     start: usize,
@@ -55,6 +62,7 @@ impl Scanner {
     ) -> Self {
         Self {
             file,
+            map: None,
             buf: Vec::new(),
             buf_off: offset,
             start: 0,
@@ -68,6 +76,26 @@ impl Scanner {
         }
     }
 
+    /// Like [`Scanner::new`], but reading in place from a map of the file when the file
+    /// system has maps (the buffered scanner otherwise).
+    ///
+    /// Only for records that are finished when they are read and not changed while
+    /// their payload is borrowed: a reader that stops at the last written LSN (the
+    /// WAL's readers). Damage past the last written record, which recovery scans for
+    /// while a segment may still be cut, is the buffered scanner's job.
+    pub(crate) fn mapped(
+        file: FileRef,
+        offset: u64,
+        chunk: usize,
+        max_record: usize,
+        expect: Option<Lsn>,
+    ) -> io::Result<Self> {
+        let map = file.map()?;
+        let mut s = Self::new(file, offset, chunk, max_record, expect);
+        s.map = map;
+        Ok(s)
+    }
+
     /// Takes over `old`'s buffer, if this scanner has none yet: a reader that follows
     /// the log replaces its scanner each time it catches up, and a new buffer would be
     /// allocated and zeroed every time.
@@ -77,6 +105,11 @@ impl Scanner {
         }
     }
 
+    /// Whether it reads in place from a map of the file.
+    pub(crate) fn is_mapped(&self) -> bool {
+        self.map.is_some()
+    }
+
     /// The file offset of the next unread byte.
     pub(crate) fn offset(&self) -> u64 {
         self.buf_off + self.start as u64
@@ -84,7 +117,75 @@ impl Scanner {
 
     /// The payload of the record returned by the last [`Step::Record`].
     pub(crate) fn payload(&self) -> &[u8] {
-        &self.buf[self.payload.0..self.payload.1]
+        match &self.map {
+            Some(map) => {
+                let (from, to) = self.payload;
+                in_place(map, from as u64, to - from).unwrap_or_default()
+            }
+            None => &self.buf[self.payload.0..self.payload.1],
+        }
+    }
+
+    /// Whether the map holds the file's bytes up to `end`. A map covers the file as it
+    /// was when mapped; a reader that reaches the end of a map of a growing segment
+    /// (one written without pre-writing) gets `End` and starts a fresh scanner there
+    /// (`WalReader::at_end`), which maps the file again.
+    fn mapped_to(&self, end: u64) -> bool {
+        self.map.as_ref().is_some_and(|m| end <= m.len() as u64)
+    }
+
+    /// Bytes `offset .. offset + len` of the map (mapped mode).
+    fn mapped_bytes(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        self.map.as_ref().and_then(|m| in_place(m, offset, len))
+    }
+
+    /// [`Scanner::next_step`] in mapped mode: the same steps, read in place.
+    fn next_mapped(&mut self) -> io::Result<Step> {
+        let offset = self.buf_off;
+        if !self.mapped_to(offset + RECORD_HEADER_BYTES as u64) {
+            // Less than a header left before the end of the file.
+            let left = self.map.as_ref().map_or(0, |m| m.len() as u64).saturating_sub(offset);
+            let rest = self.mapped_bytes(offset, left as usize).unwrap_or_default();
+            return Ok(if rest.iter().all(|b| *b == 0) {
+                Step::End { offset }
+            } else {
+                Step::Damage { offset, kind: DamageKind::TruncatedHeader }
+            });
+        }
+        let Some(bytes) = self.mapped_bytes(offset, RECORD_HEADER_BYTES) else {
+            return Ok(Step::Damage { offset, kind: DamageKind::TruncatedHeader });
+        };
+        let header = RecordHeader::decode(bytes);
+        if header.is_zero() {
+            return Ok(Step::End { offset });
+        }
+        let len = header.len as usize;
+        if len > self.max_record {
+            return Ok(Step::Damage { offset, kind: DamageKind::BadLength { len: header.len } });
+        }
+        let total = RECORD_HEADER_BYTES + len;
+        if !self.mapped_to(offset + total as u64) {
+            return Ok(Step::Damage { offset, kind: DamageKind::TruncatedPayload });
+        }
+        let Some(record) = self.mapped_bytes(offset, total) else {
+            return Ok(Step::Damage { offset, kind: DamageKind::TruncatedPayload });
+        };
+        let actual = record_crc_whole(record);
+        if actual != header.crc {
+            let kind = DamageKind::BadChecksum { expected: header.crc, actual };
+            return Ok(Step::Damage { offset, kind });
+        }
+        if let Some(expected) = self.expect {
+            if header.lsn != expected {
+                let kind = DamageKind::UnexpectedLsn { expected, found: header.lsn };
+                return Ok(Step::Damage { offset, kind });
+            }
+        }
+        self.expect = Some(header.lsn.next());
+        let body = (offset as usize) + RECORD_HEADER_BYTES;
+        self.payload = (body, body + len);
+        self.buf_off = offset + total as u64;
+        Ok(Step::Record { offset, header })
     }
 
     /// Makes `n` bytes available from `start`; false if the file ends first.
@@ -118,6 +219,9 @@ impl Scanner {
 
     /// Decodes the next record.
     pub(crate) fn next_step(&mut self) -> io::Result<Step> {
+        if self.map.is_some() {
+            return self.next_mapped();
+        }
         let offset = self.offset();
         if !self.ensure(RECORD_HEADER_BYTES)? {
             let rest = &self.buf[self.start..self.end];
@@ -154,6 +258,22 @@ impl Scanner {
         self.payload = (body, body + len);
         self.start = body + len;
         Ok(Step::Record { offset, header })
+    }
+}
+
+/// Bytes `offset .. offset + len` of a segment's map, for a mapped scanner.
+fn in_place(map: &Mapping, offset: u64, len: usize) -> Option<&[u8]> {
+    let offset = usize::try_from(offset).ok()?;
+    #[allow(unsafe_code)]
+    // SAFETY: a mapped scanner belongs to a `WalReader`, which reads a record only once
+    // its LSN is written (so its bytes are finished) and, past the last record of a
+    // segment, only segments the writer has left. The WAL never rewrites a finished
+    // record or cuts a segment below one, except `Wal::truncate_after`, whose contract
+    // excludes readers positioned after its cut; whole segments are removed by unlinking,
+    // which leaves maps intact. The returned slice borrows the scanner, which ends the
+    // borrow before it reads on.
+    unsafe {
+        map.bytes(offset, len)
     }
 }
 

@@ -35,7 +35,8 @@ impl Wal {
 
     /// Discards every record after `lsn` (for a tail that was never replicated), so the
     /// next append gets `lsn + 1`. Waits for in-flight appends to be written first. Must
-    /// not race with readers positioned after `lsn`. A batch cut in the middle keeps its
+    /// not race with readers positioned after `lsn` (readers may read the segment in
+    /// place through a memory map, so a cut under one is not only a wrong answer). A batch cut in the middle keeps its
     /// records up to `lsn`, which become a batch of their own.
     pub fn truncate_after(&self, lsn: Lsn) -> Result<()> {
         let shared = &*self.shared;

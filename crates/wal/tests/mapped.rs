@@ -1,0 +1,158 @@
+//! Readers on the real file system read segments in place through a memory map
+//! (`WalOptions::mmap_reads`). These tests hold them to the buffered reader: the same
+//! records from any LSN, across rotations and a segment file that grows under the map,
+//! and the same damage reports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::FileExt;
+
+use bourse_fs::RealFs;
+use bourse_wal::format::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use bourse_wal::{DamageKind, Durability, Entry, Error, Lsn, Preallocate, Wal, WalOptions};
+
+/// Small segments, so that a few hundred records rotate several times.
+fn opts(pre: Preallocate, mmap: bool) -> WalOptions {
+    WalOptions {
+        segment_bytes: 8 << 10,
+        preallocate: pre,
+        read_chunk_bytes: 512,
+        mmap_reads: mmap,
+        ..WalOptions::default()
+    }
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let len = (i * 37 % 300) as usize;
+    (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+}
+
+/// Appends records `from ..= to` (1-based numbers, payload `payload(n)`) in batches of
+/// up to 7.
+fn append(wal: &Wal, from: u64, to: u64) {
+    let mut n = from;
+    while n <= to {
+        let end = (n + (n % 7)).min(to);
+        let bodies: Vec<Vec<u8>> = (n..=end).map(payload).collect();
+        let entries: Vec<Entry<'_>> = bodies
+            .iter()
+            .zip(n..)
+            .map(|(p, i)| Entry { kind: (i % 5) as u16, timestamp: i as i64, payload: p })
+            .collect();
+        wal.append_batch(&entries, Durability::Buffered).unwrap();
+        n = end + 1;
+    }
+}
+
+/// Every record from `from` on, as (LSN, kind, timestamp, batch end, payload), read in
+/// place or not as `mapped` says.
+fn read(wal: &Wal, from: u64, mapped: bool) -> Vec<(u64, u16, i64, bool, Vec<u8>)> {
+    let mut r = wal.read_from(Lsn(from)).unwrap();
+    assert_eq!(r.reads_in_place(), mapped);
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        out.push((rec.lsn.0, rec.kind, rec.timestamp, rec.batch_end, rec.payload.to_vec()));
+    }
+    out
+}
+
+#[test]
+fn mapped_and_buffered_readers_agree_from_any_lsn() {
+    for pre in [Preallocate::None, Preallocate::PreWriteInline] {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let wal = Wal::open(RealFs::shared(), tmp.path(), opts(pre, false)).unwrap();
+            append(&wal, 1, 400);
+        }
+        let buffered = Wal::open(RealFs::shared(), tmp.path(), opts(pre, false)).unwrap();
+        let want = read(&buffered, 1, false);
+        drop(buffered);
+        assert_eq!(want.len(), 400);
+        for (i, r) in want.iter().enumerate() {
+            assert_eq!((r.0, r.4.as_slice()), (i as u64 + 1, payload(i as u64 + 1).as_slice()));
+        }
+        let wal = Wal::open(RealFs::shared(), tmp.path(), opts(pre, true)).unwrap();
+        assert!(wal.segment_files().len() >= 4, "{pre:?}: the log rotated");
+        for from in [1u64, 2, 99, 250, 400, 401] {
+            assert_eq!(read(&wal, from, true), want[from as usize - 1..], "{pre:?} from {from}");
+        }
+        // Asked for, a reader of the same log reads through its buffer.
+        let mut r = wal.read_from_buffered(Lsn(1)).unwrap();
+        assert!(!r.reads_in_place());
+        assert_eq!(r.for_each(|_| {}).unwrap(), 400);
+    }
+}
+
+/// A caught-up mapped reader follows appends: into bytes its map already covers
+/// (pre-written segments), past the end of its map (a segment that grows with each
+/// append), and into the segments the writer rotates to.
+#[test]
+fn a_mapped_reader_follows_the_log_past_its_map() {
+    for pre in [Preallocate::None, Preallocate::PreWriteInline] {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = Wal::open(RealFs::shared(), tmp.path(), opts(pre, true)).unwrap();
+        append(&wal, 1, 3);
+        let mut r = wal.read_from(Lsn(1)).unwrap();
+        assert!(r.reads_in_place());
+        let mut next = 1u64;
+        for to in [3u64, 4, 10, 11, 60, 200, 201] {
+            if to > 3 {
+                append(&wal, next.max(4), to);
+            }
+            while let Some(rec) = r.next_record().unwrap() {
+                assert_eq!(rec.lsn, Lsn(next), "{pre:?}");
+                assert_eq!(rec.payload, payload(next).as_slice(), "{pre:?} record {next}");
+                next += 1;
+            }
+            assert_eq!(next, to + 1, "{pre:?}: caught up with {to}");
+        }
+        assert!(wal.segment_files().len() >= 3, "{pre:?}: the writer rotated past the reader");
+    }
+}
+
+/// A flipped byte in a record of an older segment (which recovery does not scan) is
+/// reported by a mapped reader exactly as by a buffered one, at the same offset.
+#[test]
+fn a_mapped_reader_reports_a_bad_checksum() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(RealFs::shared(), tmp.path(), opts(Preallocate::None, true)).unwrap();
+        append(&wal, 1, 300);
+        wal.sync().unwrap();
+    }
+    let wal = Wal::open(RealFs::shared(), tmp.path(), opts(Preallocate::None, true)).unwrap();
+    let (first_lsn, first) = wal.segment_files()[0].clone();
+    assert_eq!(first_lsn, Lsn(1));
+    drop(wal);
+    // The fourth byte of record 5's payload: past the segment header and records 1-4.
+    let at = SEGMENT_HEADER_BYTES
+        + (1..5).map(|n| RECORD_HEADER_BYTES + payload(n).len()).sum::<usize>()
+        + RECORD_HEADER_BYTES
+        + 3;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&first).unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at as u64).unwrap();
+    assert_eq!(byte[0], payload(5)[3], "the byte is where the format says");
+    file.write_all_at(&[byte[0] ^ 0x40], at as u64).unwrap();
+    drop(file);
+    let mut reports = Vec::new();
+    for mmap in [false, true] {
+        let wal = Wal::open(RealFs::shared(), tmp.path(), opts(Preallocate::None, mmap)).unwrap();
+        let mut r = wal.read_from(Lsn(1)).unwrap();
+        assert_eq!(r.reads_in_place(), mmap);
+        let err = loop {
+            match r.next_record() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("mmap {mmap}: the damage was not reported"),
+                Err(e) => break e,
+            }
+        };
+        let Error::Corrupt { offset, kind: DamageKind::BadChecksum { .. }, .. } = err else {
+            panic!("mmap {mmap}: {err:?}");
+        };
+        reports.push((offset, r.position()));
+    }
+    let record5 = SEGMENT_HEADER_BYTES
+        + (1..5).map(|n| RECORD_HEADER_BYTES + payload(n).len()).sum::<usize>();
+    assert_eq!(reports[0], (record5 as u64, Lsn(5)), "buffered");
+    assert_eq!(reports[1], reports[0], "mapped");
+}
