@@ -746,7 +746,12 @@ impl Inner {
                 .spawn_scoped(scope, move || -> Result<()> {
                     let mut reader = self.wal.read_from_buffered(Lsn(start))?;
                     loop {
-                        let mut batch = ReplayBatch::default();
+                        // Sized up front: an event is a few hundred bytes, and growing
+                        // these by doubling copied each batch about twice over.
+                        let mut batch = ReplayBatch {
+                            events: Vec::with_capacity(BATCH),
+                            bytes: Vec::with_capacity(BATCH * 256),
+                        };
                         while batch.events.len() < BATCH {
                             let Some(rec) = reader.next_record()? else { break };
                             let lsn = rec.lsn.0;
