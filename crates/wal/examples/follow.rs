@@ -1,6 +1,7 @@
 //! The cost of following the log: appends one 100-byte record at a time (`Buffered`) and
 //! reads each back through a reader that has caught up, as the engine's commit stream
 //! and the bus's replay do near the head. Prints the time per append plus read.
+//! `MMAP_READS=0` reads through the reader's buffer rather than in place.
 //!
 //! `cargo run --release -p bourse-wal --example follow -- [RECORDS]`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +15,12 @@ fn main() {
     let n: u64 = std::env::args().nth(1).map_or(20_000, |a| a.parse().expect("RECORDS"));
     let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| ".".into()))
         .expect("temporary directory");
-    let wal = Wal::open(RealFs::shared(), dir.path(), WalOptions::default()).unwrap();
+    // `MMAP_READS=0`: the reader reads through its buffer instead of in place.
+    let opts = WalOptions {
+        mmap_reads: std::env::var("MMAP_READS").map_or(true, |v| v != "0"),
+        ..WalOptions::default()
+    };
+    let wal = Wal::open(RealFs::shared(), dir.path(), opts).unwrap();
     let payload = [7u8; 100];
     let entry = Entry { kind: 1, timestamp: 0, payload: &payload };
     wal.append(entry, Durability::Buffered).unwrap();
