@@ -4,7 +4,9 @@
 //! maximum, how many deliveries took over 20 µs, and the subscriber thread's voluntary
 //! and involuntary context switches during the round (from `/proc`). With `FLOOR` set,
 //! the same rounds hand the stamps over through a preallocated array and a published
-//! count instead (the least a cross-core queue costs), for comparison.
+//! count instead (the least a cross-core queue costs), for comparison. With
+//! `PUBLISH_ONLY` set, it times the publish call alone (no subscriber), `ROUNDS` times
+//! `SAMPLES` calls.
 //!
 //! `cargo run --release -p bourse-bus --example inproc_latency -- [BYTES] [ROUNDS] [SAMPLES]`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -37,6 +39,20 @@ fn main() {
     let bytes = args.first().copied().unwrap_or(64).max(8);
     let rounds = args.get(1).copied().unwrap_or(10);
     let samples = args.get(2).copied().unwrap_or(100_000) as u64;
+    if std::env::var_os("PUBLISH_ONLY").is_some() {
+        // The publish call alone, no subscriber: its cost per message.
+        let (_bus, p) = Bus::detached(BusOptions::default()).unwrap();
+        let payload = vec![0u8; bytes];
+        for r in 0..rounds {
+            let t = Instant::now();
+            for i in 0..samples {
+                p.publish_raw(r as u64 * samples + i + 1, 0, EventKind::Extension, &payload)
+                    .unwrap();
+            }
+            println!("publish: {:.1} ns per call", t.elapsed().as_nanos() as f64 / samples as f64);
+        }
+        return;
+    }
     let floor = std::env::var_os("FLOOR").is_some();
     for round in 0..rounds {
         let base = Instant::now();
