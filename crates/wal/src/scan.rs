@@ -170,16 +170,8 @@ impl Scanner {
         let Some(record) = self.mapped_bytes(offset, total) else {
             return Ok(Step::Damage { offset, kind: DamageKind::TruncatedPayload });
         };
-        let actual = record_crc_whole(record);
-        if actual != header.crc {
-            let kind = DamageKind::BadChecksum { expected: header.crc, actual };
+        if let Some(kind) = record_damage(&header, record, self.expect) {
             return Ok(Step::Damage { offset, kind });
-        }
-        if let Some(expected) = self.expect {
-            if header.lsn != expected {
-                let kind = DamageKind::UnexpectedLsn { expected, found: header.lsn };
-                return Ok(Step::Damage { offset, kind });
-            }
         }
         self.expect = Some(header.lsn.next());
         let body = (offset as usize) + RECORD_HEADER_BYTES;
@@ -243,21 +235,28 @@ impl Scanner {
             return Ok(Step::Damage { offset, kind: DamageKind::TruncatedPayload });
         }
         let body = self.start + RECORD_HEADER_BYTES;
-        let actual = record_crc_whole(&self.buf[self.start..body + len]);
-        if actual != header.crc {
-            let kind = DamageKind::BadChecksum { expected: header.crc, actual };
+        if let Some(kind) = record_damage(&header, &self.buf[self.start..body + len], self.expect) {
             return Ok(Step::Damage { offset, kind });
-        }
-        if let Some(expected) = self.expect {
-            if header.lsn != expected {
-                let kind = DamageKind::UnexpectedLsn { expected, found: header.lsn };
-                return Ok(Step::Damage { offset, kind });
-            }
         }
         self.expect = Some(header.lsn.next());
         self.payload = (body, body + len);
         self.start = body + len;
         Ok(Step::Record { offset, header })
+    }
+}
+
+/// What is wrong with a whole record (`record`: its header and payload, contiguous)
+/// against its header: its checksum, then its LSN if `expect` names one.
+fn record_damage(header: &RecordHeader, record: &[u8], expect: Option<Lsn>) -> Option<DamageKind> {
+    let actual = record_crc_whole(record);
+    if actual != header.crc {
+        return Some(DamageKind::BadChecksum { expected: header.crc, actual });
+    }
+    match expect {
+        Some(expected) if header.lsn != expected => {
+            Some(DamageKind::UnexpectedLsn { expected, found: header.lsn })
+        }
+        _ => None,
     }
 }
 
