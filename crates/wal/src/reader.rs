@@ -76,7 +76,7 @@ impl Wal {
             segs[i].clone()
         };
         let scanner =
-            new_scanner(&shared, &segment, SEGMENT_HEADER_BYTES as u64, segment.first_lsn, mapped)?;
+            new_scanner(&shared, &segment, SEGMENT_HEADER_BYTES as u64, segment.first_lsn, mapped);
         Ok(WalReader { shared, next: from, segment, scanner, retried: false, mapped })
     }
 }
@@ -87,18 +87,14 @@ fn new_scanner(
     offset: u64,
     expect: Lsn,
     mapped: bool,
-) -> Result<Scanner> {
+) -> Scanner {
     let opts = &shared.opts;
     let file = segment.file.clone();
     let (chunk, max) = (opts.read_chunk_bytes, opts.record_bytes_max);
     if mapped {
-        Scanner::mapped(file, offset, chunk, max, Some(expect)).map_err(|source| Error::Io {
-            op: "map segment",
-            path: segment.path.clone(),
-            source,
-        })
+        Scanner::mapped(file, offset, chunk, max, Some(expect))
     } else {
-        Ok(Scanner::new(file, offset, chunk, max, Some(expect)))
+        Scanner::new(file, offset, chunk, max, Some(expect))
     }
 }
 
@@ -173,7 +169,7 @@ impl WalReader {
     fn at_end(&mut self, offset: u64, damage: Option<crate::DamageKind>) -> Result<()> {
         if !self.retried {
             self.retried = true;
-            let fresh = new_scanner(&self.shared, &self.segment, offset, self.next, self.mapped)?;
+            let fresh = new_scanner(&self.shared, &self.segment, offset, self.next, self.mapped);
             self.replace_scanner(fresh);
             return Ok(());
         }
@@ -191,7 +187,7 @@ impl WalReader {
                     });
                 }
                 let at = SEGMENT_HEADER_BYTES as u64;
-                let fresh = new_scanner(&self.shared, &seg, at, seg.first_lsn, self.mapped)?;
+                let fresh = new_scanner(&self.shared, &seg, at, seg.first_lsn, self.mapped);
                 self.replace_scanner(fresh);
                 self.segment = seg;
                 self.retried = false;

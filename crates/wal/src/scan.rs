@@ -77,7 +77,9 @@ impl Scanner {
     }
 
     /// Like [`Scanner::new`], but reading in place from a map of the file when the file
-    /// system has maps (the buffered scanner otherwise).
+    /// system has maps, and through the buffer otherwise: also when mapping fails (a
+    /// file system that cannot map files, no address space left), since the buffered
+    /// scanner reads the same records.
     ///
     /// Only for records that are finished when they are read and not changed while
     /// their payload is borrowed: a reader that stops at the last written LSN (the
@@ -89,11 +91,14 @@ impl Scanner {
         chunk: usize,
         max_record: usize,
         expect: Option<Lsn>,
-    ) -> io::Result<Self> {
-        let map = file.map()?;
+    ) -> Self {
+        let map = file.map().unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "WAL segment not mapped: reading it through the buffer");
+            None
+        });
         let mut s = Self::new(file, offset, chunk, max_record, expect);
         s.map = map;
-        Ok(s)
+        s
     }
 
     /// Takes over `old`'s buffer, if this scanner has none yet: a reader that follows

@@ -4,9 +4,12 @@
 //! and the same damage reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
 
-use bourse_fs::RealFs;
+use bourse_fs::{FileRef, LockGuard, Mapping, OpenMode, RealFs, Vfs, VfsFile};
 use bourse_wal::format::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use bourse_wal::{DamageKind, Durability, Entry, Error, Lsn, Preallocate, Wal, WalOptions};
 
@@ -155,4 +158,77 @@ fn a_mapped_reader_reports_a_bad_checksum() {
         + (1..5).map(|n| RECORD_HEADER_BYTES + payload(n).len()).sum::<usize>();
     assert_eq!(reports[0], (record5 as u64, Lsn(5)), "buffered");
     assert_eq!(reports[1], reports[0], "mapped");
+}
+
+/// The real file system, except that no file can be mapped (as on a file system that
+/// cannot map files).
+#[derive(Debug)]
+struct NoMaps;
+
+#[derive(Debug)]
+struct Unmappable(FileRef);
+
+impl VfsFile for Unmappable {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+    fn map(&self) -> io::Result<Option<Mapping>> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "this file system cannot map files"))
+    }
+}
+
+impl Vfs for NoMaps {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        RealFs.create_dir_all(path)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        RealFs.list_dir(dir)
+    }
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<FileRef> {
+        Ok(Arc::new(Unmappable(RealFs.open(path, mode)?)))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        RealFs.exists(path)
+    }
+    fn lock(&self, path: &Path) -> io::Result<LockGuard> {
+        RealFs.lock(path)
+    }
+}
+
+/// A reader asked to read in place on files that cannot be mapped reads through its
+/// buffer instead of failing.
+#[test]
+fn a_reader_falls_back_to_its_buffer_when_a_segment_cannot_be_mapped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = opts(Preallocate::PreWriteInline, true);
+    let want = {
+        let wal = Wal::open(RealFs::shared(), tmp.path(), opts.clone()).unwrap();
+        append(&wal, 1, 200);
+        read(&wal, 1, true)
+    };
+    let wal = Wal::open(Arc::new(NoMaps), tmp.path(), opts).unwrap();
+    assert!(wal.segment_files().len() >= 2, "the log rotated");
+    assert_eq!(read(&wal, 1, false), want);
+    assert_eq!(read(&wal, 150, false), want[149..]);
 }
