@@ -12,7 +12,7 @@
 //!
 //! This crate is **not** a general file-system abstraction: it offers exactly the calls a
 //! storage engine needs (positional reads and writes, `sync_data`, directory sync,
-//! rename) and nothing else.
+//! rename, read-only maps for the WAL's readers) and nothing else.
 
 mod real;
 mod sim;
