@@ -13,7 +13,9 @@
 //! It builds `EVENTS` events of the exchange mix (50 instruments, 10,000 accounts, as
 //! `bourse-bench engine` does) in memory, then submits them at `Buffered` in batches
 //! of `BATCH` to an engine in a temporary directory, and prints the time the submits
-//! took. Run it with `EVENTS` = 0 as well: the difference is the submits' share.
+//! took, and the submitting thread's context switches. Run it with `EVENTS` = 0 as
+//! well: the difference is the submits' share. `MEMTABLE_MB` and `MAINT_THREADS`
+//! override the memtable size and the maintenance threads.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -42,9 +44,14 @@ fn main() {
         ..EngineOptions::default()
     };
     opts.wal.segment_bytes = 256 << 20;
+    // `MAINT_THREADS` sets the maintenance threads (the engine's default unless set).
+    if let Some(n) = std::env::var("MAINT_THREADS").ok().and_then(|v| v.parse().ok()) {
+        opts.maintenance_threads = n;
+    }
     opts.wal.preallocate = bourse_wal::Preallocate::None;
     let engine = Engine::open(dir.path(), opts).unwrap();
     let mut took = Vec::with_capacity(all.len() / batch.max(1) as usize + 1);
+    let switches_before = switches();
     let t = Instant::now();
     for chunk in all.chunks(batch.max(1) as usize) {
         let s = Instant::now();
@@ -52,9 +59,15 @@ fn main() {
         took.push(s.elapsed().as_nanos() as u64);
     }
     let secs = t.elapsed().as_secs_f64();
+    let switches_after = switches();
     eprintln!(
         "{events} events in batches of {batch}: {secs:.3} s, {:.0} events/s",
         events as f64 / secs.max(1e-9)
+    );
+    eprintln!(
+        "submitting thread: {} voluntary, {} involuntary context switches",
+        switches_after.0 - switches_before.0,
+        switches_after.1 - switches_before.1
     );
     // Where the slowest submits were, and what they cost together.
     let mut order: Vec<usize> = (0..took.len()).collect();
@@ -101,4 +114,16 @@ fn main() {
     }
     // Exit without freeing the memtables, which is not what is measured.
     std::mem::forget(engine);
+}
+
+/// This thread's (voluntary, involuntary) context switches so far, from `/proc`.
+fn switches() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (get("voluntary_ctxt_switches:"), get("nonvoluntary_ctxt_switches:"))
 }
