@@ -6,7 +6,9 @@
 //! the same rounds hand the stamps over through a preallocated array and a published
 //! count instead (the least a cross-core queue costs), for comparison. With
 //! `PUBLISH_ONLY` set, it times the publish call alone (no subscriber), `ROUNDS` times
-//! `SAMPLES` calls.
+//! `SAMPLES` calls. With `THROUGHPUT` set, each round publishes `SAMPLES` events one
+//! call each, as fast as it can, to one spinning `Block` subscriber, and prints the
+//! messages per second (the bench's `inproc` throughput case at batch 1).
 //!
 //! `cargo run --release -p bourse-bus --example inproc_latency -- [BYTES] [ROUNDS] [SAMPLES]`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use bourse_bus::{Bus, BusOptions, Message, SubscribeOptions};
+use bourse_bus::{Bus, BusOptions, Message, Policy, SubscribeOptions};
 use bourse_model::EventKind;
 
 fn ns_since(base: Instant) -> u64 {
@@ -50,6 +52,12 @@ fn main() {
                     .unwrap();
             }
             println!("publish: {:.1} ns per call", t.elapsed().as_nanos() as f64 / samples as f64);
+        }
+        return;
+    }
+    if std::env::var_os("THROUGHPUT").is_some() {
+        for _ in 0..rounds {
+            throughput_round(bytes, samples);
         }
         return;
     }
@@ -106,6 +114,34 @@ fn main() {
         let (lat, vol, invol) = reader.join().unwrap();
         report(round, lat, vol, invol);
     }
+}
+
+/// Publishes `samples` events one call each to one spinning `Block` subscriber.
+fn throughput_round(bytes: usize, samples: u64) {
+    let (bus, p) = Bus::detached(BusOptions::default()).unwrap();
+    let policy = Policy::Block { budget: Duration::from_secs(10) };
+    let mut s = bus
+        .subscribe(SubscribeOptions::live().policy(policy).spin(Duration::from_millis(50)))
+        .unwrap();
+    let start = Arc::new(Barrier::new(2));
+    let go = start.clone();
+    let reader = std::thread::spawn(move || {
+        go.wait();
+        let mut got = 0;
+        while got < samples {
+            if let Some(Message::Event(_)) = s.next(Duration::from_secs(5)).unwrap() {
+                got += 1;
+            }
+        }
+    });
+    start.wait();
+    let payload = vec![1u8; bytes];
+    let t = Instant::now();
+    for lsn in 1..=samples {
+        p.publish_raw(lsn, 0, EventKind::Extension, &payload).unwrap();
+    }
+    reader.join().unwrap();
+    println!("throughput: {:.1} M msg/s", samples as f64 / t.elapsed().as_secs_f64() / 1e6);
 }
 
 /// One round through the plainest queue: stamps in a preallocated array of words, and

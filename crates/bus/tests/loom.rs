@@ -4,6 +4,7 @@
 //! record. Run with `cargo test -p bourse-bus --features loom --test loom --release`.
 #![cfg(feature = "loom")]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bourse_bus::loom_api::{meta, Header, Read, Ring, Writer};
@@ -14,7 +15,16 @@ fn word(lsn: u64) -> [u8; 8] {
 }
 
 /// The writer shows readers its records `batch` at a time (one `tail` store each).
-fn model(records: u64, batch: u64, preemptions: usize, canary: bool) {
+///
+/// Returns, over all the executions explored, the most records one reader read and
+/// how many executions ended with the reader lapped, so that a test can tell the model
+/// is not vacuous (a ring that lapped every reader at once would pass it).
+fn model(records: u64, batch: u64, preemptions: usize, canary: bool) -> (u64, u64) {
+    // Outside loom's control: counted across executions.
+    static MOST: AtomicU64 = AtomicU64::new(0);
+    static LAPPED: AtomicU64 = AtomicU64::new(0);
+    MOST.store(0, Ordering::SeqCst);
+    LAPPED.store(0, Ordering::SeqCst);
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(preemptions);
     b.check(move || {
@@ -36,9 +46,13 @@ fn model(records: u64, batch: u64, preemptions: usize, canary: bool) {
                         assert_eq!(h.lsn, expect, "out of order");
                         assert_eq!(h.timestamp, expect as i64 * 10, "torn header");
                         assert_eq!(buf.as_slice(), &word(expect), "torn payload");
+                        MOST.fetch_max(expect, Ordering::SeqCst);
                         expect += 1;
                     }
-                    Read::Lapped => return,
+                    Read::Lapped => {
+                        LAPPED.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
                     Read::Empty => loom::thread::yield_now(),
                 }
             }
@@ -56,17 +70,22 @@ fn model(records: u64, batch: u64, preemptions: usize, canary: bool) {
         }
         reader.join().unwrap();
     });
+    (MOST.load(Ordering::SeqCst), LAPPED.load(Ordering::SeqCst))
 }
 
 #[test]
 fn readers_never_see_a_torn_or_reordered_record() {
-    model(3, 1, 3, false);
+    let (most, lapped) = model(3, 1, 3, false);
+    assert_eq!(most, 3, "some execution must read every record");
+    assert!(lapped > 0, "some execution must lap the reader");
 }
 
 #[test]
 fn readers_never_see_a_torn_or_reordered_record_of_a_batch() {
     // Records 1 and 2 appear together; 3 overwrites 1.
-    model(3, 2, 3, false);
+    let (most, lapped) = model(3, 2, 3, false);
+    assert_eq!(most, 3, "some execution must read every record");
+    assert!(lapped > 0, "some execution must lap the reader");
 }
 
 #[test]
