@@ -104,14 +104,15 @@ impl Tally {
     }
 
     /// Writes the latencies (little-endian `u64` ns) to the file the parent named and
-    /// prints `result <deliveries per second> <lost>`.
+    /// prints `result <deliveries per second> <signalled lost> <received>` (the last
+    /// two for the throughput phase; only Bourse can signal a loss).
     fn report(&self) -> anyhow::Result<()> {
         let path = std::env::var("BOURSE_BENCH_IPC_OUT")?;
         let bytes: Vec<u8> = self.lat.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(path, bytes)?;
         let secs = self.first.map_or(0.0, |f| self.last.duration_since(f).as_secs_f64());
         let rate = if secs > 0.0 { self.got as f64 / secs } else { 0.0 };
-        println!("result {rate} {}", self.lost);
+        println!("result {rate} {} {}", self.lost, self.got);
         Ok(())
     }
 }
@@ -158,12 +159,22 @@ struct Totals {
     lat: Rounds,
     calls: hdrhistogram::Histogram<u64>,
     deliveries: Vec<f64>,
-    lost: u64,
+    /// Throughput-phase messages sent and not received, over all rounds.
+    missing: u64,
+    /// Throughput-phase messages the subscriber was told it lost (`Lagged`).
+    signalled: u64,
 }
 
 impl Totals {
     fn new(system: &'static str) -> Totals {
-        Totals { system, lat: Rounds::new(), calls: histogram(), deliveries: Vec::new(), lost: 0 }
+        Totals {
+            system,
+            lat: Rounds::new(),
+            calls: histogram(),
+            deliveries: Vec::new(),
+            missing: 0,
+            signalled: 0,
+        }
     }
 
     fn emit(&self, bytes: usize) {
@@ -174,7 +185,28 @@ impl Totals {
         emit(SUITE, "ipc", self.system, &params, "publish_call_p99", call.p99, "us");
         let rate = median(self.deliveries.clone());
         emit(SUITE, "ipc", self.system, &params, "deliveries", rate, "msg/s");
-        emit(SUITE, "ipc", self.system, &params, "lost_in_throughput_run", self.lost as f64, "msg");
+        // Counted alike for every system: sent minus received. Raw iceoryx2 (safe
+        // overflow) drops the oldest sample silently when the subscriber's buffer is
+        // full; Bourse must signal every loss (`Lagged`), so its two counts must agree.
+        emit(
+            SUITE,
+            "ipc",
+            self.system,
+            &params,
+            "lost_in_throughput_run",
+            self.missing as f64,
+            "msg",
+        );
+        if self.system == "bourse" {
+            let s = self.signalled as f64;
+            emit(SUITE, "ipc", self.system, &params, "signalled_lost_in_throughput_run", s, "msg");
+            if self.signalled != self.missing {
+                eprintln!(
+                    "ipc {bytes} B: bourse lost {} messages but signalled {}: a silent loss",
+                    self.missing, self.signalled
+                );
+            }
+        }
     }
 }
 
@@ -205,6 +237,7 @@ fn finish_child(
     mut child: std::process::Child,
     out: BufReader<std::process::ChildStdout>,
     out_file: &std::path::Path,
+    burst: u64,
     t: &mut Totals,
 ) -> anyhow::Result<()> {
     let mut result = None;
@@ -219,11 +252,14 @@ fn finish_child(
     anyhow::ensure!(status.success(), "the benchmark child failed: {status}");
     let result = result.ok_or_else(|| anyhow::anyhow!("the benchmark child sent no result"))?;
     let mut parts = result.split_whitespace().map(|x| x.parse::<f64>());
-    let (Some(Ok(rate)), Some(Ok(lost))) = (parts.next(), parts.next()) else {
+    let (Some(Ok(rate)), Some(Ok(lost)), Some(Ok(got))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
         anyhow::bail!("a bad result line from the child: {result:?}");
     };
     t.deliveries.push(rate);
-    t.lost += lost as u64;
+    t.signalled += lost as u64;
+    t.missing += burst.saturating_sub(got as u64);
     let mut round = histogram();
     for v in std::fs::read(out_file)?.chunks_exact(8) {
         let mut b = [0u8; 8];
@@ -307,7 +343,7 @@ fn raw<S: iceoryx2::service::Service>(
         publisher.loan_slice_uninit(p.len())?.write_from_slice(p).send()?;
         Ok(())
     })?;
-    finish_child(child, out, out_file, t)
+    finish_child(child, out, out_file, r.burst, t)
 }
 
 fn bourse(r: Round, out_file: &std::path::Path, t: &mut Totals) -> anyhow::Result<()> {
@@ -322,7 +358,7 @@ fn bourse(r: Round, out_file: &std::path::Path, t: &mut Totals) -> anyhow::Resul
         p.publish_raw(lsn, 0, EventKind::Extension, payload)?;
         Ok(())
     })?;
-    finish_child(child, out, out_file, t)
+    finish_child(child, out, out_file, r.burst, t)
 }
 
 /// The `ipc` case: the three systems at 64 and 512 bytes, interleaved in rounds.
