@@ -236,11 +236,21 @@ pub struct Exchange {
     markets: BTreeMap<InstrumentId, Market>,
     accounts: BTreeMap<String, AccountState>,
     live: HashMap<OrderKey, Live>,
-    /// Every order id ever seen per account (a repeated id is ignored, as the store
-    /// keeps the first).
+    /// Every order id seen per account (a repeated id is ignored, as the store keeps
+    /// the first), while `track_ids` holds. It grows with every order, so a caller
+    /// that can ask the store instead turns it off ([`Exchange::forget_order_ids`]).
     seen: HashSet<OrderKey>,
+    /// Whether `seen` is kept: true unless [`Exchange::forget_order_ids`] was called.
+    /// Not in snapshots (their format stays as it was): a restored exchange tracks ids
+    /// until its owner says otherwise again.
+    #[serde(skip, default = "tracking")]
+    track_ids: bool,
     orders: u64,
     trades: u64,
+}
+
+fn tracking() -> bool {
+    true
 }
 
 const CURRENCY: &str = "CNY";
@@ -277,6 +287,7 @@ impl Exchange {
             accounts: BTreeMap::new(),
             live: HashMap::new(),
             seen: HashSet::new(),
+            track_ids: true,
             orders: 0,
             trades: 0,
         }
@@ -313,6 +324,22 @@ impl Exchange {
         }
         let time = event.datetime().unwrap_or(0);
         self.finish(fx, time)
+    }
+
+    /// Stops remembering order ids, and forgets those remembered. The caller takes over
+    /// the rule that a repeated order id (per account) changes nothing: it must not
+    /// pass such a request to [`Exchange::process`]. Without this the exchange keeps
+    /// every id it was ever sent, which grows without bound in a long-running server;
+    /// the runner ([`crate::runner::SimRunner`]) calls it and asks the store instead.
+    pub fn forget_order_ids(&mut self) {
+        self.track_ids = false;
+        self.seen = HashSet::new();
+    }
+
+    /// How many order ids the exchange remembers (0 after
+    /// [`Exchange::forget_order_ids`]).
+    pub fn remembered_order_ids(&self) -> usize {
+        self.seen.len()
     }
 
     /// The configuration.
@@ -396,7 +423,7 @@ impl Exchange {
 
     fn order(&mut self, r: &OrderRequested, fx: &mut Effects) {
         let key = (r.user_id.clone(), r.order_id.clone());
-        if !self.seen.insert(key.clone()) {
+        if self.track_ids && !self.seen.insert(key.clone()) {
             return;
         }
         let (margin_per_lot, commission_per_lot, close_his, close_today, limit) =

@@ -136,6 +136,8 @@ impl SimRunner {
         }
         let started = Instant::now();
         let mut exchange = exchange;
+        // Repeated order ids are recognised by the store (`answer`), not remembered.
+        exchange.forget_order_ids();
         let mut stream = engine.commits(base + 1)?;
         let mut pending: std::collections::VecDeque<Pending> = Default::default();
         let mut report = RecoveryReport { snapshot_lsn: base, ..RecoveryReport::default() };
@@ -144,7 +146,7 @@ impl SimRunner {
             report.events += 1;
             if Exchange::is_request(&c.event) {
                 report.requests += 1;
-                let answer = exchange.process(&c.event);
+                let answer = answer(&engine, &mut exchange, c.lsn, &c.event)?;
                 pending.push_back(Pending { lsn: c.lsn, answer, matched: 0 });
             } else if let Some(front) = pending.front_mut() {
                 if front.answer.get(front.matched) == Some(&c.event) {
@@ -267,7 +269,7 @@ fn live(
             if !Exchange::is_request(&c.event) {
                 continue;
             }
-            let answer = shared.exchange.lock().process(&c.event);
+            let answer = answer(engine, &mut shared.exchange.lock(), c.lsn, &c.event)?;
             for chunk in answer.chunks(opts.batch_events_max.max(1)) {
                 engine.submit(chunk, opts.durability)?;
             }
@@ -285,6 +287,27 @@ fn live(
         snapshot(engine, shared)?;
     }
     result
+}
+
+/// The exchange's answer to the request journaled at `lsn`. An order whose id its
+/// account used before changes nothing, as in the store, which keeps the first: the
+/// store's record of the order was created by an earlier event. Asking the store, rather
+/// than remembering every id, keeps the exchange's memory and snapshots bounded by
+/// what is live; the record's creating LSN never changes, so recovery, which asks the
+/// store after everything is applied, decides exactly as the live runner did.
+fn answer(
+    engine: &Engine,
+    exchange: &mut Exchange,
+    lsn: u64,
+    event: &Event,
+) -> Result<Vec<Event>, Error> {
+    if let Event::OrderRequested(r) = event {
+        let first = engine.order(&r.user_id, &r.order_id)?;
+        if first.is_some_and(|rec| rec.created_lsn != lsn) {
+            return Ok(Vec::new());
+        }
+    }
+    Ok(exchange.process(event))
 }
 
 /// Makes every answer so far durable, then writes the exchange as of the last processed

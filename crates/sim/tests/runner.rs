@@ -184,3 +184,49 @@ fn a_damaged_snapshot_is_reported_not_skipped() {
         "the snapshot holds the resting order"
     );
 }
+
+/// The runner ignores an order whose id its account used before, as the store does,
+/// by asking the store: its exchange remembers no ids (they would grow with every
+/// order of a long-running server, and with them every snapshot), live or recovered.
+#[test]
+fn repeated_order_ids_are_ignored_without_remembering_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let repeat = |n: u64| {
+        // Same account and id as `order(n)`, another price and volume.
+        let Event::OrderRequested(mut r) = order(n) else { unreachable!() };
+        r.limit_price += 1.0;
+        r.volume += 1;
+        Event::OrderRequested(r)
+    };
+    let engine = Arc::new(Engine::open(dir.path(), opts()).unwrap());
+    let sim = SimRunner::start(engine.clone(), SimConfig::default(), sim_opts()).unwrap();
+    engine.submit(&[deposit("a"), deposit("b"), deposit("c")], Durability::Buffered).unwrap();
+    let mut last = 0;
+    for n in 0..30 {
+        last = engine.submit(&[order(n)], Durability::Buffered).unwrap().last.0;
+        if n % 4 == 3 {
+            // A repeat of a live order and of one that has traded or ended.
+            engine.submit(&[repeat(n)], Durability::Buffered).unwrap();
+            last = engine.submit(&[repeat(n / 2)], Durability::Buffered).unwrap().last.0;
+        }
+    }
+    assert!(sim.wait_processed(last, Duration::from_secs(10)));
+    assert_eq!(sim.with_exchange(|x| x.remembered_order_ids()), 0);
+    sim.stop().unwrap();
+    // Repeats that arrive while no exchange runs are ignored by recovery too.
+    for n in 30..40 {
+        engine.submit(&[order(n)], Durability::Buffered).unwrap();
+        engine.submit(&[repeat(n - 10)], Durability::Buffered).unwrap();
+    }
+    let snapshot = bourse_sim::snapshot::read(dir.path()).unwrap().unwrap().1;
+    assert_eq!(snapshot.remembered_order_ids(), 0, "snapshots carry no ids");
+    let sim = SimRunner::start(engine.clone(), SimConfig::default(), sim_opts()).unwrap();
+    assert_eq!(sim.recovery().requests, 20);
+    assert_eq!(sim.with_exchange(|x| x.remembered_order_ids()), 0);
+    let events = journal(&engine);
+    // A fresh exchange that remembers ids answers nothing to a repeat.
+    let (requests, answers) = recompute(&events);
+    assert_eq!(requests.len(), 3 + 30 + 14 + 20);
+    let journaled: Vec<Event> = events.into_iter().filter(|e| !Exchange::is_request(e)).collect();
+    assert!(journaled == answers, "the journal's answers equal a fresh exchange's");
+}
