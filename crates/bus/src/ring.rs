@@ -110,6 +110,16 @@ pub struct Ring {
     published: Published,
 }
 
+/// Which safeguard a canary read leaves out.
+#[cfg(feature = "loom")]
+#[derive(Debug, Clone, Copy)]
+pub enum Canary {
+    /// The check of `intent` after copying the payload.
+    NoFinalCheck,
+    /// The acquire on `tail` (a relaxed load instead).
+    RelaxedTail,
+}
+
 /// What a read found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
@@ -213,11 +223,11 @@ impl Ring {
     /// only once `*pos` reaches it (start it at 0), so a reader that is behind does not
     /// touch the line the writer stores on every record.
     pub fn read(&self, pos: &mut u64, seen: &mut u64, expect: u64, buf: &mut Vec<u8>) -> Read {
-        self.read_impl(pos, seen, expect, buf, true)
+        self.read_impl(pos, seen, expect, buf, true, Ordering::Acquire)
     }
 
-    /// CANARY for the loom model: [`Ring::read`] without its final check, which the
-    /// model must catch returning a torn record.
+    /// CANARY for the loom model: [`Ring::read`] with one of its safeguards removed,
+    /// which the model must catch returning a torn record.
     #[cfg(feature = "loom")]
     pub fn read_canary(
         &self,
@@ -225,8 +235,14 @@ impl Ring {
         seen: &mut u64,
         expect: u64,
         buf: &mut Vec<u8>,
+        canary: Canary,
     ) -> Read {
-        self.read_impl(pos, seen, expect, buf, false)
+        match canary {
+            Canary::NoFinalCheck => {
+                self.read_impl(pos, seen, expect, buf, false, Ordering::Acquire)
+            }
+            Canary::RelaxedTail => self.read_impl(pos, seen, expect, buf, true, Ordering::Relaxed),
+        }
     }
 
     #[inline(always)]
@@ -237,11 +253,12 @@ impl Ring {
         expect: u64,
         buf: &mut Vec<u8>,
         check: bool,
+        tail_order: Ordering,
     ) -> Read {
         let cap = self.capacity();
         loop {
             if *pos >= *seen {
-                *seen = self.published.tail.load(Ordering::Acquire);
+                *seen = self.published.tail.load(tail_order);
                 if *pos >= *seen {
                     return Read::Empty;
                 }

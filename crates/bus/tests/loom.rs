@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bourse_bus::loom_api::{meta, Header, Read, Ring, Writer};
+use bourse_bus::loom_api::{meta, Canary, Header, Read, Ring, Writer};
 
 /// Each record's one payload word is derived from its LSN.
 fn word(lsn: u64) -> [u8; 8] {
@@ -19,7 +19,7 @@ fn word(lsn: u64) -> [u8; 8] {
 /// Returns, over all the executions explored, the most records one reader read and
 /// how many executions ended with the reader lapped, so that a test can tell the model
 /// is not vacuous (a ring that lapped every reader at once would pass it).
-fn model(records: u64, batch: u64, preemptions: usize, canary: bool) -> (u64, u64) {
+fn model(records: u64, batch: u64, preemptions: usize, canary: Option<Canary>) -> (u64, u64) {
     // Outside loom's control: counted across executions.
     static MOST: AtomicU64 = AtomicU64::new(0);
     static LAPPED: AtomicU64 = AtomicU64::new(0);
@@ -36,10 +36,9 @@ fn model(records: u64, batch: u64, preemptions: usize, canary: bool) -> (u64, u6
         let reader = loom::thread::spawn(move || {
             let (mut pos, mut seen, mut expect, mut buf) = (0u64, 0u64, 1u64, Vec::new());
             for _ in 0..records * 2 {
-                let got = if canary {
-                    r.read_canary(&mut pos, &mut seen, expect, &mut buf)
-                } else {
-                    r.read(&mut pos, &mut seen, expect, &mut buf)
+                let got = match canary {
+                    Some(c) => r.read_canary(&mut pos, &mut seen, expect, &mut buf, c),
+                    None => r.read(&mut pos, &mut seen, expect, &mut buf),
                 };
                 match got {
                     Read::Record(h) => {
@@ -75,7 +74,7 @@ fn model(records: u64, batch: u64, preemptions: usize, canary: bool) -> (u64, u6
 
 #[test]
 fn readers_never_see_a_torn_or_reordered_record() {
-    let (most, lapped) = model(3, 1, 3, false);
+    let (most, lapped) = model(3, 1, 3, None);
     assert_eq!(most, 3, "some execution must read every record");
     assert!(lapped > 0, "some execution must lap the reader");
 }
@@ -83,13 +82,19 @@ fn readers_never_see_a_torn_or_reordered_record() {
 #[test]
 fn readers_never_see_a_torn_or_reordered_record_of_a_batch() {
     // Records 1 and 2 appear together; 3 overwrites 1.
-    let (most, lapped) = model(3, 2, 3, false);
+    let (most, lapped) = model(3, 2, 3, None);
     assert_eq!(most, 3, "some execution must read every record");
     assert!(lapped > 0, "some execution must lap the reader");
 }
 
 #[test]
 fn canary_a_read_without_its_final_check_is_caught() {
-    let r = std::panic::catch_unwind(|| model(3, 1, 3, true));
+    let r = std::panic::catch_unwind(|| model(3, 1, 3, Some(Canary::NoFinalCheck)));
     assert!(r.is_err(), "the model accepted a reader that skips the seqlock check");
+}
+
+#[test]
+fn canary_a_relaxed_load_of_the_tail_is_caught() {
+    let r = std::panic::catch_unwind(|| model(3, 1, 3, Some(Canary::RelaxedTail)));
+    assert!(r.is_err(), "the model accepted a reader that does not acquire the tail");
 }
