@@ -8,7 +8,8 @@
 //! When `DIR` does not exist it first writes `EVENTS` events (1,000,000 unless given)
 //! of the exchange mix (as `bourse-bench recovery` does: batches of 256 at `Buffered`,
 //! memtables large enough that nothing is flushed, then the WAL synced) and drops the
-//! engine without a checkpoint. Then it opens `DIR` with `THREADS` apply threads (2
+//! engine without a checkpoint (with `PREFLUSH=N`, N more events come first and are
+//! checkpointed into tables). Then it opens `DIR` with `THREADS` apply threads (2
 //! unless given) and prints the open's time and the replay's. Nothing is flushed by the
 //! open, so every run replays the same tail. `MMAP_READS=0` reads the WAL through its
 //! buffer rather than in place.
@@ -48,15 +49,22 @@ fn main() {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
         let e = Engine::open(&dir, options(threads)).unwrap();
+        // `PREFLUSH=N`: N events first, checkpointed into tables, so the replay's reads
+        // (an order's earlier record, say) go past the memtables to the tables.
+        let pre: u64 = std::env::var("PREFLUSH").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut i = 0;
-        while i < events {
-            let batch: Vec<Event> =
-                (i..(i + 256).min(events)).map(|n| exchange_event(n, now)).collect();
+        while i < pre + events {
+            let end = if i < pre { (i + 256).min(pre) } else { (i + 256).min(pre + events) };
+            let batch: Vec<Event> = (i..end).map(|n| exchange_event(n, now)).collect();
             e.submit(&batch, Durability::Buffered).unwrap();
-            i += 256;
+            i = end;
+            if i == pre && pre > 0 {
+                e.checkpoint().unwrap();
+                eprintln!("checkpointed after {pre} events");
+            }
         }
         e.sync().unwrap();
-        eprintln!("wrote {events} events into {}", dir.display());
+        eprintln!("wrote {events} events after the checkpoint into {}", dir.display());
         // Dropped without a checkpoint.
     }
     let t = Instant::now();
