@@ -7,7 +7,8 @@
 //! 64; batches of 1 and 64), each also for the `raw` journal floor (validate, encode and
 //! append to the WAL, nothing applied), `mixed` (4 durable writers while 2 readers query the latest
 //! tick, an account's open orders and an instrument's trades of the last minute), and in
-//! `recovery`: `reopen` after N unflushed events and `replay` of the whole WAL.
+//! `recovery`: `reopen` after N unflushed events (alone, and behind N more already in
+//! tables: param `history_events`) and `replay` of the whole WAL.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -526,19 +527,8 @@ pub fn run_recovery(root: &Path, quick: bool) -> anyhow::Result<()> {
     let mut bytes = 0;
     let mut results: Vec<(usize, f64, f64)> = Vec::new();
     for threads in [2usize, 1, 2, 1, 2, 1] {
-        let out = std::process::Command::new(std::env::current_exe()?)
-            .env(REOPEN_DIR, &dir)
-            .env(REOPEN_THREADS, threads.to_string())
-            .stderr(std::process::Stdio::inherit())
-            .output()?;
-        anyhow::ensure!(out.status.success(), "the reopen child failed: {}", out.status);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        let [secs, replay_secs, records, b] = v[..] else {
-            anyhow::bail!("the reopen child printed {text:?}");
-        };
-        anyhow::ensure!(records as u64 == n, "reopen replayed {records} records, not {n}");
-        bytes = b as u64;
+        let (secs, replay_secs, b) = reopen_in_child(&dir, threads, n)?;
+        bytes = b;
         results.push((threads, secs, replay_secs));
     }
     for threads in [1usize, 2] {
@@ -579,6 +569,71 @@ pub fn run_recovery(root: &Path, quick: bool) -> anyhow::Result<()> {
     drop(e);
     let _ = std::fs::remove_dir_all(&dir);
     #[cfg(feature = "peers")]
-    crate::rocks::reopen_case(root, n)?;
+    crate::rocks::reopen_case(root, n, 0)?;
+    if crate::report::wanted("reopen") {
+        reopen_with_history(root, n)?;
+        #[cfg(feature = "peers")]
+        crate::rocks::reopen_case(root, n, n)?;
+    }
+    Ok(())
+}
+
+/// Opens `dir` in a fresh process with `threads` replay threads, as after a restart;
+/// returns seconds to open, seconds of WAL replay and the replayed records' bytes on
+/// disk, and checks that exactly `records` records were replayed.
+fn reopen_in_child(dir: &Path, threads: usize, records: u64) -> anyhow::Result<(f64, f64, u64)> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .env(REOPEN_DIR, dir)
+        .env(REOPEN_THREADS, threads.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "the reopen child failed: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let [secs, replay_secs, replayed, bytes] = v[..] else {
+        anyhow::bail!("the reopen child printed {text:?}");
+    };
+    anyhow::ensure!(
+        replayed as u64 == records,
+        "reopen replayed {replayed} records, not {records}"
+    );
+    Ok((secs, replay_secs, bytes as u64))
+}
+
+/// `reopen` with history: `n` events checkpointed into tables first, then `n` more left
+/// unflushed, as a store looks when it restarts after running a while. The open then
+/// also reads what the tables hold (the market cache's books: the newest snapshot of
+/// each instrument and every delta after it, and this workload sends no snapshots).
+fn reopen_with_history(root: &Path, n: u64) -> anyhow::Result<()> {
+    let dir = root.join("recovery-history");
+    {
+        let e = Engine::open(&dir, engine_options(1 << 30))?;
+        let mut i = 0;
+        while i < 2 * n {
+            let end = if i < n { (i + 256).min(n) } else { (i + 256).min(2 * n) };
+            let batch: Vec<Event> = (i..end).map(event).collect();
+            e.submit(&batch, Durability::Buffered)?;
+            i = end;
+            if i == n {
+                e.checkpoint()?;
+            }
+        }
+        e.sync()?;
+        // Dropped without a checkpoint.
+    }
+    let mut results = Vec::new();
+    for _ in 0..3 {
+        let (secs, replay_secs, _) = reopen_in_child(&dir, 2, n)?;
+        results.push((secs, replay_secs));
+    }
+    let params = json!({ "events": n, "history_events": n, "replay_threads": 2 });
+    let secs = median(results.iter().map(|r| r.0).collect());
+    let replay = median(results.iter().map(|r| r.1).collect());
+    emit("recovery", "reopen", "bourse", &params, "seconds", secs, "s");
+    emit("recovery", "reopen", "bourse", &params, "wal_replay_seconds", replay, "s");
+    eprintln!(
+        "  reopen           bourse   {n} unflushed events after {n} in tables, 2 replay threads: {secs:.2} s (median of 3), of which re-applying the WAL {replay:.2} s"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -248,18 +248,26 @@ impl crate::engine::Store for RocksStore {
     }
 }
 
-/// RocksDB reopen after `n` events written through its WAL and never flushed.
-pub fn reopen_case(root: &Path, n: u64) -> anyhow::Result<()> {
+/// RocksDB reopen after `n` events written through its WAL and never flushed, behind
+/// `history` events flushed into tables first (0: none).
+pub fn reopen_case(root: &Path, n: u64, history: u64) -> anyhow::Result<()> {
     let dir = root.join("recovery-rocksdb");
     let names: Vec<String>;
     {
         let store = open_store_sized(&dir, 1 << 30)?;
         let mut i = 0;
-        while i < n {
-            let batch: Vec<bourse_model::Event> =
-                (i..(i + 256).min(n)).map(crate::engine::event).collect();
+        while i < history + n {
+            let end = if i < history { (i + 256).min(history) } else { (i + 256).min(history + n) };
+            let batch: Vec<bourse_model::Event> = (i..end).map(crate::engine::event).collect();
             crate::engine::Store::submit(&store, &batch, false)?;
-            i += 256;
+            i = end;
+            if i == history && history > 0 {
+                // The history goes into tables, as the engine's checkpoint puts it.
+                for name in store.cfs.read().iter() {
+                    let cf = store.db.cf_handle(name).ok_or_else(|| anyhow::anyhow!("no cf"))?;
+                    store.db.flush_cf(&cf)?;
+                }
+            }
         }
         store.db.flush_wal(true)?;
         names = store.cfs.read().iter().cloned().collect();
@@ -272,9 +280,15 @@ pub fn reopen_case(root: &Path, n: u64) -> anyhow::Result<()> {
     let db = MtDb::open_cf(&opts, &dir, &names)?;
     let secs = t.elapsed().as_secs_f64();
     drop(db);
-    let params = serde_json::json!({ "events": n });
+    let params = if history > 0 {
+        serde_json::json!({ "events": n, "history_events": history })
+    } else {
+        serde_json::json!({ "events": n })
+    };
     crate::report::emit("recovery", "reopen", "rocksdb", &params, "seconds", secs, "s");
-    eprintln!("  reopen           rocksdb  {n} unflushed events: {secs:.2} s");
+    eprintln!(
+        "  reopen           rocksdb  {n} unflushed events after {history} in tables: {secs:.2} s"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
