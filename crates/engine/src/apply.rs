@@ -6,7 +6,9 @@
 //! recovery relies on today and what replication will rely on as a Raft state machine.
 //! Each partition's writes read only that partition, so a partition that already holds
 //! an LSN (its tables are past it) can be skipped during replay without changing what
-//! the others compute.
+//! the others compute. The engine adds one kind of write to these: a book event's book
+//! checkpoint (see `cache`), computed from the market cache, which is itself a function
+//! of the instrument partition's state; so it is deterministic too.
 
 use std::borrow::Cow;
 

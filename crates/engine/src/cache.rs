@@ -11,15 +11,27 @@
 //! one already applied is put in its place by re-applying, from the store, the deltas
 //! from it onwards ([`Update::Late`]). Both read only what came after the late event.
 //! Reads never touch disk.
+//!
+//! **Book checkpoints.** A producer that never sends snapshots would make every open
+//! re-read every delta ever stored. So every [`crate::EngineOptions::book_checkpoint_every`]
+//! deltas the apply step also stores the book as it stands after a delta, at that
+//! delta's position (see [`BookPlan`]); opening starts from the newer of the newest
+//! snapshot and that checkpoint. An instrument keeps at most one checkpoint: a newer one
+//! replaces it, and any book event stored before it (a late delta or snapshot) or any
+//! snapshot at all deletes it, in the same tree batch as the event. Whether and where a
+//! checkpoint is written depends only on the store's contents before the event, so the
+//! apply step stays deterministic: a replay writes the same checkpoints the live apply
+//! wrote.
 
 use std::sync::Arc;
 
 use ahash::HashMap;
 use bourse_model::{BookDelta, BookSnapshot, InstrumentId, Level, Side, Tick};
 use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
 
 /// A position in store order: (datetime, LSN).
-type Pos = (i64, u64);
+pub(crate) type Pos = (i64, u64);
 
 #[derive(Debug, Clone)]
 struct BookEntry {
@@ -27,7 +39,68 @@ struct BookEntry {
     snapshot: Option<Pos>,
     /// The newest delta applied.
     last_delta: Option<Pos>,
+    /// The instrument's book checkpoint in the store, and the deltas it counted.
+    checkpoint: Option<(Pos, u64)>,
+    /// Deltas stored after the snapshot's position (all of them, with no snapshot).
+    since_snapshot: u64,
     book: Arc<BookSnapshot>,
+}
+
+impl BookEntry {
+    fn empty(id: &InstrumentId, datetime: i64) -> BookEntry {
+        BookEntry {
+            snapshot: None,
+            last_delta: None,
+            checkpoint: None,
+            since_snapshot: 0,
+            book: Arc::new(BookSnapshot {
+                instrument_id: id.clone(),
+                datetime,
+                bids: Vec::new(),
+                asks: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// A book checkpoint as stored (value of `C ts lsn` in the instrument partition): the
+/// book after the delta at (ts, lsn), with every stored delta and snapshot before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BookCheckpoint {
+    /// Deltas stored after the newest snapshot up to and including this position (all
+    /// of them, with no snapshot): the count the next checkpoint is spaced by.
+    pub deltas_since_snapshot: u64,
+    /// The book.
+    pub book: BookSnapshot,
+}
+
+/// What a book event does to the instrument's checkpoint, decided before the event is
+/// written (the writes go into the event's own tree batch) and recorded in the cache
+/// after it with [`MarketCache::settle`].
+#[derive(Debug, Default)]
+pub(crate) struct BookPlan {
+    /// Delete the checkpoint at this position.
+    pub delete: Option<Pos>,
+    /// Write this checkpoint at this position.
+    pub write: Option<(Pos, BookCheckpoint)>,
+}
+
+/// Where [`MarketCache::reset`] starts an instrument's book.
+#[derive(Debug)]
+pub(crate) enum BookStart {
+    /// No snapshot and no checkpoint: the deltas build the book from empty.
+    Empty,
+    /// The newest snapshot, stored at this LSN.
+    Snapshot(u64, BookSnapshot),
+    /// The checkpoint at `at`, newer than the newest snapshot (at `snapshot`).
+    Checkpoint {
+        /// The newest snapshot's position.
+        snapshot: Option<Pos>,
+        /// The checkpoint's position (that of the delta it ends with).
+        at: Pos,
+        /// The checkpoint.
+        checkpoint: BookCheckpoint,
+    },
 }
 
 /// What the apply step must do after an update.
@@ -108,7 +181,14 @@ impl MarketCache {
                 return Update::Reload;
             }
         }
-        let entry = BookEntry { snapshot: Some(pos), last_delta: None, book: Arc::new(b.clone()) };
+        let entry = BookEntry {
+            snapshot: Some(pos),
+            last_delta: None,
+            // Any snapshot deletes the checkpoint (`plan_snapshot`).
+            checkpoint: None,
+            since_snapshot: 0,
+            book: Arc::new(b.clone()),
+        };
         books.insert(b.instrument_id.clone(), entry);
         Update::Done
     }
@@ -118,20 +198,14 @@ impl MarketCache {
     pub(crate) fn apply_delta(&self, d: &BookDelta, lsn: u64) -> Update {
         let pos = (d.datetime, lsn);
         let mut books = self.books.write();
-        let entry = books.entry(d.instrument_id.clone()).or_insert_with(|| BookEntry {
-            snapshot: None,
-            last_delta: None,
-            book: Arc::new(BookSnapshot {
-                instrument_id: d.instrument_id.clone(),
-                datetime: d.datetime,
-                bids: Vec::new(),
-                asks: Vec::new(),
-            }),
-        });
+        let entry = books
+            .entry(d.instrument_id.clone())
+            .or_insert_with(|| BookEntry::empty(&d.instrument_id, d.datetime));
         if entry.snapshot.is_some_and(|s| s > pos) {
             // Before the snapshot: the snapshot already holds it.
             return Update::Done;
         }
+        entry.since_snapshot += 1;
         if entry.last_delta.is_some_and(|l| l > pos) {
             return Update::Late;
         }
@@ -155,14 +229,9 @@ impl MarketCache {
         apply_delta(Arc::make_mut(&mut entry.book), d);
     }
 
-    /// Replaces what is cached for `id` with the store's latest tick and latest
-    /// snapshot; the caller then applies, in store order, the deltas after it.
-    pub(crate) fn reset(
-        &self,
-        id: &InstrumentId,
-        tick: Option<(u64, Tick)>,
-        snapshot: Option<(u64, BookSnapshot)>,
-    ) {
+    /// Replaces what is cached for `id` with the store's latest tick and the book's
+    /// starting point; the caller then applies, in store order, the deltas after it.
+    pub(crate) fn reset(&self, id: &InstrumentId, tick: Option<(u64, Tick)>, start: BookStart) {
         let mut ticks = self.ticks.write();
         match tick {
             Some((lsn, t)) => ticks.insert(id.clone(), (lsn, Arc::new(t))),
@@ -170,9 +239,76 @@ impl MarketCache {
         };
         drop(ticks);
         self.books.write().remove(id);
-        if let Some((lsn, b)) = snapshot {
-            // The book is empty now, so this cannot ask for a recompute.
-            let _ = self.set_book(&b, lsn);
+        match start {
+            BookStart::Empty => {}
+            BookStart::Snapshot(lsn, b) => {
+                // The book is empty now, so this cannot ask for a recompute.
+                let _ = self.set_book(&b, lsn);
+            }
+            BookStart::Checkpoint { snapshot, at, checkpoint } => {
+                let entry = BookEntry {
+                    snapshot,
+                    last_delta: Some(at),
+                    checkpoint: Some((at, checkpoint.deltas_since_snapshot)),
+                    since_snapshot: checkpoint.deltas_since_snapshot,
+                    book: Arc::new(checkpoint.book),
+                };
+                self.books.write().insert(id.clone(), entry);
+            }
+        }
+    }
+
+    /// Plans what delta `d` at `lsn` does to the instrument's checkpoint: a delta stored
+    /// before the checkpoint deletes it (the checkpoint's book lacks it); a delta in
+    /// order that brings the deltas since the checkpoint (or since the snapshot, with
+    /// none) to `every` writes a new one and deletes the old. `every` 0 writes none.
+    pub(crate) fn plan_delta(&self, d: &BookDelta, lsn: u64, every: u64) -> BookPlan {
+        let pos = (d.datetime, lsn);
+        let books = self.books.read();
+        let Some(entry) = books.get(&d.instrument_id) else {
+            // The first delta of an empty book.
+            if every == 1 {
+                let mut book = BookEntry::empty(&d.instrument_id, d.datetime).book;
+                apply_delta(Arc::make_mut(&mut book), d);
+                let cp = BookCheckpoint { deltas_since_snapshot: 1, book: (*book).clone() };
+                return BookPlan { delete: None, write: Some((pos, cp)) };
+            }
+            return BookPlan::default();
+        };
+        let old = entry.checkpoint.map(|(at, _)| at);
+        if old.is_some_and(|at| at > pos) {
+            return BookPlan { delete: old, write: None };
+        }
+        let in_order =
+            entry.snapshot.is_none_or(|s| s < pos) && entry.last_delta.is_none_or(|l| l < pos);
+        let count = entry.since_snapshot + 1;
+        let base = entry.checkpoint.map_or(0, |(_, n)| n);
+        if every == 0 || !in_order || count.saturating_sub(base) < every {
+            return BookPlan::default();
+        }
+        let mut book = (*entry.book).clone();
+        drop(books);
+        apply_delta(&mut book, d);
+        let cp = BookCheckpoint { deltas_since_snapshot: count, book };
+        BookPlan { delete: old, write: Some((pos, cp)) }
+    }
+
+    /// Plans what a snapshot does to the instrument's checkpoint: deletes it. (Stored
+    /// before the checkpoint, the snapshot makes it wrong; stored after it, useless.)
+    pub(crate) fn plan_snapshot(&self, b: &BookSnapshot) -> BookPlan {
+        let books = self.books.read();
+        let old = books.get(&b.instrument_id).and_then(|e| e.checkpoint).map(|(at, _)| at);
+        BookPlan { delete: old, write: None }
+    }
+
+    /// Records what `plan` wrote, once the event's writes and cache update are done.
+    pub(crate) fn settle(&self, id: &InstrumentId, plan: &BookPlan) {
+        if plan.delete.is_none() && plan.write.is_none() {
+            return;
+        }
+        let mut books = self.books.write();
+        if let Some(entry) = books.get_mut(id) {
+            entry.checkpoint = plan.write.as_ref().map(|(at, cp)| (*at, cp.deltas_since_snapshot));
         }
     }
 }

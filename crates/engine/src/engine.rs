@@ -15,7 +15,7 @@ use bourse_wal::{Entry, Lsn, LsnRange, Wal, WalOptions};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::apply::{self, StateRead, Write};
-use crate::cache::{MarketCache, Update};
+use crate::cache::{BookCheckpoint, BookStart, MarketCache, Update};
 use crate::layout::{self, PartitionId};
 use crate::{io_err, Durability, EngineOptions, Error, Result};
 
@@ -137,6 +137,11 @@ pub(crate) struct Inner {
     pub shutdown: AtomicBool,
     pub wake: (Mutex<bool>, Condvar),
     pub applies_since_check: AtomicU64,
+    /// The highest LSN any partition's tables held at open: every later LSN is new to
+    /// every partition.
+    pub floor_max: AtomicU64,
+    /// Book deltas `load_markets` read at open.
+    pub open_book_deltas: AtomicU64,
     /// The apply lane: one thread that applies the instrument partitions' writes of
     /// large batches, borrowing the batch from its submitter (who waits for it); unset
     /// with one apply thread.
@@ -211,6 +216,10 @@ pub struct EngineStats {
     pub wal: bourse_wal::WalStats,
     /// One entry per partition.
     pub partitions: Vec<PartitionStats>,
+    /// Book deltas read from the instrument partitions' tables when the engine opened,
+    /// to rebuild the latest books: about `book_checkpoint_every` per instrument at
+    /// most, with book checkpoints on.
+    pub open_book_deltas: u64,
 }
 
 /// Keeps the WAL from being truncated at or after an LSN (the bus holds one per durable
@@ -299,6 +308,8 @@ impl Engine {
             shutdown: AtomicBool::new(false),
             wake: (Mutex::new(false), Condvar::new()),
             applies_since_check: AtomicU64::new(0),
+            floor_max: AtomicU64::new(0),
+            open_book_deltas: AtomicU64::new(0),
             lane: std::sync::OnceLock::new(),
         });
         let mut ids = vec![PartitionId::Accounts, PartitionId::Users, PartitionId::Market];
@@ -311,12 +322,15 @@ impl Engine {
             }
         }
         for id in ids {
-            inner.open_partition(id, None)?;
+            let p = inner.open_partition(id, None)?;
+            inner.floor_max.fetch_max(p.floor, Ordering::Relaxed);
         }
         inner.load_catalogue()?;
+        // The cache first, from the tables: replay then keeps it up to date as the live
+        // apply did, and writes the book checkpoints the live apply wrote.
+        inner.load_markets()?;
         inner.replay(progress)?;
         inner.wal.start_preallocation();
-        inner.rebuild_cache()?;
         let mut workers = Vec::new();
         if inner.opts.apply_threads > 1 {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -514,6 +528,7 @@ impl Engine {
             wal_first_lsn: self.inner.wal.first_lsn().0,
             wal: self.inner.wal.stats(),
             partitions,
+            open_book_deltas: self.inner.open_book_deltas.load(Ordering::Relaxed),
         }
     }
 
@@ -816,18 +831,29 @@ impl Inner {
         Ok(())
     }
 
-    /// Rebuilds the market cache: per instrument, the newest tick, and the newest book
-    /// snapshot with every delta after it.
-    fn rebuild_cache(&self) -> Result<()> {
+    /// Loads the market cache from the instrument partitions' tables, before the WAL
+    /// tail is replayed: per instrument, the newest tick, and the book from the newer
+    /// of its newest snapshot and its book checkpoint, with every delta after it.
+    fn load_markets(&self) -> Result<()> {
+        let started = Instant::now();
+        let (mut instruments, mut deltas) = (0, 0);
         for p in self.partitions() {
             let PartitionId::Instrument(id) = &p.id else { continue };
             if p.tree.stats().tables_per_level.iter().all(|n| *n == 0) {
-                // Nothing of this instrument ever reached a table, so all of it was in
-                // the WAL tail just replayed, and replay kept its cache entries (the
-                // cache follows store order, so replay and reload agree).
+                // Nothing of this instrument reached a table: replay builds its entries.
                 continue;
             }
-            self.load_market(id, &p)?;
+            deltas += self.load_market(id, &p)?;
+            instruments += 1;
+        }
+        self.open_book_deltas.store(deltas, Ordering::Relaxed);
+        if instruments > 0 {
+            tracing::info!(
+                instruments,
+                book_deltas = deltas,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "market cache loaded from tables"
+            );
         }
         Ok(())
     }
@@ -867,21 +893,31 @@ impl Inner {
     }
 
     /// Loads an instrument's cache entries from its partition: the newest tick, and the
-    /// newest book snapshot with every delta after it, in store order.
-    fn load_market(&self, id: &InstrumentId, p: &Partition) -> Result<()> {
+    /// book from the newer of the newest snapshot and the book checkpoint, with every
+    /// delta after it, in store order. Returns how many deltas it read.
+    fn load_market(&self, id: &InstrumentId, p: &Partition) -> Result<u64> {
         use layout::inst;
+        use std::ops::Bound;
         let snap = bourse_lsm::MAX_SEQ;
         let newest = |tag: u8| -> Result<Option<(Vec<u8>, Vec<u8>)>> {
             let lo = [tag];
             let hi = [tag + 1];
-            let mut it = p.tree.range_rev(
-                std::ops::Bound::Included(&lo[..]),
-                std::ops::Bound::Excluded(&hi[..]),
-                snap,
-            );
+            let mut it = p.tree.range_rev(Bound::Included(&lo[..]), Bound::Excluded(&hi[..]), snap);
             Ok(it.next().transpose()?)
         };
         let lsn_of = |k: &[u8]| layout::trailing_u64(k).unwrap_or(0);
+        // (time, LSN) of a `tag ts lsn` key.
+        let pos_of = |k: &[u8]| -> Result<(i64, u64)> {
+            match (k.get(1..9), layout::trailing_u64(k)) {
+                (Some(t), Some(lsn)) if k.len() == 17 => {
+                    let bits = u64::from_be_bytes(t.try_into().unwrap_or_default());
+                    Ok(((bits ^ (1 << 63)) as i64, lsn))
+                }
+                _ => Err(Error::Corrupt {
+                    what: format!("instrument {id}: book key of {} bytes", k.len()),
+                }),
+            }
+        };
         let tick = match newest(inst::TICK)? {
             Some((k, v)) => match decode_event(&v)? {
                 Event::Tick(t) => Some((lsn_of(&k), t)),
@@ -889,29 +925,52 @@ impl Inner {
             },
             None => None,
         };
-        let mut from = vec![inst::DELTA];
         let mut snapshot = None;
         if let Some((k, v)) = newest(inst::BOOK)? {
             if let Event::BookSnapshot(b) = decode_event(&v)? {
-                snapshot = Some((lsn_of(&k), b));
+                snapshot = Some((k, b));
             }
-            // Deltas at or after the snapshot's (time, LSN) position.
-            from.extend_from_slice(k.get(1..).unwrap_or(&[]));
         }
-        self.cache.reset(id, tick, snapshot);
+        let checkpoint = match newest(inst::BOOK_CHECKPOINT)? {
+            Some((k, v)) => {
+                let cp: BookCheckpoint = crate::apply::decode(&v, "book checkpoint")?;
+                Some((k, cp))
+            }
+            None => None,
+        };
+        // Deltas at or after the snapshot's (time, LSN) position, or after the
+        // checkpoint's (which includes the delta at its own position).
+        let mut from = vec![inst::DELTA];
+        let (start, from_bound) = match (snapshot, checkpoint) {
+            (s, Some((ck, cp))) if s.as_ref().is_none_or(|(sk, _)| sk[1..] < ck[1..]) => {
+                from.extend_from_slice(&ck[1..]);
+                let snapshot = s.map(|(sk, _)| pos_of(&sk)).transpose()?;
+                let at = pos_of(&ck)?;
+                (BookStart::Checkpoint { snapshot, at, checkpoint: cp }, Bound::Excluded(from))
+            }
+            (Some((sk, b)), _) => {
+                from.extend_from_slice(&sk[1..]);
+                (BookStart::Snapshot(lsn_of(&sk), b), Bound::Included(from))
+            }
+            (None, _) => (BookStart::Empty, Bound::Included(from)),
+        };
+        self.cache.reset(id, tick, start);
         let hi = [inst::DELTA + 1];
-        for pair in p.tree.range(
-            std::ops::Bound::Included(&from[..]),
-            std::ops::Bound::Excluded(&hi[..]),
-            snap,
-        ) {
+        let lo = match &from_bound {
+            Bound::Included(v) => Bound::Included(&v[..]),
+            Bound::Excluded(v) => Bound::Excluded(&v[..]),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut read = 0;
+        for pair in p.tree.range(lo, Bound::Excluded(&hi[..]), snap) {
             let (k, v) = pair?;
             if let Event::BookDelta(d) = decode_event(&v)? {
                 // In store order: never out of order.
                 let _ = self.cache.apply_delta(&d, lsn_of(&k));
+                read += 1;
             }
         }
-        Ok(())
+        Ok(read)
     }
 
     fn submit(&self, events: &[Event], durability: Durability) -> Result<LsnRange> {
@@ -1142,6 +1201,32 @@ impl Inner {
                 writes.retain(|w| lane.owns(&w.part));
             }
         }
+        // A book event's checkpoint writes go in its own batch, planned from the cache
+        // as it stands before the event. During a replay, an instrument whose tables
+        // already hold `lsn` has it in its cache too (loaded before the replay).
+        let book = match (lane, event) {
+            (Lane::Others, _) => None,
+            (_, Event::BookDelta(d)) if self.book_event_is_new(&d.instrument_id, lsn) => {
+                Some(self.cache.plan_delta(d, lsn, self.opts.book_checkpoint_every))
+            }
+            (_, Event::BookSnapshot(b)) if self.book_event_is_new(&b.instrument_id, lsn) => {
+                Some(self.cache.plan_snapshot(b))
+            }
+            _ => None,
+        };
+        if let (Some(plan), Some(id)) = (&book, event.instrument()) {
+            let part = PartitionId::Instrument(id.clone());
+            let key = |(t, l): (i64, u64)| {
+                layout::Key::new(layout::inst::BOOK_CHECKPOINT).time(t).u64(l).into_vec()
+            };
+            if let Some(at) = plan.delete {
+                writes.push(Write { part: part.clone(), key: key(at), value: None });
+            }
+            if let Some((at, cp)) = &plan.write {
+                let value = crate::apply::encode(cp)?;
+                writes.push(Write { part, key: key(*at), value: Some(value.into()) });
+            }
+        }
         // IMPORTANT: one LSN's writes to one partition go in as one tree batch. Split
         // across a memtable rotation, a flush could record the LSN as flushed while part
         // of it still sat in memory; replay would then skip it and lose that part.
@@ -1170,13 +1255,14 @@ impl Inner {
             }
         }
         if lane != Lane::Others {
-            let update = match event {
-                Event::Tick(t) => {
+            let update = match (event, &book) {
+                (Event::Tick(t), _) => {
+                    // (Idempotent: a tick the tables already hold changes nothing.)
                     self.cache.set_tick(t, lsn);
                     Update::Done
                 }
-                Event::BookSnapshot(b) => self.cache.set_book(b, lsn),
-                Event::BookDelta(d) => self.cache.apply_delta(d, lsn),
+                (Event::BookSnapshot(b), Some(_)) => self.cache.set_book(b, lsn),
+                (Event::BookDelta(d), Some(_)) => self.cache.apply_delta(d, lsn),
                 _ => Update::Done,
             };
             // Out of store order (the partition already holds this LSN): the book is
@@ -1184,7 +1270,7 @@ impl Inner {
             match (update, event) {
                 (Update::Reload, _) => {
                     if let Some((id, p)) = self.instrument_partition(event) {
-                        self.load_market(id, &p)?;
+                        let _ = self.load_market(id, &p)?;
                     }
                 }
                 (Update::Late, Event::BookDelta(d)) => {
@@ -1194,8 +1280,21 @@ impl Inner {
                 }
                 _ => {}
             }
+            if let (Some(plan), Some(id)) = (&book, event.instrument()) {
+                self.cache.settle(id, plan);
+            }
         }
         Ok(())
+    }
+
+    /// Whether a book event at `lsn` is new to its instrument's partition and cache:
+    /// always in a live apply; in a replay, unless the partition's tables hold it.
+    fn book_event_is_new(&self, id: &InstrumentId, lsn: u64) -> bool {
+        if lsn > self.floor_max.load(Ordering::Relaxed) {
+            return true;
+        }
+        // A partition not open yet is created by this very event.
+        self.partition(&PartitionId::Instrument(id.clone())).is_none_or(|p| lsn > p.floor)
     }
 
     /// Wakes the maintenance threads.
@@ -1340,6 +1439,249 @@ mod tests {
             out.push(format!("book {ins:?} {:?}", e.latest_book(&ins)));
         }
         out
+    }
+
+    /// Book events for two instruments, in the order a few writers stamping their own
+    /// times would send them: mostly deltas in time order, some late (an earlier time
+    /// than deltas already sent), now and then a snapshot, sometimes late too.
+    fn book_feed(n: usize, seed: u64) -> Vec<Event> {
+        use bourse_model::{BookDelta, BookSnapshot, Level, LevelChange, Side};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let ids =
+            [InstrumentId::new("SHFE.cu2512").unwrap(), InstrumentId::new("DCE.m2601").unwrap()];
+        let mut now = [1_000i64; 2];
+        (0..n)
+            .map(|_| {
+                let i = rng.gen_range(0..2);
+                now[i] += rng.gen_range(1..5);
+                let t = if rng.gen_bool(0.1) { now[i] - rng.gen_range(1..40) } else { now[i] };
+                let side = |r: &mut rand::rngs::StdRng| {
+                    if r.gen_bool(0.5) {
+                        Side::Bid
+                    } else {
+                        Side::Ask
+                    }
+                };
+                if rng.gen_bool(0.02) {
+                    let levels = |r: &mut rand::rngs::StdRng| {
+                        let mut v: Vec<Level> = (0..3)
+                            .map(|k| Level {
+                                price: 100.0 + f64::from(k),
+                                volume: r.gen_range(1..9),
+                            })
+                            .collect();
+                        v.dedup_by(|a, b| a.price == b.price);
+                        v
+                    };
+                    let mut bids = levels(&mut rng);
+                    bids.reverse();
+                    let asks = levels(&mut rng)
+                        .into_iter()
+                        .map(|l| Level { price: l.price + 10.0, ..l })
+                        .collect();
+                    Event::BookSnapshot(BookSnapshot {
+                        instrument_id: ids[i].clone(),
+                        datetime: t,
+                        bids,
+                        asks,
+                    })
+                } else {
+                    let changes = (0..rng.gen_range(1..4))
+                        .map(|_| {
+                            let s = side(&mut rng);
+                            let base = if s == Side::Bid { 100.0 } else { 110.0 };
+                            LevelChange {
+                                side: s,
+                                price: base + f64::from(rng.gen_range(0..6u8)),
+                                volume: rng.gen_range(0..4),
+                            }
+                        })
+                        .collect();
+                    Event::BookDelta(BookDelta {
+                        instrument_id: ids[i].clone(),
+                        datetime: t,
+                        changes,
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// The book the store's contents define: the newest snapshot (in (time, LSN) order)
+    /// with every later delta applied in that order.
+    fn model_book(
+        events: &[(u64, Event)],
+        id: &InstrumentId,
+    ) -> Option<bourse_model::BookSnapshot> {
+        let pos = |(lsn, e): &(u64, Event)| match e {
+            Event::BookSnapshot(b) => (b.datetime, *lsn),
+            Event::BookDelta(d) => (d.datetime, *lsn),
+            _ => unreachable!(),
+        };
+        let mut mine: Vec<&(u64, Event)> =
+            events.iter().filter(|(_, e)| e.instrument() == Some(id)).collect();
+        mine.sort_by_key(|x| pos(x));
+        let start = mine.iter().rposition(|(_, e)| matches!(e, Event::BookSnapshot(_)));
+        let mut book: Option<bourse_model::BookSnapshot> = match start {
+            Some(i) => match &mine[i].1 {
+                Event::BookSnapshot(b) => Some(b.clone()),
+                _ => None,
+            },
+            None => None,
+        };
+        for (_, e) in &mine[start.map_or(0, |i| i + 1)..] {
+            if let Event::BookDelta(d) = e {
+                let b = book.get_or_insert_with(|| bourse_model::BookSnapshot {
+                    instrument_id: id.clone(),
+                    datetime: d.datetime,
+                    bids: Vec::new(),
+                    asks: Vec::new(),
+                });
+                crate::cache::apply_delta(b, d);
+            }
+        }
+        book
+    }
+
+    /// Book checkpoints are part of the deterministic apply: the same feed leaves the
+    /// same store (checkpoint records included) and the same books whether the engine
+    /// ran straight through, was reopened after checkpoints, or was reopened with the
+    /// tail only in the WAL, and whether replay ran in one lane or two; late deltas and
+    /// snapshots around checkpoints never leave a wrong book behind.
+    #[test]
+    fn book_checkpoints_are_deterministic_and_keep_books_right() {
+        let feed = book_feed(1500, 7);
+        let ids =
+            [InstrumentId::new("SHFE.cu2512").unwrap(), InstrumentId::new("DCE.m2601").unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = EngineOptions::default();
+        o.wal.segment_bytes = 4 << 20;
+        o.checkpoint_interval = Duration::from_secs(3600);
+        o.book_checkpoint_every = 8;
+        let mut dumps = Vec::new();
+        // 0: straight through; 1: checkpoint and reopen every 97 events; 2: reopen every
+        // 89 events with the tail in the WAL only (a checkpoint every 3rd time, one
+        // instrument flushed alone every 3rd); 3: as 2, with one apply thread.
+        for variant in 0..4 {
+            let path = dir.path().join(format!("v{variant}"));
+            let opts =
+                EngineOptions { apply_threads: if variant == 3 { 1 } else { 2 }, ..o.clone() };
+            let mut e = Engine::open(&path, opts.clone()).unwrap();
+            let mut stored = Vec::new();
+            let mut trail = Vec::new();
+            let mut reopens = 0;
+            for (i, ev) in feed.iter().enumerate() {
+                let r = e.submit(std::slice::from_ref(ev), Durability::Buffered).unwrap();
+                stored.push((r.first.0, ev.clone()));
+                let every = match variant {
+                    0 => usize::MAX,
+                    1 => 97,
+                    _ => 89,
+                };
+                if i % every == every - 1 {
+                    reopens += 1;
+                    if variant == 1 || reopens % 3 == 0 {
+                        e.checkpoint().unwrap();
+                    } else {
+                        e.sync().unwrap();
+                    }
+                    if variant >= 2 && reopens % 3 == 1 {
+                        // One instrument's tables move ahead of everything else's: the
+                        // replay passes over book events its tables already hold.
+                        let id = &ids[reopens / 3 % 2];
+                        let p = e.inner.partition(&PartitionId::Instrument(id.clone()));
+                        p.unwrap().tree.flush().unwrap();
+                    }
+                    drop(e);
+                    e = Engine::open(&path, opts.clone()).unwrap();
+                }
+                if i % 50 == 0 || i + 1 == feed.len() {
+                    // The checkpoint records as they stand (the dump at the end shows
+                    // only the last ones).
+                    let mut parts = e.inner.partitions();
+                    parts.sort_by(|a, b| a.id.cmp(&b.id));
+                    for p in parts {
+                        let lo = [layout::inst::BOOK_CHECKPOINT];
+                        let hi = [layout::inst::BOOK_CHECKPOINT + 1];
+                        let range = p.tree.range(
+                            Bound::Included(&lo[..]),
+                            Bound::Excluded(&hi[..]),
+                            bourse_lsm::MAX_SEQ,
+                        );
+                        for kv in range {
+                            let (k, v) = kv.unwrap();
+                            trail.push(format!("event {i}: {} {k:?} {v:?}", p.id));
+                        }
+                    }
+                    for id in &ids {
+                        let got = e.latest_book(id).map(|b| (*b).clone());
+                        assert_eq!(
+                            got,
+                            model_book(&stored, id),
+                            "variant {variant}, event {i}, {id}"
+                        );
+                    }
+                }
+            }
+            e.sync().unwrap();
+            let mut d = dump(&e);
+            d.extend(trail);
+            dumps.push(d);
+        }
+        let checkpoints = dumps[0].iter().filter(|l| l.contains(") [67, ")).count();
+        assert!(checkpoints >= 1, "no book checkpoint in the store");
+        for (v, d) in dumps.iter().enumerate().skip(1) {
+            let diff: Vec<_> = d.iter().zip(&dumps[0]).filter(|(a, b)| a != b).take(2).collect();
+            assert!(
+                d.len() == dumps[0].len() && diff.is_empty(),
+                "variant {v}: {} against {} entries, first differences {diff:.400?}",
+                d.len(),
+                dumps[0].len()
+            );
+        }
+    }
+
+    /// With a producer that never sends snapshots, opening reads about
+    /// `book_checkpoint_every` deltas per instrument from the tables, not all of them;
+    /// with checkpoints off, all of them.
+    #[test]
+    fn book_checkpoints_bound_the_deltas_read_at_open() {
+        use bourse_model::{BookDelta, LevelChange, Side};
+        let id = InstrumentId::new("SHFE.cu2512").unwrap();
+        for every in [64, 0] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut o = EngineOptions::default();
+            o.wal.segment_bytes = 4 << 20;
+            o.checkpoint_interval = Duration::from_secs(3600);
+            o.book_checkpoint_every = every;
+            let e = Engine::open(dir.path(), o.clone()).unwrap();
+            let batch: Vec<Event> = (0..3000)
+                .map(|n| {
+                    let change =
+                        LevelChange { side: Side::Bid, price: (n % 50) as f64, volume: n % 3 };
+                    Event::BookDelta(BookDelta {
+                        instrument_id: id.clone(),
+                        datetime: 1,
+                        changes: vec![change],
+                    })
+                })
+                .collect();
+            for chunk in batch.chunks(100) {
+                e.submit(chunk, Durability::Buffered).unwrap();
+            }
+            e.checkpoint().unwrap();
+            let book = e.latest_book(&id).unwrap();
+            drop(e);
+            let e = Engine::open(dir.path(), o).unwrap();
+            assert_eq!(e.latest_book(&id).unwrap(), book);
+            let read = e.stats().open_book_deltas;
+            if every == 0 {
+                assert_eq!(read, 3000);
+            } else {
+                assert!(read < every, "read {read} deltas with a checkpoint every {every}");
+            }
+        }
     }
 
     fn copy_dir(from: &Path, to: &Path) {

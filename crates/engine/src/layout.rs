@@ -54,6 +54,9 @@ pub mod inst {
     pub const DELTA: u8 = b'D';
     /// `O lsn` → order event (requested, accepted, updated, rejected, cancelled).
     pub const ORDER_FLOW: u8 = b'O';
+    /// `C ts lsn` → book checkpoint: the book after the delta at (ts, lsn), written by
+    /// the apply step every `book_checkpoint_every` deltas (at most one per instrument).
+    pub const BOOK_CHECKPOINT: u8 = b'C';
 }
 
 /// Record tags of the accounts partition.

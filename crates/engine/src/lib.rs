@@ -129,6 +129,12 @@ pub struct EngineOptions {
     /// [`Engine::set_wal_hold`]: the bus's durable cursors
     /// (`bourse_bus::cursor_floor`) must be protected before anything can truncate.
     pub wal_hold_at_open: Option<u64>,
+    /// Every this many book deltas of an instrument, the apply step stores its book as
+    /// a checkpoint, so that opening reads at most about this many deltas per
+    /// instrument from its tables instead of every delta since its newest snapshot (a
+    /// producer may never send snapshots). 0: no checkpoints, and opening reads every
+    /// delta since the newest snapshot.
+    pub book_checkpoint_every: u64,
 }
 
 impl Default for EngineOptions {
@@ -152,6 +158,7 @@ impl Default for EngineOptions {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             wal_hold_at_open: None,
+            book_checkpoint_every: 1024,
         }
     }
 }
