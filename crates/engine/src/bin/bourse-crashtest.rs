@@ -11,7 +11,9 @@
 //! - **P1** every batch acknowledged `Buffered` or `Durable` is present (a process crash
 //!   loses nothing the OS has);
 //! - **P2** each writer's batches present are exactly a prefix of what it submitted, and
-//!   the latest account, tick and position agree with that prefix;
+//!   the latest account, tick, position and order book agree with that prefix (the
+//!   books' deltas arrive partly late, and book checkpoints are written every few
+//!   deltas, so crashes land around checkpoints and their deletions);
 //! - **P3** nothing is present that no writer submitted;
 //! - **P4** a batch is all there or not at all.
 //!
@@ -28,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use bourse_engine::{Durability, Engine, EngineOptions, OrderFilter};
 use bourse_model::{
-    Account, Event, InstrumentId, OrderRequested, Position, Tick, Trade, UserRegistered,
+    Account, BookDelta, BookSnapshot, Event, InstrumentId, Level, LevelChange, OrderRequested,
+    Position, Side, Tick, Trade, UserRegistered,
 };
 
 /// Instruments per writer.
@@ -43,6 +46,7 @@ fn options() -> EngineOptions {
         wal_bytes_max: 4 << 20,
         argon2_memory_kib: 64,
         argon2_iterations: 1,
+        book_checkpoint_every: 4,
         ..EngineOptions::default()
     };
     o.wal.segment_bytes = 512 << 10;
@@ -103,6 +107,7 @@ fn batch(w: u64, b: u64) -> Vec<Event> {
             volume_long: b as i64,
             ..Position::default()
         }),
+        book_event(w, b),
     ];
     if b.is_multiple_of(10) {
         v.push(Event::UserRegistered(UserRegistered {
@@ -114,6 +119,68 @@ fn batch(w: u64, b: u64) -> Vec<Event> {
         }));
     }
     v
+}
+
+/// Writer `w`'s book event of batch `b` on its instrument: every 201st a snapshot, the
+/// others a delta. Every fourth round of an instrument's deltas is stamped one to six
+/// rounds early, so it lands before deltas already stored (a late delta), sometimes
+/// before the instrument's book checkpoint; it adds a level no other delta touches, so a
+/// book that missed it stays wrong until the next snapshot.
+fn book_event(w: u64, b: u64) -> Event {
+    let instrument_id = instrument(w, b);
+    if b.is_multiple_of(201) {
+        let bids = vec![Level { price: 90.0, volume: b as i64 + 1 }];
+        return Event::BookSnapshot(BookSnapshot {
+            instrument_id,
+            datetime: b as i64,
+            bids,
+            asks: Vec::new(),
+        });
+    }
+    let round = b / INSTRUMENTS;
+    let (back, change) = if round % 4 == 3 {
+        let level = LevelChange { side: Side::Bid, price: 1000.0 + round as f64, volume: 1 };
+        (1 + (round / 4) % 6, level)
+    } else {
+        (0, LevelChange { side: Side::Bid, price: (b % 7) as f64, volume: (b % 5) as i64 })
+    };
+    let datetime = (b - back * INSTRUMENTS) as i64;
+    Event::BookDelta(BookDelta { instrument_id, datetime, changes: vec![change] })
+}
+
+/// The book the first `n` batches of writer `w` leave on instrument `k`: the newest
+/// snapshot in (time, batch) order with every later delta applied in that order.
+fn expected_book(w: u64, k: u64, n: u64) -> Option<BookSnapshot> {
+    let time = |e: &Event| match e {
+        Event::BookSnapshot(s) => s.datetime,
+        Event::BookDelta(d) => d.datetime,
+        _ => 0,
+    };
+    let mut events: Vec<(i64, u64, Event)> = (0..n)
+        .filter(|b| b % INSTRUMENTS == k)
+        .map(|b| {
+            let e = book_event(w, b);
+            (time(&e), b, e)
+        })
+        .collect();
+    events.sort_by_key(|(t, b, _)| (*t, *b));
+    let start = events.iter().rposition(|(_, _, e)| matches!(e, Event::BookSnapshot(_)));
+    let mut book = match start.map(|i| &events[i].2) {
+        Some(Event::BookSnapshot(s)) => Some(s.clone()),
+        _ => None,
+    };
+    for (_, _, e) in &events[start.map_or(0, |i| i + 1)..] {
+        if let Event::BookDelta(d) = e {
+            let book = book.get_or_insert_with(|| BookSnapshot {
+                instrument_id: d.instrument_id.clone(),
+                datetime: d.datetime,
+                bids: Vec::new(),
+                asks: Vec::new(),
+            });
+            bourse_engine::apply_delta(book, d);
+        }
+    }
+    book
 }
 
 fn durability(b: u64) -> Durability {
@@ -179,6 +246,11 @@ fn check_writer(e: &Engine, w: u64) -> Result<u64, String> {
         let p = pos.iter().find(|p| p.instrument_id == ins).map(|p| p.volume_long);
         if p != Some(last as i64) {
             return Err(format!("writer {w}: position in {ins:?} is {p:?}, expected {last}"));
+        }
+        let book = e.latest_book(&ins).map(|b| (*b).clone());
+        let want = expected_book(w, k, n);
+        if book != want {
+            return Err(format!("writer {w}: book of {ins:?} is {book:?}, expected {want:?}"));
         }
     }
     for b in (0..n).step_by(10) {
