@@ -475,7 +475,8 @@ const REOPEN_DIR: &str = "BOURSE_BENCH_REOPEN_DIR";
 const REOPEN_THREADS: &str = "BOURSE_BENCH_REOPEN_THREADS";
 
 /// The reopen child: opens the store named by the environment and prints seconds to
-/// open, seconds of WAL replay, records replayed and their bytes on disk.
+/// open, seconds of WAL replay, records replayed, their bytes on disk, and the book
+/// deltas the open read from tables.
 pub fn reopen_child() -> Option<anyhow::Result<()>> {
     let dir = std::env::var_os(REOPEN_DIR)?;
     let threads = std::env::var(REOPEN_THREADS).ok().and_then(|t| t.parse().ok()).unwrap_or(2);
@@ -492,7 +493,8 @@ pub fn reopen_child() -> Option<anyhow::Result<()>> {
         let p = done.ok_or_else(|| anyhow::anyhow!("no replay report"))?;
         // Payloads plus the 28-byte record framing: the bytes on disk.
         let bytes = p.bytes + 28 * p.records;
-        println!("{secs} {} {} {bytes}", p.elapsed.as_secs_f64(), p.records);
+        let book_deltas = e.stats().open_book_deltas;
+        println!("{secs} {} {} {bytes} {book_deltas}", p.elapsed.as_secs_f64(), p.records);
         // Exit without freeing a million memtable entries.
         std::mem::forget(e);
         Ok(())
@@ -527,7 +529,7 @@ pub fn run_recovery(root: &Path, quick: bool) -> anyhow::Result<()> {
     let mut bytes = 0;
     let mut results: Vec<(usize, f64, f64)> = Vec::new();
     for threads in [2usize, 1, 2, 1, 2, 1] {
-        let (secs, replay_secs, b) = reopen_in_child(&dir, threads, n)?;
+        let (secs, replay_secs, b, _) = reopen_in_child(&dir, threads, n)?;
         bytes = b;
         results.push((threads, secs, replay_secs));
     }
@@ -579,9 +581,14 @@ pub fn run_recovery(root: &Path, quick: bool) -> anyhow::Result<()> {
 }
 
 /// Opens `dir` in a fresh process with `threads` replay threads, as after a restart;
-/// returns seconds to open, seconds of WAL replay and the replayed records' bytes on
-/// disk, and checks that exactly `records` records were replayed.
-fn reopen_in_child(dir: &Path, threads: usize, records: u64) -> anyhow::Result<(f64, f64, u64)> {
+/// returns seconds to open, seconds of WAL replay, the replayed records' bytes on disk
+/// and the book deltas read from tables, and checks that exactly `records` records were
+/// replayed.
+fn reopen_in_child(
+    dir: &Path,
+    threads: usize,
+    records: u64,
+) -> anyhow::Result<(f64, f64, u64, u64)> {
     let out = std::process::Command::new(std::env::current_exe()?)
         .env(REOPEN_DIR, dir)
         .env(REOPEN_THREADS, threads.to_string())
@@ -590,20 +597,21 @@ fn reopen_in_child(dir: &Path, threads: usize, records: u64) -> anyhow::Result<(
     anyhow::ensure!(out.status.success(), "the reopen child failed: {}", out.status);
     let text = String::from_utf8_lossy(&out.stdout);
     let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let [secs, replay_secs, replayed, bytes] = v[..] else {
+    let [secs, replay_secs, replayed, bytes, book_deltas] = v[..] else {
         anyhow::bail!("the reopen child printed {text:?}");
     };
     anyhow::ensure!(
         replayed as u64 == records,
         "reopen replayed {replayed} records, not {records}"
     );
-    Ok((secs, replay_secs, bytes as u64))
+    Ok((secs, replay_secs, bytes as u64, book_deltas as u64))
 }
 
 /// `reopen` with history: `n` events checkpointed into tables first, then `n` more left
 /// unflushed, as a store looks when it restarts after running a while. The open then
-/// also reads what the tables hold (the market cache's books: the newest snapshot of
-/// each instrument and every delta after it, and this workload sends no snapshots).
+/// also reads what the tables hold for the market cache: each instrument's newest
+/// snapshot or book checkpoint and the deltas after it (this workload sends no
+/// snapshots, so without checkpoints that would be every delta in the tables).
 fn reopen_with_history(root: &Path, n: u64) -> anyhow::Result<()> {
     let dir = root.join("recovery-history");
     {
@@ -622,17 +630,21 @@ fn reopen_with_history(root: &Path, n: u64) -> anyhow::Result<()> {
         // Dropped without a checkpoint.
     }
     let mut results = Vec::new();
+    let mut book_deltas = 0;
     for _ in 0..3 {
-        let (secs, replay_secs, _) = reopen_in_child(&dir, 2, n)?;
+        let (secs, replay_secs, _, deltas) = reopen_in_child(&dir, 2, n)?;
         results.push((secs, replay_secs));
+        book_deltas = deltas;
     }
     let params = json!({ "events": n, "history_events": n, "replay_threads": 2 });
     let secs = median(results.iter().map(|r| r.0).collect());
     let replay = median(results.iter().map(|r| r.1).collect());
     emit("recovery", "reopen", "bourse", &params, "seconds", secs, "s");
     emit("recovery", "reopen", "bourse", &params, "wal_replay_seconds", replay, "s");
+    let deltas = book_deltas as f64;
+    emit("recovery", "reopen", "bourse", &params, "book_deltas_read", deltas, "deltas");
     eprintln!(
-        "  reopen           bourse   {n} unflushed events after {n} in tables, 2 replay threads: {secs:.2} s (median of 3), of which re-applying the WAL {replay:.2} s"
+        "  reopen           bourse   {n} unflushed events after {n} in tables, 2 replay threads: {secs:.2} s (median of 3), of which re-applying the WAL {replay:.2} s; {book_deltas} book deltas read from tables"
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -286,9 +286,8 @@ pub fn reopen_case(root: &Path, n: u64, history: u64) -> anyhow::Result<()> {
         serde_json::json!({ "events": n })
     };
     crate::report::emit("recovery", "reopen", "rocksdb", &params, "seconds", secs, "s");
-    eprintln!(
-        "  reopen           rocksdb  {n} unflushed events after {history} in tables: {secs:.2} s"
-    );
+    let behind = if history > 0 { format!(" after {history} in tables") } else { String::new() };
+    eprintln!("  reopen           rocksdb  {n} unflushed events{behind}: {secs:.2} s");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

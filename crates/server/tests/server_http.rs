@@ -214,6 +214,7 @@ async fn ingest_then_query_and_bad_batches_change_nothing() {
     // Metrics count what happened.
     let metrics = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("bourse_http_ingested_events_total 4"), "{metrics}");
+    assert!(metrics.contains("bourse_engine_open_book_deltas 0"), "{metrics}");
     assert!(
         metrics.contains("bourse_http_requests_total{route=\"/api/v1/events\",status=\"400\"} 4"),
         "{metrics}"

@@ -85,6 +85,13 @@ pub(crate) async fn render(State(app): State<Arc<App>>) -> impl IntoResponse {
         "Partitions (LSM trees).",
         s.partitions.len(),
     );
+    metric(
+        &mut out,
+        "bourse_engine_open_book_deltas",
+        "gauge",
+        "Book deltas read from tables at open to rebuild the latest books.",
+        s.open_book_deltas,
+    );
     let mem: usize = s.partitions.iter().map(|p| p.memtable_bytes).sum();
     metric(&mut out, "bourse_lsm_memtable_bytes", "gauge", "Bytes in all memtables.", mem);
     let tables: usize =
