@@ -514,12 +514,7 @@ pub fn run_recovery(root: &Path, quick: bool) -> anyhow::Result<()> {
     {
         // Memtables large enough that nothing is flushed: reopen replays everything.
         let e = Engine::open(&dir, engine_options(1 << 30))?;
-        let mut i = 0;
-        while i < n {
-            let batch: Vec<Event> = (i..(i + 256).min(n)).map(event).collect();
-            e.submit(&batch, Durability::Buffered)?;
-            i += 256;
-        }
+        write_events(&e, 0..n)?;
         e.sync()?;
         // Dropped without a checkpoint.
     }
@@ -580,6 +575,18 @@ pub fn run_recovery(root: &Path, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Submits the workload's events `range` at `Buffered`, in batches of 256.
+fn write_events(e: &Engine, range: std::ops::Range<u64>) -> anyhow::Result<()> {
+    let mut i = range.start;
+    while i < range.end {
+        let end = (i + 256).min(range.end);
+        let batch: Vec<Event> = (i..end).map(event).collect();
+        e.submit(&batch, Durability::Buffered)?;
+        i = end;
+    }
+    Ok(())
+}
+
 /// Opens `dir` in a fresh process with `threads` replay threads, as after a restart;
 /// returns seconds to open, seconds of WAL replay, the replayed records' bytes on disk
 /// and the book deltas read from tables, and checks that exactly `records` records were
@@ -616,16 +623,9 @@ fn reopen_with_history(root: &Path, n: u64) -> anyhow::Result<()> {
     let dir = root.join("recovery-history");
     {
         let e = Engine::open(&dir, engine_options(1 << 30))?;
-        let mut i = 0;
-        while i < 2 * n {
-            let end = if i < n { (i + 256).min(n) } else { (i + 256).min(2 * n) };
-            let batch: Vec<Event> = (i..end).map(event).collect();
-            e.submit(&batch, Durability::Buffered)?;
-            i = end;
-            if i == n {
-                e.checkpoint()?;
-            }
-        }
+        write_events(&e, 0..n)?;
+        e.checkpoint()?;
+        write_events(&e, n..2 * n)?;
         e.sync()?;
         // Dropped without a checkpoint.
     }
