@@ -3,7 +3,8 @@
 //! a workload that flushes, compacts, checkpoints and truncates the WAL; the machine
 //! restarts with only what was synced (or a torn part of the rest); the engine reopens.
 //! Every `Durable` acknowledgement must survive (P1), and the state must be an exact
-//! prefix of the batches submitted, whole batches only (P2–P4). The kill -9 driver
+//! prefix of the batches submitted, whole batches only (P2–P4), latest books included
+//! (with book checkpoints written every two deltas). The kill -9 driver
 //! cannot test this: a killed process loses nothing the OS holds.
 
 use std::path::Path;
@@ -11,7 +12,10 @@ use std::time::Duration;
 
 use bourse_engine::{Durability, Engine, EngineOptions, OrderFilter};
 use bourse_fs::{CrashFate, SimFs};
-use bourse_model::{Account, Event, InstrumentId, OrderRequested, Tick, Trade};
+use bourse_model::{
+    Account, BookDelta, BookSnapshot, Event, InstrumentId, Level, LevelChange, OrderRequested,
+    Side, Tick, Trade,
+};
 
 const ACCT: &str = "pl-acct";
 
@@ -24,14 +28,78 @@ fn opts() -> EngineOptions {
         wal_retain_bytes: 0,
         argon2_memory_kib: 64,
         argon2_iterations: 1,
+        // Book checkpoints all the time, so crashes land among their writes and deletes.
+        book_checkpoint_every: 2,
         ..EngineOptions::default()
     };
     o.wal.segment_bytes = 32 << 10;
     o
 }
 
+fn instrument(b: u64) -> InstrumentId {
+    InstrumentId::new(format!("SIM.p{}", b % 3)).unwrap()
+}
+
+/// Batch `b`'s book event: every 31st a snapshot, else a delta; every fourth round of an
+/// instrument's deltas is stamped one to three rounds early (a late delta) and adds a
+/// level of its own, so a book that missed it stays wrong.
+fn book_event(b: u64) -> Event {
+    let instrument_id = instrument(b);
+    if b.is_multiple_of(31) {
+        let bids = vec![Level { price: 1.0, volume: b as i64 + 1 }];
+        return Event::BookSnapshot(BookSnapshot {
+            instrument_id,
+            datetime: b as i64,
+            bids,
+            asks: vec![],
+        });
+    }
+    let round = b / 3;
+    let (back, price, volume) = if round % 4 == 3 {
+        (1 + (round / 4) % 3, 1000.0 + round as f64, 1)
+    } else {
+        (0, (b % 5) as f64, (b % 4) as i64)
+    };
+    let change = LevelChange { side: Side::Bid, price, volume };
+    Event::BookDelta(BookDelta {
+        instrument_id,
+        datetime: (b - 3 * back) as i64,
+        changes: vec![change],
+    })
+}
+
+/// The book the first `n` batches leave on instrument `k`: the newest snapshot in (time,
+/// batch) order with every later delta applied in that order.
+fn expected_book(k: u64, n: u64) -> Option<BookSnapshot> {
+    let mut events: Vec<(i64, u64, Event)> = (0..n)
+        .filter(|b| b % 3 == k)
+        .map(|b| match book_event(b) {
+            Event::BookSnapshot(s) => (s.datetime, b, Event::BookSnapshot(s)),
+            Event::BookDelta(d) => (d.datetime, b, Event::BookDelta(d)),
+            _ => unreachable!(),
+        })
+        .collect();
+    events.sort_by_key(|(t, b, _)| (*t, *b));
+    let start = events.iter().rposition(|(_, _, e)| matches!(e, Event::BookSnapshot(_)));
+    let mut book = match start.map(|i| &events[i].2) {
+        Some(Event::BookSnapshot(s)) => Some(s.clone()),
+        _ => None,
+    };
+    for (_, _, e) in &events[start.map_or(0, |i| i + 1)..] {
+        if let Event::BookDelta(d) = e {
+            let book = book.get_or_insert_with(|| BookSnapshot {
+                instrument_id: d.instrument_id.clone(),
+                datetime: d.datetime,
+                ..BookSnapshot::default()
+            });
+            bourse_engine::apply_delta(book, d);
+        }
+    }
+    book
+}
+
 fn batch(b: u64) -> Vec<Event> {
-    let ins = InstrumentId::new(format!("SIM.p{}", b % 3)).unwrap();
+    let ins = instrument(b);
     vec![
         Event::OrderRequested(OrderRequested {
             user_id: ACCT.into(),
@@ -64,6 +132,7 @@ fn batch(b: u64) -> Vec<Event> {
             deposit: b as f64,
             ..Account::default()
         }),
+        book_event(b),
     ]
 }
 
@@ -108,6 +177,13 @@ fn check(fs: &SimFs, durable: Option<u64>) -> Result<u64, String> {
     if let Some(d) = durable {
         if d >= n {
             return Err(format!("batch {d} was acknowledged Durable but only {n} survived"));
+        }
+    }
+    for k in 0..3 {
+        let book = e.latest_book(&instrument(k)).map(|b| (*b).clone());
+        let want = expected_book(k, n);
+        if book != want {
+            return Err(format!("{n} batches, book of {k}: {book:?}, expected {want:?}"));
         }
     }
     // The store keeps working after recovery.
