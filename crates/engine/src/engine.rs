@@ -1673,11 +1673,24 @@ mod tests {
             e.checkpoint().unwrap();
             let book = e.latest_book(&id).unwrap();
             drop(e);
-            let e = Engine::open(dir.path(), o).unwrap();
+            let e = Engine::open(dir.path(), o.clone()).unwrap();
             assert_eq!(e.latest_book(&id).unwrap(), book);
             let read = e.stats().open_book_deltas;
             if every == 0 {
                 assert_eq!(read, 3000);
+                // A store written without checkpoints gets one at its next delta once
+                // they are turned on, and the open after that reads only what follows.
+                drop(e);
+                let on = EngineOptions { book_checkpoint_every: 64, ..o.clone() };
+                let e = Engine::open(dir.path(), on.clone()).unwrap();
+                e.submit(&batch[..1], Durability::Buffered).unwrap();
+                e.submit(&batch[1..2], Durability::Buffered).unwrap();
+                e.checkpoint().unwrap();
+                let book = e.latest_book(&id).unwrap();
+                drop(e);
+                let e = Engine::open(dir.path(), on).unwrap();
+                assert_eq!(e.latest_book(&id).unwrap(), book);
+                assert_eq!(e.stats().open_book_deltas, 1, "the delta after the checkpoint");
             } else {
                 assert!(read < every, "read {read} deltas with a checkpoint every {every}");
             }
