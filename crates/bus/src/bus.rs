@@ -327,6 +327,9 @@ struct PubSide {
     /// Written on every publish.
     published: Padded<AtomicU64>,
     blocked: AtomicU64,
+    /// The last LSN handed to the tap (0: none): other processes may hold it, and
+    /// acknowledge it, before the ring or the engine shows it.
+    tapped: AtomicU64,
 }
 
 impl PubSide {
@@ -347,6 +350,7 @@ impl PubSide {
             wait_cond: Condvar::new(),
             published: Padded(AtomicU64::new(0)),
             blocked: AtomicU64::new(0),
+            tapped: AtomicU64::new(0),
         }
     }
 
@@ -380,7 +384,9 @@ impl PubSide {
             if let Some(t) = &w.tap {
                 // Under the writer's lock: taps see LSN order. Before the ring's write
                 // (nothing after the checks above can refuse the record), so another
-                // process's subscriber does not wait for this process's ring.
+                // process's subscriber does not wait for this process's ring. Noted
+                // first: a subscriber there may acknowledge it at once.
+                self.tapped.store(h.lsn, Ordering::Release);
                 t.published(&h, payload);
             }
             // The gates are looked at only when the set changed or this record would
@@ -917,8 +923,7 @@ impl Shared {
     fn resume(&self, cursor: &Cursor) -> Result<u64> {
         let engine = self.engine("durable cursors")?;
         let acked = cursor.acked.load(Ordering::Acquire);
-        // The ring publishes an event just before the engine makes it visible.
-        let journal_end = engine.applied_lsn().max(self.head());
+        let journal_end = self.delivered_end(engine);
         if acked > journal_end {
             return Err(Error::CursorAhead { name: cursor.name.clone(), acked, journal_end });
         }
@@ -936,8 +941,7 @@ impl Shared {
             let why = format!("no durable cursor named {name:?}: open it first");
             return Err(Error::BadOption { what: "cursor", why });
         };
-        // The ring publishes an event just before the engine makes it visible.
-        let end = engine.applied_lsn().max(self.head());
+        let end = self.delivered_end(engine);
         if lsn > end {
             return Err(Error::AckAhead { lsn, delivered: end });
         }
@@ -957,6 +961,14 @@ impl Shared {
         let mut w = self.side.writer.lock();
         init(self.head());
         w.tap = tap;
+    }
+
+    /// The last LSN any subscriber can have received: the tap hands an event to other
+    /// processes before the ring holds it, and the ring publishes it just before the
+    /// engine makes it visible.
+    fn delivered_end(&self, engine: &Engine) -> u64 {
+        let tapped = self.side.tapped.load(Ordering::Acquire);
+        engine.applied_lsn().max(self.head()).max(tapped)
     }
 
     pub(crate) fn head(&self) -> u64 {
@@ -1520,5 +1532,58 @@ impl Drop for Subscriber {
             }
             c.in_use.store(false, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use bourse_engine::{Durability, EngineOptions};
+    use bourse_model::samples::sample;
+
+    /// Acknowledges each record on a cursor from inside the tap, as a subscriber in
+    /// another process may do the moment the transport hands it the record.
+    struct AckingTap {
+        shared: Arc<Shared>,
+        results: Mutex<Vec<(u64, Result<u64>)>>,
+    }
+
+    impl Tap for AckingTap {
+        fn published(&self, h: &Header, _payload: &[u8]) {
+            let r = self.shared.ack_cursor("fast", h.lsn, false);
+            self.results.lock().push((h.lsn, r));
+        }
+    }
+
+    /// The tap hands a record to other processes before this process's ring holds it
+    /// and before the engine shows it; a subscriber there may acknowledge it at once.
+    /// That acknowledgement must be accepted (it once was refused as "ack of N but only
+    /// N-1 was delivered", which the kill -9 test of the iceoryx2 transport hit).
+    #[test]
+    fn an_ack_of_a_record_the_tap_handed_out_is_accepted_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = EngineOptions::default();
+        opts.wal.record_bytes_max = 4096;
+        opts.wal.segment_bytes = 256 << 10;
+        let engine = Arc::new(Engine::open(dir.path(), opts).unwrap());
+        let bus_opts = BusOptions { ring_bytes: 64 << 10, ..BusOptions::default() };
+        let bus = Bus::attach(engine.clone(), bus_opts).unwrap();
+        bus.open_cursor("fast", Start::Live).unwrap();
+        let tap =
+            Arc::new(AckingTap { shared: bus.shared.clone(), results: Mutex::new(Vec::new()) });
+        bus.shared.set_tap(Some(tap.clone()), |_| {});
+        for n in 0..20 {
+            let batch: Vec<Event> = (0..3).map(|i| sample(EventKind::Tick, n * 3 + i)).collect();
+            engine.submit(&batch, Durability::Buffered).unwrap();
+        }
+        bus.shared.set_tap(None, |_| {});
+        let results = std::mem::take(&mut *tap.results.lock());
+        assert_eq!(results.len(), 60);
+        for (lsn, r) in results {
+            assert!(r.is_ok(), "ack of {lsn} from the tap: {r:?}");
+        }
+        assert_eq!(bus.cursors_list(), vec![("fast".to_string(), 60, false)]);
     }
 }

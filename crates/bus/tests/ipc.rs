@@ -642,7 +642,15 @@ fn kill_9_of_a_subscriber_resumes_from_its_cursor_and_its_node_is_cleaned_up() {
     let out = dir.path().join("seen");
     let mut kills = 0;
     let mut rng_state = 0x1234_5678_u64;
+    // A run that panics must fail the test even when the kill below lands while it is
+    // still on its way out (it did once: a refused acknowledgement went unnoticed).
+    let stderr_of = |run: usize| dir.path().join(format!("stderr-{run}"));
+    let check_run = |run: usize| {
+        let text = std::fs::read_to_string(stderr_of(run)).unwrap_or_default();
+        assert!(!text.contains("panicked"), "subscriber run {run} panicked:\n{text}");
+    };
     loop {
+        let run = kills;
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
             .env(CHILD, "subscriber")
@@ -651,6 +659,7 @@ fn kill_9_of_a_subscriber_resumes_from_its_cursor_and_its_node_is_cleaned_up() {
             .env("BOURSE_IPC_OUT", &out)
             .env("BOURSE_IPC_END", end.to_string())
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr_of(run)).unwrap())
             .spawn()
             .unwrap();
         if kills < 4 {
@@ -667,11 +676,13 @@ fn kill_9_of_a_subscriber_resumes_from_its_cursor_and_its_node_is_cleaned_up() {
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();
                 child.wait().unwrap();
+                check_run(run);
                 kills += 1;
                 continue;
             }
         }
         let status = child.wait().unwrap();
+        check_run(run);
         assert!(status.success(), "the subscriber failed: {status}");
         break;
     }
