@@ -26,7 +26,7 @@
 use std::sync::Arc;
 
 use ahash::HashMap;
-use bourse_model::{BookDelta, BookSnapshot, InstrumentId, Level, Side, Tick};
+use bourse_model::{BookDelta, BookSnapshot, InstrumentId, Tick};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -53,12 +53,7 @@ impl BookEntry {
             last_delta: None,
             checkpoint: None,
             since_snapshot: 0,
-            book: Arc::new(BookSnapshot {
-                instrument_id: id.clone(),
-                datetime,
-                bids: Vec::new(),
-                asks: Vec::new(),
-            }),
+            book: Arc::new(BookSnapshot::empty(id.clone(), datetime)),
         }
     }
 }
@@ -313,67 +308,9 @@ impl MarketCache {
     }
 }
 
-/// Whether the first price is better than the second on one side of the book.
-type Better = fn(f64, f64) -> bool;
-
-/// Applies `d` to `book`: each change sets the total volume at a price, 0 removes the
-/// level; bids stay best (highest) first, asks best (lowest) first.
+/// Applies `d` to `book` ([`BookSnapshot::apply`]): each change sets the total volume
+/// at a price, 0 removes the level; bids stay best (highest) first, asks best (lowest)
+/// first.
 pub fn apply_delta(book: &mut BookSnapshot, d: &BookDelta) {
-    book.datetime = book.datetime.max(d.datetime);
-    for c in &d.changes {
-        let (levels, better): (&mut Vec<Level>, Better) = match c.side {
-            Side::Bid => (&mut book.bids, |a, b| a > b),
-            Side::Ask => (&mut book.asks, |a, b| a < b),
-        };
-        let at = levels.iter().position(|l| !better(l.price, c.price));
-        match at {
-            Some(i) if levels[i].price == c.price => {
-                if c.volume == 0 {
-                    levels.remove(i);
-                } else {
-                    levels[i].volume = c.volume;
-                }
-            }
-            Some(i) if c.volume != 0 => {
-                levels.insert(i, Level { price: c.price, volume: c.volume })
-            }
-            None if c.volume != 0 => levels.push(Level { price: c.price, volume: c.volume }),
-            _ => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bourse_model::LevelChange;
-
-    #[test]
-    fn deltas_keep_sides_sorted_and_remove_empty_levels() {
-        let id = InstrumentId::new("SHFE.cu2512").unwrap();
-        let mut book = BookSnapshot {
-            instrument_id: id.clone(),
-            datetime: 1,
-            bids: vec![Level { price: 10.0, volume: 1 }, Level { price: 8.0, volume: 2 }],
-            asks: vec![Level { price: 11.0, volume: 3 }],
-        };
-        let ch = |side, price, volume| LevelChange { side, price, volume };
-        let d = BookDelta {
-            instrument_id: id,
-            datetime: 2,
-            changes: vec![
-                ch(Side::Bid, 9.0, 5),
-                ch(Side::Bid, 10.0, 0),
-                ch(Side::Ask, 12.0, 1),
-                ch(Side::Ask, 10.5, 4),
-                ch(Side::Ask, 11.0, 7),
-                ch(Side::Bid, 1.0, 0),
-            ],
-        };
-        apply_delta(&mut book, &d);
-        let p = |v: &[Level]| v.iter().map(|l| (l.price, l.volume)).collect::<Vec<_>>();
-        assert_eq!(p(&book.bids), vec![(9.0, 5), (8.0, 2)]);
-        assert_eq!(p(&book.asks), vec![(10.5, 4), (11.0, 7), (12.0, 1)]);
-        assert_eq!(book.datetime, 2);
-    }
+    book.apply(d);
 }

@@ -1393,7 +1393,7 @@ mod tests {
 
     use std::ops::Bound;
 
-    use bourse_model::samples::sample;
+    use bourse_model::samples::{book_in_store_order, sample};
     use bourse_model::EventKind;
 
     use super::*;
@@ -1508,42 +1508,6 @@ mod tests {
             .collect()
     }
 
-    /// The book the store's contents define: the newest snapshot (in (time, LSN) order)
-    /// with every later delta applied in that order.
-    fn model_book(
-        events: &[(u64, Event)],
-        id: &InstrumentId,
-    ) -> Option<bourse_model::BookSnapshot> {
-        let pos = |(lsn, e): &(u64, Event)| match e {
-            Event::BookSnapshot(b) => (b.datetime, *lsn),
-            Event::BookDelta(d) => (d.datetime, *lsn),
-            _ => unreachable!(),
-        };
-        let mut mine: Vec<&(u64, Event)> =
-            events.iter().filter(|(_, e)| e.instrument() == Some(id)).collect();
-        mine.sort_by_key(|x| pos(x));
-        let start = mine.iter().rposition(|(_, e)| matches!(e, Event::BookSnapshot(_)));
-        let mut book: Option<bourse_model::BookSnapshot> = match start {
-            Some(i) => match &mine[i].1 {
-                Event::BookSnapshot(b) => Some(b.clone()),
-                _ => None,
-            },
-            None => None,
-        };
-        for (_, e) in &mine[start.map_or(0, |i| i + 1)..] {
-            if let Event::BookDelta(d) = e {
-                let b = book.get_or_insert_with(|| bourse_model::BookSnapshot {
-                    instrument_id: id.clone(),
-                    datetime: d.datetime,
-                    bids: Vec::new(),
-                    asks: Vec::new(),
-                });
-                crate::cache::apply_delta(b, d);
-            }
-        }
-        book
-    }
-
     /// Book checkpoints are part of the deterministic apply: the same feed leaves the
     /// same store (checkpoint records included) and the same books whether the engine
     /// ran straight through, was reopened after checkpoints, or was reopened with the
@@ -1618,7 +1582,7 @@ mod tests {
                         let got = e.latest_book(id).map(|b| (*b).clone());
                         assert_eq!(
                             got,
-                            model_book(&stored, id),
+                            book_in_store_order(&stored, id),
                             "variant {variant}, event {i}, {id}"
                         );
                     }

@@ -68,34 +68,10 @@ fn book_event(b: u64) -> Event {
     })
 }
 
-/// The book the first `n` batches leave on instrument `k`: the newest snapshot in (time,
-/// batch) order with every later delta applied in that order.
+/// The book the first `n` batches leave on instrument `k`.
 fn expected_book(k: u64, n: u64) -> Option<BookSnapshot> {
-    let mut events: Vec<(i64, u64, Event)> = (0..n)
-        .filter(|b| b % 3 == k)
-        .map(|b| match book_event(b) {
-            Event::BookSnapshot(s) => (s.datetime, b, Event::BookSnapshot(s)),
-            Event::BookDelta(d) => (d.datetime, b, Event::BookDelta(d)),
-            _ => unreachable!(),
-        })
-        .collect();
-    events.sort_by_key(|(t, b, _)| (*t, *b));
-    let start = events.iter().rposition(|(_, _, e)| matches!(e, Event::BookSnapshot(_)));
-    let mut book = match start.map(|i| &events[i].2) {
-        Some(Event::BookSnapshot(s)) => Some(s.clone()),
-        _ => None,
-    };
-    for (_, _, e) in &events[start.map_or(0, |i| i + 1)..] {
-        if let Event::BookDelta(d) = e {
-            let book = book.get_or_insert_with(|| BookSnapshot {
-                instrument_id: d.instrument_id.clone(),
-                datetime: d.datetime,
-                ..BookSnapshot::default()
-            });
-            bourse_engine::apply_delta(book, d);
-        }
-    }
-    book
+    let events: Vec<(u64, Event)> = (0..n).map(|b| (b, book_event(b))).collect();
+    bourse_model::samples::book_in_store_order(&events, &instrument(k))
 }
 
 fn batch(b: u64) -> Vec<Event> {

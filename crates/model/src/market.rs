@@ -78,6 +78,44 @@ pub struct BookSnapshot {
     pub asks: Vec<Level>,
 }
 
+/// Whether the first price is better than the second on one side of a book.
+type Better = fn(f64, f64) -> bool;
+
+impl BookSnapshot {
+    /// An empty book of `instrument_id` at `datetime`.
+    pub fn empty(instrument_id: InstrumentId, datetime: i64) -> BookSnapshot {
+        BookSnapshot { instrument_id, datetime, bids: Vec::new(), asks: Vec::new() }
+    }
+
+    /// Applies `d`: each change sets the total volume at a price, 0 removes the level;
+    /// bids stay best (highest) first, asks best (lowest) first; the book's time becomes
+    /// the later of its own and the delta's.
+    pub fn apply(&mut self, d: &BookDelta) {
+        self.datetime = self.datetime.max(d.datetime);
+        for c in &d.changes {
+            let (levels, better): (&mut Vec<Level>, Better) = match c.side {
+                Side::Bid => (&mut self.bids, |a, b| a > b),
+                Side::Ask => (&mut self.asks, |a, b| a < b),
+            };
+            let at = levels.iter().position(|l| !better(l.price, c.price));
+            match at {
+                Some(i) if levels[i].price == c.price => {
+                    if c.volume == 0 {
+                        levels.remove(i);
+                    } else {
+                        levels[i].volume = c.volume;
+                    }
+                }
+                Some(i) if c.volume != 0 => {
+                    levels.insert(i, Level { price: c.price, volume: c.volume })
+                }
+                None if c.volume != 0 => levels.push(Level { price: c.price, volume: c.volume }),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// One change to a book level: the new total volume at a price (0 removes the level).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,4 +138,39 @@ pub struct BookDelta {
     pub datetime: i64,
     /// The changes, applied in order.
     pub changes: Vec<LevelChange>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enums::Side;
+
+    #[test]
+    fn deltas_keep_sides_sorted_and_remove_empty_levels() {
+        let id = InstrumentId::new("SHFE.cu2512").unwrap();
+        let mut book = BookSnapshot {
+            instrument_id: id.clone(),
+            datetime: 1,
+            bids: vec![Level { price: 10.0, volume: 1 }, Level { price: 8.0, volume: 2 }],
+            asks: vec![Level { price: 11.0, volume: 3 }],
+        };
+        let ch = |side, price, volume| LevelChange { side, price, volume };
+        let d = BookDelta {
+            instrument_id: id,
+            datetime: 2,
+            changes: vec![
+                ch(Side::Bid, 9.0, 5),
+                ch(Side::Bid, 10.0, 0),
+                ch(Side::Ask, 12.0, 1),
+                ch(Side::Ask, 10.5, 4),
+                ch(Side::Ask, 11.0, 7),
+                ch(Side::Bid, 1.0, 0),
+            ],
+        };
+        book.apply(&d);
+        let p = |v: &[Level]| v.iter().map(|l| (l.price, l.volume)).collect::<Vec<_>>();
+        assert_eq!(p(&book.bids), vec![(9.0, 5), (8.0, 2)]);
+        assert_eq!(p(&book.asks), vec![(10.5, 4), (11.0, 7), (12.0, 1)]);
+        assert_eq!(book.datetime, 2);
+    }
 }

@@ -288,3 +288,30 @@ fn tick(n: u64, p: f64) -> Tick {
         ask_volume5: v + 9,
     }
 }
+
+/// The reference latest book of `id` from `events` (each with the order it was stored
+/// in, an LSN or any number that grows with it): the newest snapshot in (time, order)
+/// order, with every delta after it applied in that order; `None` with neither. Tests
+/// compare a store's latest book with it.
+pub fn book_in_store_order(events: &[(u64, Event)], id: &InstrumentId) -> Option<BookSnapshot> {
+    let mut mine: Vec<(i64, u64, &Event)> = events
+        .iter()
+        .filter_map(|(n, e)| match e {
+            Event::BookSnapshot(b) if b.instrument_id == *id => Some((b.datetime, *n, e)),
+            Event::BookDelta(d) if d.instrument_id == *id => Some((d.datetime, *n, e)),
+            _ => None,
+        })
+        .collect();
+    mine.sort_by_key(|(t, n, _)| (*t, *n));
+    let start = mine.iter().rposition(|(_, _, e)| matches!(e, Event::BookSnapshot(_)));
+    let mut book = match start.map(|i| mine[i].2) {
+        Some(Event::BookSnapshot(b)) => Some(b.clone()),
+        _ => None,
+    };
+    for (_, _, e) in &mine[start.map_or(0, |i| i + 1)..] {
+        if let Event::BookDelta(d) = e {
+            book.get_or_insert_with(|| BookSnapshot::empty(id.clone(), d.datetime)).apply(d);
+        }
+    }
+    book
+}

@@ -148,39 +148,11 @@ fn book_event(w: u64, b: u64) -> Event {
     Event::BookDelta(BookDelta { instrument_id, datetime, changes: vec![change] })
 }
 
-/// The book the first `n` batches of writer `w` leave on instrument `k`: the newest
-/// snapshot in (time, batch) order with every later delta applied in that order.
+/// The book the first `n` batches of writer `w` leave on instrument `k`.
 fn expected_book(w: u64, k: u64, n: u64) -> Option<BookSnapshot> {
-    let time = |e: &Event| match e {
-        Event::BookSnapshot(s) => s.datetime,
-        Event::BookDelta(d) => d.datetime,
-        _ => 0,
-    };
-    let mut events: Vec<(i64, u64, Event)> = (0..n)
-        .filter(|b| b % INSTRUMENTS == k)
-        .map(|b| {
-            let e = book_event(w, b);
-            (time(&e), b, e)
-        })
-        .collect();
-    events.sort_by_key(|(t, b, _)| (*t, *b));
-    let start = events.iter().rposition(|(_, _, e)| matches!(e, Event::BookSnapshot(_)));
-    let mut book = match start.map(|i| &events[i].2) {
-        Some(Event::BookSnapshot(s)) => Some(s.clone()),
-        _ => None,
-    };
-    for (_, _, e) in &events[start.map_or(0, |i| i + 1)..] {
-        if let Event::BookDelta(d) = e {
-            let book = book.get_or_insert_with(|| BookSnapshot {
-                instrument_id: d.instrument_id.clone(),
-                datetime: d.datetime,
-                bids: Vec::new(),
-                asks: Vec::new(),
-            });
-            bourse_engine::apply_delta(book, d);
-        }
-    }
-    book
+    let events: Vec<(u64, Event)> =
+        (0..n).filter(|b| b % INSTRUMENTS == k).map(|b| (b, book_event(w, b))).collect();
+    bourse_model::samples::book_in_store_order(&events, &instrument(w, k))
 }
 
 fn durability(b: u64) -> Durability {
