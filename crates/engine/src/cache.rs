@@ -260,16 +260,8 @@ impl MarketCache {
     pub(crate) fn plan_delta(&self, d: &BookDelta, lsn: u64, every: u64) -> BookPlan {
         let pos = (d.datetime, lsn);
         let books = self.books.read();
-        let Some(entry) = books.get(&d.instrument_id) else {
-            // The first delta of an empty book.
-            if every == 1 {
-                let mut book = BookEntry::empty(&d.instrument_id, d.datetime).book;
-                apply_delta(Arc::make_mut(&mut book), d);
-                let cp = BookCheckpoint { deltas_since_snapshot: 1, book: (*book).clone() };
-                return BookPlan { delete: None, write: Some((pos, cp)) };
-            }
-            return BookPlan::default();
-        };
+        // An instrument's first book event never needs one: the open reads just it.
+        let Some(entry) = books.get(&d.instrument_id) else { return BookPlan::default() };
         let old = entry.checkpoint.map(|(at, _)| at);
         if old.is_some_and(|at| at > pos) {
             return BookPlan { delete: old, write: None };
@@ -283,7 +275,7 @@ impl MarketCache {
         }
         let mut book = (*entry.book).clone();
         drop(books);
-        apply_delta(&mut book, d);
+        book.apply(d);
         let cp = BookCheckpoint { deltas_since_snapshot: count, book };
         BookPlan { delete: old, write: Some((pos, cp)) }
     }

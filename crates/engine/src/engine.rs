@@ -1613,7 +1613,7 @@ mod tests {
     fn book_checkpoints_bound_the_deltas_read_at_open() {
         use bourse_model::{BookDelta, LevelChange, Side};
         let id = InstrumentId::new("SHFE.cu2512").unwrap();
-        for every in [64, 0] {
+        for every in [64, 1, 0] {
             let dir = tempfile::tempdir().unwrap();
             let mut o = EngineOptions::default();
             o.wal.segment_bytes = 4 << 20;
