@@ -906,17 +906,10 @@ impl Inner {
             Ok(it.next().transpose()?)
         };
         let lsn_of = |k: &[u8]| layout::trailing_u64(k).unwrap_or(0);
-        // (time, LSN) of a `tag ts lsn` key.
         let pos_of = |k: &[u8]| -> Result<(i64, u64)> {
-            match (k.get(1..9), layout::trailing_u64(k)) {
-                (Some(t), Some(lsn)) if k.len() == 17 => {
-                    let bits = u64::from_be_bytes(t.try_into().unwrap_or_default());
-                    Ok(((bits ^ (1 << 63)) as i64, lsn))
-                }
-                _ => Err(Error::Corrupt {
-                    what: format!("instrument {id}: book key of {} bytes", k.len()),
-                }),
-            }
+            layout::time_and_lsn(k).ok_or_else(|| Error::Corrupt {
+                what: format!("instrument {id}: book key of {} bytes", k.len()),
+            })
         };
         let tick = match newest(inst::TICK)? {
             Some((k, v)) => match decode_event(&v)? {
@@ -956,11 +949,7 @@ impl Inner {
         };
         self.cache.reset(id, tick, start);
         let hi = [inst::DELTA + 1];
-        let lo = match &from_bound {
-            Bound::Included(v) => Bound::Included(&v[..]),
-            Bound::Excluded(v) => Bound::Excluded(&v[..]),
-            Bound::Unbounded => Bound::Unbounded,
-        };
+        let lo = from_bound.as_ref().map(Vec::as_slice);
         let mut read = 0;
         for pair in p.tree.range(lo, Bound::Excluded(&hi[..]), snap) {
             let (k, v) = pair?;

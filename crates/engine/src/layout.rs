@@ -157,6 +157,15 @@ pub fn time_bits(ns: i64) -> u64 {
     (ns as u64) ^ (1 << 63)
 }
 
+/// The (time, LSN) of a `tag ts lsn` key (17 bytes); `None` for any other shape.
+pub fn time_and_lsn(key: &[u8]) -> Option<(i64, u64)> {
+    if key.len() != 17 {
+        return None;
+    }
+    let bits = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+    Some(((bits ^ (1 << 63)) as i64, trailing_u64(key)?))
+}
+
 /// The trailing big-endian `u64` of a key (its LSN in every LSN-suffixed layout).
 pub fn trailing_u64(key: &[u8]) -> Option<u64> {
     let tail = key.len().checked_sub(8).and_then(|i| key.get(i..))?;
@@ -183,5 +192,9 @@ mod tests {
         let b = Key::new(b'o').str("abc").into_vec();
         assert!(!a.starts_with(&b) && !b.starts_with(&a));
         assert_eq!(trailing_u64(&Key::new(1).u64(42).into_vec()), Some(42));
+        for t in [i64::MIN, -5, 0, 7, i64::MAX] {
+            assert_eq!(time_and_lsn(&Key::new(b'D').time(t).u64(9).into_vec()), Some((t, 9)));
+        }
+        assert_eq!(time_and_lsn(&Key::new(b'O').u64(9).into_vec()), None);
     }
 }
