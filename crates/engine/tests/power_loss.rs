@@ -12,10 +12,7 @@ use std::time::Duration;
 
 use bourse_engine::{Durability, Engine, EngineOptions, OrderFilter};
 use bourse_fs::{CrashFate, SimFs};
-use bourse_model::{
-    Account, BookDelta, BookSnapshot, Event, InstrumentId, Level, LevelChange, OrderRequested,
-    Side, Tick, Trade,
-};
+use bourse_model::{Account, BookSnapshot, Event, InstrumentId, OrderRequested, Tick, Trade};
 
 const ACCT: &str = "pl-acct";
 
@@ -41,31 +38,10 @@ fn instrument(b: u64) -> InstrumentId {
 }
 
 /// Batch `b`'s book event: every 31st a snapshot, else a delta; every fourth round of an
-/// instrument's deltas is stamped one to three rounds early (a late delta) and adds a
-/// level of its own, so a book that missed it stays wrong.
+/// instrument's deltas is late by 1 to 3 rounds
+/// ([`bourse_model::samples::late_book_event`]).
 fn book_event(b: u64) -> Event {
-    let instrument_id = instrument(b);
-    if b.is_multiple_of(31) {
-        let bids = vec![Level { price: 1.0, volume: b as i64 + 1 }];
-        return Event::BookSnapshot(BookSnapshot {
-            instrument_id,
-            datetime: b as i64,
-            bids,
-            asks: vec![],
-        });
-    }
-    let round = b / 3;
-    let (back, price, volume) = if round % 4 == 3 {
-        (1 + (round / 4) % 3, 1000.0 + round as f64, 1)
-    } else {
-        (0, (b % 5) as f64, (b % 4) as i64)
-    };
-    let change = LevelChange { side: Side::Bid, price, volume };
-    Event::BookDelta(BookDelta {
-        instrument_id,
-        datetime: (b - 3 * back) as i64,
-        changes: vec![change],
-    })
+    bourse_model::samples::late_book_event(instrument(b), b, 3, 31, 3)
 }
 
 /// The book the first `n` batches leave on instrument `k`.

@@ -315,3 +315,36 @@ pub fn book_in_store_order(events: &[(u64, Event)], id: &InstrumentId) -> Option
     }
     book
 }
+
+/// Event `b` of a book feed for crash tests, as writers stamping their own times would
+/// send it: instrument `id` gets every `stride`-th event of the feed (`b / stride` is its
+/// round). Every `snapshot_every`-th event is a snapshot; the others are deltas, and
+/// every fourth round's delta is stamped 1 to `max_back` rounds early (a late delta)
+/// and adds a level no other delta touches, so a book that missed it stays wrong until
+/// the next snapshot.
+pub fn late_book_event(
+    id: InstrumentId,
+    b: u64,
+    stride: u64,
+    snapshot_every: u64,
+    max_back: u64,
+) -> Event {
+    if b.is_multiple_of(snapshot_every) {
+        let bids = vec![Level { price: 90.0, volume: b as i64 + 1 }];
+        return Event::BookSnapshot(BookSnapshot {
+            instrument_id: id,
+            datetime: b as i64,
+            bids,
+            asks: Vec::new(),
+        });
+    }
+    let round = b / stride;
+    let (back, change) = if round % 4 == 3 {
+        let level = LevelChange { side: Side::Bid, price: 1000.0 + round as f64, volume: 1 };
+        (1 + (round / 4) % max_back.max(1), level)
+    } else {
+        (0, LevelChange { side: Side::Bid, price: (b % 7) as f64, volume: (b % 5) as i64 })
+    };
+    let datetime = b as i64 - (back * stride) as i64;
+    Event::BookDelta(BookDelta { instrument_id: id, datetime, changes: vec![change] })
+}

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use bourse_engine::{Durability, Engine, EngineOptions, OrderFilter};
 use bourse_model::{
-    Account, BookDelta, BookSnapshot, Event, InstrumentId, Level, LevelChange, OrderRequested,
-    Position, Side, Tick, Trade, UserRegistered,
+    Account, BookSnapshot, Event, InstrumentId, OrderRequested, Position, Tick, Trade,
+    UserRegistered,
 };
 
 /// Instruments per writer.
@@ -122,30 +122,11 @@ fn batch(w: u64, b: u64) -> Vec<Event> {
 }
 
 /// Writer `w`'s book event of batch `b` on its instrument: every 201st a snapshot, the
-/// others a delta. Every fourth round of an instrument's deltas is stamped one to six
-/// rounds early, so it lands before deltas already stored (a late delta), sometimes
-/// before the instrument's book checkpoint; it adds a level no other delta touches, so a
-/// book that missed it stays wrong until the next snapshot.
+/// others deltas; every fourth round of an instrument's deltas is late by 1 to 6 rounds,
+/// sometimes landing before the instrument's book checkpoint
+/// ([`bourse_model::samples::late_book_event`]).
 fn book_event(w: u64, b: u64) -> Event {
-    let instrument_id = instrument(w, b);
-    if b.is_multiple_of(201) {
-        let bids = vec![Level { price: 90.0, volume: b as i64 + 1 }];
-        return Event::BookSnapshot(BookSnapshot {
-            instrument_id,
-            datetime: b as i64,
-            bids,
-            asks: Vec::new(),
-        });
-    }
-    let round = b / INSTRUMENTS;
-    let (back, change) = if round % 4 == 3 {
-        let level = LevelChange { side: Side::Bid, price: 1000.0 + round as f64, volume: 1 };
-        (1 + (round / 4) % 6, level)
-    } else {
-        (0, LevelChange { side: Side::Bid, price: (b % 7) as f64, volume: (b % 5) as i64 })
-    };
-    let datetime = (b - back * INSTRUMENTS) as i64;
-    Event::BookDelta(BookDelta { instrument_id, datetime, changes: vec![change] })
+    bourse_model::samples::late_book_event(instrument(w, b), b, INSTRUMENTS, 201, 6)
 }
 
 /// The book the first `n` batches of writer `w` leave on instrument `k`.
