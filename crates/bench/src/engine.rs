@@ -575,16 +575,28 @@ pub fn run_recovery(root: &Path, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Submits the workload's events `range` at `Buffered`, in batches of 256.
-fn write_events(e: &Engine, range: std::ops::Range<u64>) -> anyhow::Result<()> {
+/// Hands the workload's events `range` to `submit` in batches of 256 (the recovery
+/// cases' writes, for every system).
+pub fn in_batches(
+    range: std::ops::Range<u64>,
+    mut submit: impl FnMut(&[Event]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut i = range.start;
     while i < range.end {
         let end = (i + 256).min(range.end);
         let batch: Vec<Event> = (i..end).map(event).collect();
-        e.submit(&batch, Durability::Buffered)?;
+        submit(&batch)?;
         i = end;
     }
     Ok(())
+}
+
+/// Submits the workload's events `range` to `e` at `Buffered`, in batches of 256.
+fn write_events(e: &Engine, range: std::ops::Range<u64>) -> anyhow::Result<()> {
+    in_batches(range, |batch| {
+        e.submit(batch, Durability::Buffered)?;
+        Ok(())
+    })
 }
 
 /// Opens `dir` in a fresh process with `threads` replay threads, as after a restart;

@@ -255,20 +255,15 @@ pub fn reopen_case(root: &Path, n: u64, history: u64) -> anyhow::Result<()> {
     let names: Vec<String>;
     {
         let store = open_store_sized(&dir, 1 << 30)?;
-        let mut i = 0;
-        while i < history + n {
-            let end = if i < history { (i + 256).min(history) } else { (i + 256).min(history + n) };
-            let batch: Vec<bourse_model::Event> = (i..end).map(crate::engine::event).collect();
-            crate::engine::Store::submit(&store, &batch, false)?;
-            i = end;
-            if i == history && history > 0 {
-                // The history goes into tables, as the engine's checkpoint puts it.
-                for name in store.cfs.read().iter() {
-                    let cf = store.db.cf_handle(name).ok_or_else(|| anyhow::anyhow!("no cf"))?;
-                    store.db.flush_cf(&cf)?;
-                }
-            }
+        let submit =
+            |batch: &[bourse_model::Event]| crate::engine::Store::submit(&store, batch, false);
+        crate::engine::in_batches(0..history, submit)?;
+        // The history goes into tables, as the engine's checkpoint puts it.
+        for name in store.cfs.read().iter() {
+            let cf = store.db.cf_handle(name).ok_or_else(|| anyhow::anyhow!("no cf"))?;
+            store.db.flush_cf(&cf)?;
         }
+        crate::engine::in_batches(history..history + n, submit)?;
         store.db.flush_wal(true)?;
         names = store.cfs.read().iter().cloned().collect();
         // Dropped without a flush: reopening replays RocksDB's WAL.

@@ -1453,15 +1453,13 @@ mod tests {
                     }
                 };
                 if rng.gen_bool(0.02) {
-                    let levels = |r: &mut rand::rngs::StdRng| {
-                        let mut v: Vec<Level> = (0..3)
+                    let levels = |r: &mut rand::rngs::StdRng| -> Vec<Level> {
+                        (0..3)
                             .map(|k| Level {
                                 price: 100.0 + f64::from(k),
                                 volume: r.gen_range(1..9),
                             })
-                            .collect();
-                        v.dedup_by(|a, b| a.price == b.price);
-                        v
+                            .collect()
                     };
                     let mut bids = levels(&mut rng);
                     bids.reverse();
