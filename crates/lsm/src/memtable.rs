@@ -479,7 +479,13 @@ mod tests {
             ops in proptest::collection::vec((0u8..6, 1u64..30, any::<bool>(), any::<u8>()), 0..120),
             probes in proptest::collection::vec((0u8..7, 0u64..32, 0usize..12), 1..20),
         ) {
-            let key = |k: u8| vec![b'k'; k as usize % 3 + 1].into_iter().chain([k]).collect::<Vec<u8>>();
+            // Short keys, and (from 3 on) keys that share their first 24 bytes, past the
+            // 16 the integer prefixes hold, so that only the full comparison tells
+            // them apart.
+            let key = |k: u8| {
+                let stem = if k < 3 { vec![b'k'; k as usize + 1] } else { vec![b'L'; 24 + k as usize % 2] };
+                stem.into_iter().chain([k]).collect::<Vec<u8>>()
+            };
             let m = Memtable::new();
             let mut model = std::collections::BTreeMap::new();
             for &(k, seq, put, v) in &ops {
