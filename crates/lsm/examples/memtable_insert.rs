@@ -87,7 +87,7 @@ fn main() {
         assert_eq!(m.len() as u64, versions);
         println!(
             "round {round}: scattered {s:.0} ns/insert, appended {a:.0} ns/insert, \
-             lookup miss {g_miss:.0} ns, hit {g_hit:.0} ns (the key built included)"
+             lookup miss {g_miss:.0} ns (building its key included), hit {g_hit:.0} ns"
         );
         sc.push(s);
         ap.push(a);
