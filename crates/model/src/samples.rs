@@ -53,26 +53,62 @@ pub fn exchange_account(k: u64) -> String {
     format!("acct{:05}", k % EXCHANGE_ACCOUNTS)
 }
 
+/// How far back [`exchange_event`] looks for the event an order event is about.
+const ORDER_LOOKBACK: u64 = 1_000;
+
+/// The event number of the order that order event `n` (of `kind`) is about, so that an
+/// order's events share its ids, as on a real feed: a request starts an order; an
+/// acceptance is about the nearest request before it (a second acceptance of the same
+/// request updates that order); a cancel request or a cancellation is about the order
+/// of the nearest acceptance before it. An event with no such event within
+/// [`ORDER_LOOKBACK`] before it starts an order of its own.
+fn order_origin(n: u64, kind: EventKind) -> u64 {
+    let nearest = |want: EventKind| {
+        (1..=ORDER_LOOKBACK).filter_map(|d| n.checked_sub(d)).find(|&m| mixed_kind(m) == want)
+    };
+    match kind {
+        EventKind::OrderAccepted => nearest(EventKind::OrderRequested).unwrap_or(n),
+        EventKind::CancelRequested | EventKind::OrderCancelled => nearest(EventKind::OrderAccepted)
+            .map_or(n, |m| order_origin(m, EventKind::OrderAccepted)),
+        _ => n,
+    }
+}
+
 /// Event number `n` of the exchange-shaped workload that the engine benchmark and its
-/// profiling example submit: a [`mixed_kind`] sample moved onto one of
+/// profiling examples submit: a [`mixed_kind`] sample moved onto one of
 /// [`EXCHANGE_INSTRUMENTS`] instruments and [`EXCHANGE_ACCOUNTS`] accounts (scattered
-/// by hashes of `n`), with ticks, book deltas and trades stamped `now` (ns).
+/// by hashes of `n`), with ticks, book deltas and trades stamped `now` (ns). Order
+/// events carry the ids (order, account, instrument) of the order they are about (see
+/// [`order_origin`]), so an acceptance or a cancel finds the order its request stored.
 pub fn exchange_event(n: u64, now: i64) -> Event {
-    let mut e = sample(mixed_kind(n), n);
-    let ins = exchange_instrument(n.wrapping_mul(31) >> 3);
-    let acct = exchange_account(n.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17);
+    let kind = mixed_kind(n);
+    let mut e = sample(kind, n);
+    let at = |k: u64| {
+        let ins = exchange_instrument(k.wrapping_mul(31) >> 3);
+        (ins, exchange_account(k.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17))
+    };
+    let (ins, acct) = at(n);
+    let origin = order_origin(n, kind);
+    let (order_ins, order_acct) = at(origin);
+    let order_id = format!("ord{origin}");
     match &mut e {
         Event::Tick(t) => (t.instrument_id, t.datetime) = (ins, now),
         Event::BookDelta(d) => (d.instrument_id, d.datetime) = (ins, now),
-        Event::OrderRequested(o) => (o.instrument_id, o.user_id) = (ins, acct),
-        Event::OrderAccepted(o) => (o.instrument_id, o.user_id) = (ins, acct),
+        Event::OrderRequested(o) => {
+            (o.instrument_id, o.user_id, o.order_id) = (order_ins, order_acct, order_id);
+        }
+        Event::OrderAccepted(o) => {
+            (o.instrument_id, o.user_id, o.order_id) = (order_ins, order_acct, order_id);
+        }
         Event::TradeExecuted(t) => {
             (t.instrument_id, t.user_id, t.trade_date_time) = (ins, acct, now);
         }
         Event::AccountUpdated(a) => a.user_id = acct,
         Event::PositionUpdated(p) => (p.instrument_id, p.user_id) = (ins, acct),
-        Event::CancelRequested(c) => c.user_id = acct,
-        Event::OrderCancelled(c) => (c.instrument_id, c.user_id) = (ins, acct),
+        Event::CancelRequested(c) => (c.user_id, c.order_id) = (order_acct, order_id),
+        Event::OrderCancelled(c) => {
+            (c.instrument_id, c.user_id, c.order_id) = (order_ins, order_acct, order_id);
+        }
         _ => {}
     }
     e
@@ -347,4 +383,63 @@ pub fn late_book_event(
     };
     let datetime = b as i64 - (back * stride) as i64;
     Event::BookDelta(BookDelta { instrument_id: id, datetime, changes: vec![change] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ids of the order an order event is about: (account, order, instrument).
+    fn order_ids(e: &Event) -> Option<(String, String, Option<InstrumentId>)> {
+        Some(match e {
+            Event::OrderRequested(o) => {
+                (o.user_id.clone(), o.order_id.clone(), Some(o.instrument_id.clone()))
+            }
+            Event::OrderAccepted(o) => {
+                (o.user_id.clone(), o.order_id.clone(), Some(o.instrument_id.clone()))
+            }
+            Event::CancelRequested(c) => (c.user_id.clone(), c.order_id.clone(), None),
+            Event::OrderCancelled(c) => {
+                (c.user_id.clone(), c.order_id.clone(), Some(c.instrument_id.clone()))
+            }
+            _ => return None,
+        })
+    }
+
+    /// In the benchmark workload, acceptances and cancels are about orders requested
+    /// earlier, with the request's account and instrument: almost every one of them
+    /// finds its order (only the first few events of the stream have nothing before
+    /// them to refer to).
+    #[test]
+    fn exchange_order_events_refer_to_earlier_requests() {
+        let events: Vec<Event> = (0..20_000).map(|n| exchange_event(n, 0)).collect();
+        let mut requested = std::collections::HashMap::new();
+        let mut accepted = std::collections::HashSet::new();
+        let (mut follow_ups, mut found) = (0, 0);
+        for e in &events {
+            let Some((user, order, ins)) = order_ids(e) else { continue };
+            match e {
+                Event::OrderRequested(_) => {
+                    assert!(requested.insert(order.clone(), (user, ins)).is_none(), "{order}");
+                    continue;
+                }
+                Event::OrderAccepted(_) => {
+                    accepted.insert(order.clone());
+                }
+                _ => {}
+            }
+            follow_ups += 1;
+            let Some((req_user, req_ins)) = requested.get(&order) else { continue };
+            assert_eq!(&user, req_user, "{order}: another account than its request's");
+            if let (Some(a), Some(b)) = (&ins, req_ins) {
+                assert_eq!(a, b, "{order}: another instrument than its request's");
+            }
+            if !matches!(e, Event::OrderAccepted(_)) {
+                assert!(accepted.contains(&order), "{order}: a cancel of an unaccepted order");
+            }
+            found += 1;
+        }
+        assert!(follow_ups > 2_000, "{follow_ups} acceptances and cancels");
+        assert!(found + 5 >= follow_ups, "{found} of {follow_ups} found their order");
+    }
 }
