@@ -43,6 +43,18 @@ fn appended_key(i: u64) -> Vec<u8> {
     k
 }
 
+/// A fresh memtable holding `keys` (each at its own sequence), and the nanoseconds an
+/// insert took on average.
+fn fill(keys: &[Vec<u8>], value: &[u8]) -> (Memtable, f64) {
+    let m = Memtable::new();
+    let t = Instant::now();
+    for (i, k) in keys.iter().enumerate() {
+        m.insert(k, i as u64 + 1, Kind::Put, value);
+    }
+    let ns = t.elapsed().as_nanos() as f64 / keys.len().max(1) as f64;
+    (m, ns)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -56,12 +68,7 @@ fn main() {
     let (mut sc, mut ap, mut miss, mut hit) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let keys: Vec<Vec<u8>> = (0..versions).map(scattered_key).collect();
-        let m = Memtable::new();
-        let t = Instant::now();
-        for (i, k) in keys.iter().enumerate() {
-            m.insert(k, i as u64 + 1, Kind::Put, &value);
-        }
-        let s = t.elapsed().as_nanos() as f64 / versions as f64;
+        let (m, s) = fill(&keys, &value);
         let probes = versions.min(200_000);
         let t = Instant::now();
         let mut found = 0usize;
@@ -78,12 +85,7 @@ fn main() {
         assert_eq!(found as u64, probes, "every stored key found, no new one");
         drop(m);
         let keys: Vec<Vec<u8>> = (0..versions).map(appended_key).collect();
-        let m = Memtable::new();
-        let t = Instant::now();
-        for (i, k) in keys.iter().enumerate() {
-            m.insert(k, i as u64 + 1, Kind::Put, &value);
-        }
-        let a = t.elapsed().as_nanos() as f64 / versions as f64;
+        let (m, a) = fill(&keys, &value);
         assert_eq!(m.len() as u64, versions);
         println!(
             "round {round}: scattered {s:.0} ns/insert, appended {a:.0} ns/insert, \
