@@ -88,27 +88,24 @@ pub fn exchange_event(n: u64, now: i64) -> Event {
         (ins, exchange_account(k.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17))
     };
     let (ins, acct) = at(n);
-    let origin = order_origin(n, kind);
-    let (order_ins, order_acct) = at(origin);
-    let order_id = format!("ord{origin}");
+    // (instrument, account, order id) of the order an order event is about.
+    let order = || {
+        let origin = order_origin(n, kind);
+        let (ins, acct) = at(origin);
+        (ins, acct, format!("ord{origin}"))
+    };
     match &mut e {
         Event::Tick(t) => (t.instrument_id, t.datetime) = (ins, now),
         Event::BookDelta(d) => (d.instrument_id, d.datetime) = (ins, now),
-        Event::OrderRequested(o) => {
-            (o.instrument_id, o.user_id, o.order_id) = (order_ins, order_acct, order_id);
-        }
-        Event::OrderAccepted(o) => {
-            (o.instrument_id, o.user_id, o.order_id) = (order_ins, order_acct, order_id);
-        }
+        Event::OrderRequested(o) => (o.instrument_id, o.user_id, o.order_id) = order(),
+        Event::OrderAccepted(o) => (o.instrument_id, o.user_id, o.order_id) = order(),
         Event::TradeExecuted(t) => {
             (t.instrument_id, t.user_id, t.trade_date_time) = (ins, acct, now);
         }
         Event::AccountUpdated(a) => a.user_id = acct,
         Event::PositionUpdated(p) => (p.instrument_id, p.user_id) = (ins, acct),
-        Event::CancelRequested(c) => (c.user_id, c.order_id) = (order_acct, order_id),
-        Event::OrderCancelled(c) => {
-            (c.instrument_id, c.user_id, c.order_id) = (order_ins, order_acct, order_id);
-        }
+        Event::CancelRequested(c) => (_, c.user_id, c.order_id) = order(),
+        Event::OrderCancelled(c) => (c.instrument_id, c.user_id, c.order_id) = order(),
         _ => {}
     }
     e
