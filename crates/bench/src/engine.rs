@@ -449,6 +449,8 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     );
     // Enough for every run of a case at over a million events per second (quick) and
     // about 400,000 (full; 1.7 GiB of events).
+    // The machine's own stalls, the floor under the submit and query percentiles.
+    crate::stall::stall_floor("engine", Duration::from_secs(if quick { 1 } else { 3 }))?;
     let pool = Pool::build(if quick { 1 << 21 } else { 1 << 22 });
     submit_case(root, &cfg, &pool, "submit_buffered", 1, 1, false)?;
     submit_case(root, &cfg, &pool, "submit_buffered", 1, 64, false)?;

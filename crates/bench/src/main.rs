@@ -19,6 +19,7 @@ mod ipc;
 mod lsm;
 mod report;
 mod server;
+mod stall;
 mod wal;
 
 #[cfg(feature = "peers")]
