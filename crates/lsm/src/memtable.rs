@@ -248,9 +248,18 @@ impl Memtable {
         }
     }
 
-    /// Up to `n` versions from `at` on, in internal order, one leaf at a time.
-    fn chunk(&self, mut at: Bound<MemKey>, n: usize) -> Vec<Entry> {
-        let mut out = Vec::new();
+    /// Up to `n` versions from `at` on, in internal order, one leaf at a time, and none
+    /// whose user key is past `end`: fewer than `n` means there are no more in range.
+    fn chunk(&self, mut at: Bound<MemKey>, n: usize, end: Bound<&[u8]>) -> Vec<Entry> {
+        let in_range = |k: &MemKey| match end {
+            Bound::Included(e) => k.user_key.as_slice() <= e,
+            Bound::Excluded(e) => k.user_key.as_slice() < e,
+            Bound::Unbounded => true,
+        };
+        // Room for a typical chunk up front: it is filled under a leaf's lock, where each
+        // reallocation moves every entry taken so far. (Not all of `n`: a scan's last
+        // chunk, often empty, would reserve tens of kilobytes for nothing.)
+        let mut out = Vec::with_capacity(n.min(CHUNK_MAX));
         while out.len() < n {
             let probe = match &at {
                 Bound::Included(k) | Bound::Excluded(k) => k.clone(),
@@ -263,16 +272,42 @@ impl Memtable {
                 // Split since the lookup: look again.
                 continue;
             }
-            let want = n - out.len();
-            out.extend(d.map.range((at.as_ref(), Bound::Unbounded)).take(want).map(take));
+            let mut ended = false;
+            for entry in d.map.range((at.as_ref(), Bound::Unbounded)) {
+                if out.len() == n {
+                    break;
+                }
+                if !in_range(entry.0) {
+                    ended = true;
+                    break;
+                }
+                out.push(take(entry));
+            }
             let next = d.high.clone();
             drop(d);
             match next {
-                Some(h) => at = Bound::Included(h),
-                None => break,
+                // The next leaf starts at `h`: nothing there is in range past the end.
+                Some(h) if !ended && in_range(&h) => at = Bound::Included(h),
+                _ => break,
             }
         }
         out.into_iter().map(to_entry).collect()
+    }
+
+    /// Up to `n` versions from `from` on (internal order; `None`: from the start) whose
+    /// user keys are within `end`, copied out in one pass: fewer than `n` means the range
+    /// holds no more. For a scan that knows its end: nothing past it is copied.
+    pub fn chunk_from(
+        &self,
+        from: Option<&InternalKey>,
+        n: usize,
+        end: Bound<&[u8]>,
+    ) -> Vec<Entry> {
+        let at = match from {
+            Some(k) => Bound::Included(MemKey::from_internal(k)),
+            None => Bound::Unbounded,
+        };
+        self.chunk(at, n, end)
     }
 
     /// The newest version of `key` with a sequence at most `snapshot`.
@@ -434,7 +469,7 @@ impl Iterator for MemIter<'_> {
             if self.done {
                 return None;
             }
-            let chunk = self.mem.chunk(self.at.clone(), self.chunk);
+            let chunk = self.mem.chunk(self.at.clone(), self.chunk, Bound::Unbounded);
             self.done = chunk.len() < self.chunk;
             if let Some(last) = chunk.last() {
                 self.at = Bound::Excluded(MemKey::new(&last.key, last.seq));
@@ -477,7 +512,8 @@ mod tests {
 
         /// Against a sorted map of internal keys: inserts in any sequence order (the
         /// same key and sequence twice replaces), then `get` at any snapshot,
-        /// `iter_from` any internal key and `before` any bound agree with the model.
+        /// `iter_from` any internal key, `chunk_from` it up to any end and `before` any
+        /// bound agree with the model.
         #[test]
         fn memtable_equals_a_sorted_map_of_versions(
             ops in proptest::collection::vec((0u8..6, 1u64..30, any::<bool>(), any::<u8>()), 0..120),
@@ -512,7 +548,27 @@ mod tests {
                     .map(|(mk, (kind, v))| (mk.seq, *kind, v.clone()));
                 prop_assert_eq!(m.get(&ik.user_key, seq), want_get);
                 let want_from: Vec<Entry> = model.range(ik.clone()..).map(entry).collect();
-                prop_assert_eq!(m.iter_from(Some(&ik)).collect::<Vec<_>>(), want_from);
+                prop_assert_eq!(m.iter_from(Some(&ik)).collect::<Vec<_>>(), want_from.clone());
+                // A bounded chunk: the first `n` of those whose key is within the end
+                // (the probe's key, included or not, or none), nothing past it.
+                let end_key = key((k + 2) % 7);
+                for end in [
+                    Bound::Included(end_key.as_slice()),
+                    Bound::Excluded(end_key.as_slice()),
+                    Bound::Unbounded,
+                ] {
+                    let within = |e: &&Entry| match end {
+                        Bound::Included(x) => e.key.as_slice() <= x,
+                        Bound::Excluded(x) => e.key.as_slice() < x,
+                        Bound::Unbounded => true,
+                    };
+                    let want: Vec<Entry> =
+                        want_from.iter().take_while(within).take(n).cloned().collect();
+                    prop_assert_eq!(m.chunk_from(Some(&ik), n, end), want);
+                    let from_start: Vec<Entry> =
+                        all.iter().take_while(within).take(n).cloned().collect();
+                    prop_assert_eq!(m.chunk_from(None, n, end), from_start);
+                }
                 let want_before: Vec<Entry> =
                     model.range(..ik.clone()).rev().take(n).map(entry).collect();
                 prop_assert_eq!(m.before(Some(&ik), n), want_before);

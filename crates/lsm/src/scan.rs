@@ -66,14 +66,22 @@ struct Cursor {
     source: Source,
     buf: VecDeque<Entry>,
     from: Option<(Vec<u8>, SeqNo)>,
+    /// Where a forward scan ends (user keys): a memtable copies out nothing past it.
+    end: Bound<Vec<u8>>,
     done: bool,
     reverse: bool,
     chunk: usize,
 }
 
 impl Cursor {
-    fn new(source: Source, from: Option<(Vec<u8>, SeqNo)>, reverse: bool) -> Self {
-        Cursor { source, buf: VecDeque::new(), from, done: false, reverse, chunk: CHUNK_MIN }
+    fn new(
+        source: Source,
+        from: Option<(Vec<u8>, SeqNo)>,
+        end: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> Self {
+        let buf = VecDeque::new();
+        Cursor { source, buf, from, end, done: false, reverse, chunk: CHUNK_MIN }
     }
 
     fn grow(&mut self) -> usize {
@@ -93,7 +101,8 @@ impl Cursor {
         let chunk: Vec<Entry> = match &mut self.source {
             Source::Mem(m) => {
                 let key = from.map(|(k, s)| InternalKey { user_key: k.to_vec(), seq: s });
-                m.iter_from(key.as_ref()).take(n).collect()
+                let end = self.end.as_ref().map(Vec::as_slice);
+                m.chunk_from(key.as_ref(), n, end)
             }
             // NOTE: forward scans read tables through `LevelIter`, never through here.
             Source::Table(_) | Source::Level(..) => Vec::new(),
@@ -286,7 +295,7 @@ impl Tree {
                     from: from.clone(),
                     current: None,
                 }),
-                mem => Box::new(Cursor::new(mem, from.clone(), false)),
+                mem => Box::new(Cursor::new(mem, from.clone(), end.map(<[u8]>::to_vec), false)),
             })
             .collect();
         Scan {
@@ -406,7 +415,7 @@ impl Tree {
             .sources(start, end, true)
             .into_iter()
             .map(|source| {
-                Box::new(Cursor::new(source, from.clone(), true))
+                Box::new(Cursor::new(source, from.clone(), Bound::Unbounded, true))
                     as Box<dyn Iterator<Item = Result<Entry>> + Send>
             })
             .collect();
