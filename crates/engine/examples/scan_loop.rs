@@ -11,13 +11,17 @@
 //! memtables as in the `mixed` case. Then, for `SECONDS` (5 unless given), it asks
 //! instruments in turn for their trades of the last minute (at most 1,000), as the
 //! `mixed` case's readers do, and prints the queries' p50 and p99 and the rows read
-//! per second. `FLUSH=1` checkpoints first, so the scans read tables instead.
+//! per second. `QUERY=orders` asks accounts for their open orders instead (at most 100,
+//! newest first: a reverse scan), as `mixed` also does. `FLUSH=1` checkpoints first,
+//! so the scans read tables instead.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use bourse_engine::{Durability, Engine, EngineOptions};
-use bourse_model::samples::{exchange_event, exchange_instrument, EXCHANGE_INSTRUMENTS};
+use bourse_engine::{Durability, Engine, EngineOptions, OrderFilter};
+use bourse_model::samples::{
+    exchange_account, exchange_event, exchange_instrument, EXCHANGE_INSTRUMENTS,
+};
 use bourse_model::Event;
 
 #[global_allocator]
@@ -44,16 +48,25 @@ fn main() {
     if std::env::var("FLUSH").is_ok_and(|v| v == "1") {
         engine.checkpoint().unwrap();
     }
+    let orders = std::env::var("QUERY").is_ok_and(|v| v == "orders");
     let mut took = Vec::new();
     let (mut rows, mut k) = (0u64, 0u64);
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(seconds) {
         k += 1;
-        let ins = exchange_instrument(k % EXCHANGE_INSTRUMENTS);
         let s = Instant::now();
-        for trade in engine.trades(&ins, now - 60_000_000_000, i64::MAX).take(1000) {
-            std::hint::black_box(trade.unwrap());
-            rows += 1;
+        if orders {
+            let account = exchange_account(k * 7919);
+            for order in engine.orders(&account, OrderFilter::Open).take(100) {
+                std::hint::black_box(order.unwrap());
+                rows += 1;
+            }
+        } else {
+            let ins = exchange_instrument(k % EXCHANGE_INSTRUMENTS);
+            for trade in engine.trades(&ins, now - 60_000_000_000, i64::MAX).take(1000) {
+                std::hint::black_box(trade.unwrap());
+                rows += 1;
+            }
         }
         took.push(s.elapsed().as_nanos() as u64);
     }

@@ -381,8 +381,26 @@ impl Memtable {
     /// Up to `n` versions strictly before `bound` (or before the end), in descending
     /// internal order.
     pub fn before(&self, bound: Option<&InternalKey>, n: usize) -> Vec<Entry> {
+        self.before_within(bound, n, Bound::Unbounded)
+    }
+
+    /// Like [`Memtable::before`], and none whose user key is before `start`: fewer than
+    /// `n` means the range holds no more. For a reverse scan that knows where it
+    /// starts: nothing before that is copied.
+    pub fn before_within(
+        &self,
+        bound: Option<&InternalKey>,
+        n: usize,
+        start: Bound<&[u8]>,
+    ) -> Vec<Entry> {
+        let in_range = |k: &MemKey| match start {
+            Bound::Included(s) => k.user_key.as_slice() >= s,
+            Bound::Excluded(s) => k.user_key.as_slice() > s,
+            Bound::Unbounded => true,
+        };
         let mut end = bound.map(MemKey::from_internal);
-        let mut out = Vec::new();
+        // As in `chunk`: room for a typical chunk, filled under a leaf's lock.
+        let mut out = Vec::with_capacity(n.min(CHUNK_MAX));
         while out.len() < n {
             let found = {
                 let leaves = self.leaves.read();
@@ -404,10 +422,24 @@ impl Memtable {
                 // Split since the lookup: look again.
                 continue;
             }
-            let want = n - out.len();
             let upper = end.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
-            out.extend(d.map.range((Bound::Unbounded, upper)).rev().take(want).map(take));
+            let mut ended = false;
+            for entry in d.map.range((Bound::Unbounded, upper)).rev() {
+                if out.len() == n {
+                    break;
+                }
+                if !in_range(entry.0) {
+                    ended = true;
+                    break;
+                }
+                out.push(take(entry));
+            }
             drop(d);
+            // The previous leaf holds only versions before `low`: none is in range when
+            // `low` itself is not.
+            if ended || !in_range(&low) {
+                break;
+            }
             end = Some(low);
         }
         out.into_iter().map(to_entry).collect()
@@ -513,7 +545,7 @@ mod tests {
         /// Against a sorted map of internal keys: inserts in any sequence order (the
         /// same key and sequence twice replaces), then `get` at any snapshot,
         /// `iter_from` any internal key, `chunk_from` it up to any end and `before` any
-        /// bound agree with the model.
+        /// bound (down to any start) agree with the model.
         #[test]
         fn memtable_equals_a_sorted_map_of_versions(
             ops in proptest::collection::vec((0u8..6, 1u64..30, any::<bool>(), any::<u8>()), 0..120),
@@ -571,7 +603,31 @@ mod tests {
                 }
                 let want_before: Vec<Entry> =
                     model.range(..ik.clone()).rev().take(n).map(entry).collect();
-                prop_assert_eq!(m.before(Some(&ik), n), want_before);
+                prop_assert_eq!(m.before(Some(&ik), n), want_before.clone());
+                // Bounded below: the first `n` of those whose key is within the start.
+                let start_key = key((k + 5) % 7);
+                for start in [
+                    Bound::Included(start_key.as_slice()),
+                    Bound::Excluded(start_key.as_slice()),
+                    Bound::Unbounded,
+                ] {
+                    let within = |e: &&Entry| match start {
+                        Bound::Included(x) => e.key.as_slice() >= x,
+                        Bound::Excluded(x) => e.key.as_slice() > x,
+                        Bound::Unbounded => true,
+                    };
+                    let want: Vec<Entry> = model
+                        .range(..ik.clone())
+                        .rev()
+                        .map(entry)
+                        .take_while(|e| within(&e))
+                        .take(n)
+                        .collect();
+                    prop_assert_eq!(m.before_within(Some(&ik), n, start), want);
+                    let from_end: Vec<Entry> =
+                        model.iter().rev().map(entry).take_while(|e| within(&e)).take(n).collect();
+                    prop_assert_eq!(m.before_within(None, n, start), from_end);
+                }
                 let want_last: Vec<Entry> = model.iter().rev().take(n).map(entry).collect();
                 prop_assert_eq!(m.before(None, n), want_last);
             }

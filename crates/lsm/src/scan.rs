@@ -66,8 +66,9 @@ struct Cursor {
     source: Source,
     buf: VecDeque<Entry>,
     from: Option<(Vec<u8>, SeqNo)>,
-    /// Where a forward scan ends (user keys): a memtable copies out nothing past it.
-    end: Bound<Vec<u8>>,
+    /// The scan's far end in its direction (user keys): its end going forward, its start
+    /// in reverse. A memtable copies out nothing past it.
+    limit: Bound<Vec<u8>>,
     done: bool,
     reverse: bool,
     chunk: usize,
@@ -77,11 +78,11 @@ impl Cursor {
     fn new(
         source: Source,
         from: Option<(Vec<u8>, SeqNo)>,
-        end: Bound<Vec<u8>>,
+        limit: Bound<Vec<u8>>,
         reverse: bool,
     ) -> Self {
         let buf = VecDeque::new();
-        Cursor { source, buf, from, end, done: false, reverse, chunk: CHUNK_MIN }
+        Cursor { source, buf, from, limit, done: false, reverse, chunk: CHUNK_MIN }
     }
 
     fn grow(&mut self) -> usize {
@@ -101,8 +102,7 @@ impl Cursor {
         let chunk: Vec<Entry> = match &mut self.source {
             Source::Mem(m) => {
                 let key = from.map(|(k, s)| InternalKey { user_key: k.to_vec(), seq: s });
-                let end = self.end.as_ref().map(Vec::as_slice);
-                m.chunk_from(key.as_ref(), n, end)
+                m.chunk_from(key.as_ref(), n, self.limit.as_ref().map(Vec::as_slice))
             }
             // NOTE: forward scans read tables through `LevelIter`, never through here.
             Source::Table(_) | Source::Level(..) => Vec::new(),
@@ -121,7 +121,7 @@ impl Cursor {
         let chunk = match &mut self.source {
             Source::Mem(m) => {
                 let key = bound.map(|(k, s)| InternalKey { user_key: k.to_vec(), seq: s });
-                m.before(key.as_ref(), n)
+                m.before_within(key.as_ref(), n, self.limit.as_ref().map(Vec::as_slice))
             }
             Source::Table(t) => t.table.before(bound, n)?,
             Source::Level(tables, i) => {
@@ -415,7 +415,7 @@ impl Tree {
             .sources(start, end, true)
             .into_iter()
             .map(|source| {
-                Box::new(Cursor::new(source, from.clone(), Bound::Unbounded, true))
+                Box::new(Cursor::new(source, from.clone(), start.map(<[u8]>::to_vec), true))
                     as Box<dyn Iterator<Item = Result<Entry>> + Send>
             })
             .collect();
