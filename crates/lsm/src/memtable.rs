@@ -272,17 +272,8 @@ impl Memtable {
                 // Split since the lookup: look again.
                 continue;
             }
-            let mut ended = false;
-            for entry in d.map.range((at.as_ref(), Bound::Unbounded)) {
-                if out.len() == n {
-                    break;
-                }
-                if !in_range(entry.0) {
-                    ended = true;
-                    break;
-                }
-                out.push(take(entry));
-            }
+            let ended =
+                take_within(&mut out, n, d.map.range((at.as_ref(), Bound::Unbounded)), in_range);
             let next = d.high.clone();
             drop(d);
             match next {
@@ -423,17 +414,8 @@ impl Memtable {
                 continue;
             }
             let upper = end.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
-            let mut ended = false;
-            for entry in d.map.range((Bound::Unbounded, upper)).rev() {
-                if out.len() == n {
-                    break;
-                }
-                if !in_range(entry.0) {
-                    ended = true;
-                    break;
-                }
-                out.push(take(entry));
-            }
+            let ended =
+                take_within(&mut out, n, d.map.range((Bound::Unbounded, upper)).rev(), in_range);
             drop(d);
             // The previous leaf holds only versions before `low`: none is in range when
             // `low` itself is not.
@@ -515,6 +497,26 @@ impl Iterator for MemIter<'_> {
 /// What a reader takes out of a leaf while it holds the lock.
 fn take((k, (kind, value)): (&MemKey, &Value)) -> Taken {
     (k.clone(), *kind, value.clone())
+}
+
+/// Takes `entries` out (under their leaf's lock) into `out` until it holds `n`; returns
+/// whether it stopped at an entry outside the range.
+fn take_within<'a>(
+    out: &mut Vec<Taken>,
+    n: usize,
+    entries: impl Iterator<Item = (&'a MemKey, &'a Value)>,
+    in_range: impl Fn(&MemKey) -> bool,
+) -> bool {
+    for entry in entries {
+        if out.len() == n {
+            return false;
+        }
+        if !in_range(entry.0) {
+            return true;
+        }
+        out.push(take(entry));
+    }
+    false
 }
 
 /// The owned entry, made after the lock is released.
