@@ -78,9 +78,10 @@ pub fn run(dir: &Path, quick: bool) -> anyhow::Result<()> {
 /// starts, as the bus ring is when it is made, so no sample pays a page fault.
 ///
 /// Until the fifteenth session each sample was a `Vec` allocated before the round and
-/// written only after its stamp: fresh zeroed pages, so one sample in eight at 512 B
-/// (one in 64 at 64 B) paid a page fault inside the measured window, and the floor's
-/// p99 (1.3–8.9 µs) was above the bus's.
+/// written only after its stamp. Where the allocator handed out pages not yet touched,
+/// the first write to each page faulted inside the measured window (up to one sample in
+/// 8 at 512 B, one in 64 at 64 B), and the floor's p99 (1.3–8.9 µs) was often above the
+/// bus's.
 fn spsc_floor_round<const N: usize>(samples: u64) -> anyhow::Result<Histogram<u64>> {
     const SLOTS: usize = 4096;
     let base = Instant::now();
