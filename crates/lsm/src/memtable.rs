@@ -22,7 +22,7 @@
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -251,11 +251,7 @@ impl Memtable {
     /// Up to `n` versions from `at` on, in internal order, one leaf at a time, and none
     /// whose user key is past `end`: fewer than `n` means there are no more in range.
     fn chunk(&self, mut at: Bound<MemKey>, n: usize, end: Bound<&[u8]>) -> Vec<Entry> {
-        let in_range = |k: &MemKey| match end {
-            Bound::Included(e) => k.user_key.as_slice() <= e,
-            Bound::Excluded(e) => k.user_key.as_slice() < e,
-            Bound::Unbounded => true,
-        };
+        let in_range = |k: &MemKey| within(&k.user_key, (Bound::Unbounded, end));
         // Room for a typical chunk up front: it is filled under a leaf's lock, where each
         // reallocation moves every entry taken so far. (Not all of `n`: a scan's last
         // chunk, often empty, would reserve tens of kilobytes for nothing.)
@@ -384,11 +380,7 @@ impl Memtable {
         n: usize,
         start: Bound<&[u8]>,
     ) -> Vec<Entry> {
-        let in_range = |k: &MemKey| match start {
-            Bound::Included(s) => k.user_key.as_slice() >= s,
-            Bound::Excluded(s) => k.user_key.as_slice() > s,
-            Bound::Unbounded => true,
-        };
+        let in_range = |k: &MemKey| within(&k.user_key, (start, Bound::Unbounded));
         let mut end = bound.map(MemKey::from_internal);
         // As in `chunk`: room for a typical chunk, filled under a leaf's lock.
         let mut out = Vec::with_capacity(n.min(CHUNK_MAX));
@@ -499,6 +491,11 @@ fn take((k, (kind, value)): (&MemKey, &Value)) -> Taken {
     (k.clone(), *kind, value.clone())
 }
 
+/// Whether a user key lies within a range of user keys.
+fn within(key: &[u8], range: (Bound<&[u8]>, Bound<&[u8]>)) -> bool {
+    RangeBounds::<&[u8]>::contains(&range, &key)
+}
+
 /// Takes `entries` out (under their leaf's lock) into `out` until it holds `n`; returns
 /// whether it stopped at an entry outside the range.
 fn take_within<'a>(
@@ -591,11 +588,7 @@ mod tests {
                     Bound::Excluded(end_key.as_slice()),
                     Bound::Unbounded,
                 ] {
-                    let within = |e: &&Entry| match end {
-                        Bound::Included(x) => e.key.as_slice() <= x,
-                        Bound::Excluded(x) => e.key.as_slice() < x,
-                        Bound::Unbounded => true,
-                    };
+                    let within = |e: &&Entry| within(&e.key, (Bound::Unbounded, end));
                     let want: Vec<Entry> =
                         want_from.iter().take_while(within).take(n).cloned().collect();
                     prop_assert_eq!(m.chunk_from(Some(&ik), n, end), want);
@@ -613,11 +606,7 @@ mod tests {
                     Bound::Excluded(start_key.as_slice()),
                     Bound::Unbounded,
                 ] {
-                    let within = |e: &&Entry| match start {
-                        Bound::Included(x) => e.key.as_slice() >= x,
-                        Bound::Excluded(x) => e.key.as_slice() > x,
-                        Bound::Unbounded => true,
-                    };
+                    let within = |e: &&Entry| within(&e.key, (start, Bound::Unbounded));
                     let want: Vec<Entry> = model
                         .range(..ik.clone())
                         .rev()
