@@ -14,6 +14,12 @@
 //! inserts, and halved the throughput of writers racing readers: a reader preempted
 //! while holding it stalled every writer.)
 //!
+//! A leaf whose inserts all came in ascending order holds them in a sorted vector
+//! instead of a B-tree (see `LeafData`): an instrument's ticks, trades and book deltas
+//! are keyed by time, so its partition's inserts append at the end of a few leaves, and
+//! an append then compares with one version and pushes, where the B-tree's descent
+//! took a cache miss per level.
+//!
 //! A leaf covers the keys from its lower bound (its key in the index, which never
 //! changes) up to `high`, exclusive (`None`: no end). A full leaf splits: the writer
 //! moves its upper half into a new leaf and adds that to the index before it releases
@@ -44,6 +50,14 @@ const LEAF_MAX: usize = 512;
 /// Tiny leaves in unit tests, so that the model test splits them all the time.
 #[cfg(test)]
 const LEAF_MAX: usize = 4;
+
+/// A full leaf whose last this many inserts came in ascending order splits after the
+/// last one (see [`LeafData::split`]).
+#[cfg(not(test))]
+const STREAK_MIN: usize = 16;
+/// Small in unit tests, where leaves hold four versions.
+#[cfg(test)]
+const STREAK_MIN: usize = 2;
 
 /// The first chunk an iterator copies out; each next one doubles, up to [`CHUNK_MAX`].
 const CHUNK_MIN: usize = 16;
@@ -142,11 +156,117 @@ impl Arena {
 }
 
 /// A leaf's contents: its versions, and where its range ends.
+///
+/// The versions are in one of two forms, never both (at most one of `run` and `map`
+/// is non-empty). A leaf whose inserts have all come in ascending order (the tail of a
+/// time-ordered family: an instrument's ticks, trades, book deltas) keeps them in
+/// `run`, a sorted vector, so an insert compares with the last version and appends:
+/// no descent of a B-tree whose right edge a leaf of another family has pushed out of
+/// the cache. The first insert below the run's last version moves the run into `map`,
+/// and the leaf stays a map from then on.
 #[derive(Debug, Default)]
 struct LeafData {
+    /// The versions, in ascending order, while every insert has come in that order.
+    run: Vec<(MemKey, Value)>,
+    /// The versions, once one insert came out of order.
     map: BTreeMap<MemKey, Value>,
+    /// The last version inserted into `map`.
+    last: Option<MemKey>,
+    /// How many inserts into `map` in a row came each above the one before.
+    streak: usize,
     /// The exclusive upper bound of the leaf's range; `None` for the last leaf.
     high: Option<MemKey>,
+}
+
+impl LeafData {
+    /// The number of versions.
+    fn len(&self) -> usize {
+        self.run.len() + self.map.len()
+    }
+
+    /// The versions within `range`, in ascending order (either way round).
+    fn range<'a>(
+        &'a self,
+        range: (Bound<&MemKey>, Bound<&MemKey>),
+    ) -> impl DoubleEndedIterator<Item = (&'a MemKey, &'a Value)> + 'a {
+        // The first index past every version below `k` (and past `k` itself too when
+        // `past_equal`).
+        let index = |k: &MemKey, past_equal: bool| {
+            self.run.partition_point(|(x, _)| x < k || (past_equal && x == k))
+        };
+        let start = match range.0 {
+            Bound::Included(k) => index(k, false),
+            Bound::Excluded(k) => index(k, true),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.1 {
+            Bound::Included(k) => index(k, true),
+            Bound::Excluded(k) => index(k, false),
+            Bound::Unbounded => self.run.len(),
+        };
+        let run = self.run.get(start..end.max(start)).unwrap_or_default();
+        self.map.range(range).chain(run.iter().map(|(k, v)| (k, v)))
+    }
+
+    /// Inserts a version; returns whether it is new (the same key and sequence again
+    /// replaces the value).
+    fn insert(&mut self, k: MemKey, v: Value) -> bool {
+        if self.map.is_empty() {
+            match self.run.last_mut() {
+                Some((last, _)) if k > *last => {}
+                None => {}
+                Some((last, value)) if k == *last => {
+                    *value = v;
+                    return false;
+                }
+                // Out of order: the leaf becomes a map (built from the sorted run in one
+                // pass) for good.
+                Some(_) => self.map = std::mem::take(&mut self.run).into_iter().collect(),
+            }
+            if self.map.is_empty() {
+                self.run.push((k, v));
+                return true;
+            }
+        }
+        self.streak = match &self.last {
+            Some(prev) if k > *prev => self.streak + 1,
+            _ => 0,
+        };
+        self.last = Some(k.clone());
+        self.map.insert(k, v).is_none()
+    }
+
+    /// Splits a leaf that holds too many versions, `inserted` being the one just
+    /// inserted: returns the new leaf, holding the upper part, with its lower bound.
+    /// When `inserted` is the leaf's last version (keys in ascending order), it alone
+    /// starts the new leaf, as a run with room for a full leaf. When the inserts came
+    /// in ascending order for a while but below other versions (a family appending
+    /// below the start of the next one: an instrument's ticks below its trades), the
+    /// leaf splits right after `inserted`, so that the family's next versions go last
+    /// in this leaf and its next split is the first kind. Otherwise the leaf splits in
+    /// the middle.
+    fn split(&mut self, inserted: &MemKey) -> Option<(MemKey, LeafData)> {
+        let mut right = LeafData::default();
+        if self.map.is_empty() {
+            let appended = self.run.last().is_some_and(|(last, _)| last == inserted);
+            let at = if appended { self.run.len() - 1 } else { self.run.len() / 2 };
+            right.run = Vec::with_capacity(if appended { LEAF_MAX + 1 } else { 0 });
+            right.run.extend(self.run.drain(at..));
+        } else if self.map.last_key_value().is_some_and(|(last, _)| last == inserted) {
+            right.run = Vec::with_capacity(LEAF_MAX + 1);
+            right.run.extend(self.map.pop_last());
+        } else if self.streak >= STREAK_MIN {
+            let after = (Bound::Excluded(inserted), Bound::Unbounded);
+            let next = self.map.range(after).next()?.0.clone();
+            right.map = self.map.split_off(&next);
+        } else {
+            let mid = self.map.keys().nth(self.map.len() / 2).cloned()?;
+            right.map = self.map.split_off(&mid);
+        }
+        let low = right.range((Bound::Unbounded, Bound::Unbounded)).next()?.0.clone();
+        right.high = self.high.replace(low.clone());
+        Some((low, right))
+    }
 }
 
 type Leaf = Arc<RwLock<LeafData>>;
@@ -208,31 +328,18 @@ impl Memtable {
                 // Only another writer could have split it: look again.
                 continue;
             }
-            // NOTE: the key is kept only for the split below; asking the map whether it
-            // goes last before inserting cost a second descent of the leaf's tree, cache
-            // misses all the way down on a leaf that is cold (half of the insert's time
-            // in a profile of an exchange's random account keys).
-            let probe = (d.map.len() >= LEAF_MAX).then(|| k.clone());
-            if d.map.insert(k, v).is_none() {
+            // The key is kept only for a split; the leaf's insert is a single descent (or
+            // none, for a run), since asking first where the key goes cost a second one
+            // with cache misses all the way down on a cold leaf.
+            let probe = (d.len() >= LEAF_MAX).then(|| k.clone());
+            if d.insert(k, v) {
                 self.len.store(self.len.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             }
-            if let Some(k) = probe.filter(|_| d.map.len() > LEAF_MAX) {
-                // Keys in ascending order (a time-ordered family) leave full leaves
-                // behind them: the new key alone starts the next leaf. Otherwise the
-                // leaf splits in the middle.
-                let appended = d.map.last_key_value().is_some_and(|(last, _)| *last == k);
-                let mid = if appended {
-                    d.map.last_key_value().map(|(k, _)| k.clone())
-                } else {
-                    d.map.keys().nth(d.map.len() / 2).cloned()
-                };
-                if let Some(mid) = mid {
-                    let upper = d.map.split_off(&mid);
-                    let right = LeafData { map: upper, high: d.high.take() };
-                    d.high = Some(mid.clone());
+            if let Some(k) = probe.filter(|_| d.len() > LEAF_MAX) {
+                if let Some((low, right)) = d.split(&k) {
                     // Published while the left leaf is still locked: a reader that finds
                     // its key past the new `high` looks again and finds this one.
-                    self.leaves.write().insert(mid, Arc::new(RwLock::new(right)));
+                    self.leaves.write().insert(low, Arc::new(RwLock::new(right)));
                 }
             }
             break;
@@ -269,7 +376,7 @@ impl Memtable {
                 continue;
             }
             let ended =
-                take_within(&mut out, n, d.map.range((at.as_ref(), Bound::Unbounded)), in_range);
+                take_within(&mut out, n, d.range((at.as_ref(), Bound::Unbounded)), in_range);
             let next = d.high.clone();
             drop(d);
             match next {
@@ -310,12 +417,12 @@ impl Memtable {
                 // Split since the lookup: look again.
                 continue;
             }
-            match d.map.range(&probe..).next() {
-                Some((k, (kind, value))) => {
-                    if k.user_key.as_slice() != key {
-                        return None;
-                    }
-                    let (seq, kind, value) = (k.seq, *kind, value.clone());
+            let first = d.range((Bound::Included(&probe), Bound::Unbounded)).next().map(
+                |(k, (kind, value))| (k.user_key.as_slice() == key, k.seq, *kind, value.clone()),
+            );
+            match first {
+                Some((false, ..)) => return None,
+                Some((true, seq, kind, value)) => {
                     drop(d);
                     return Some((seq, kind, value.to_vec()));
                 }
@@ -358,7 +465,7 @@ impl Memtable {
         let leaves: Vec<Leaf> = self.leaves.read().values().cloned().collect();
         for leaf in leaves {
             let d = leaf.read();
-            for (k, (kind, value)) in &d.map {
+            for (k, (kind, value)) in d.range((Bound::Unbounded, Bound::Unbounded)) {
                 f(&k.user_key, k.seq, *kind, value)?;
             }
         }
@@ -407,7 +514,7 @@ impl Memtable {
             }
             let upper = end.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
             let ended =
-                take_within(&mut out, n, d.map.range((Bound::Unbounded, upper)).rev(), in_range);
+                take_within(&mut out, n, d.range((Bound::Unbounded, upper)).rev(), in_range);
             drop(d);
             // The previous leaf holds only versions before `low`: none is in range when
             // `low` itself is not.
@@ -549,6 +656,7 @@ mod tests {
         fn memtable_equals_a_sorted_map_of_versions(
             ops in proptest::collection::vec((0u8..6, 1u64..30, any::<bool>(), any::<u8>()), 0..120),
             probes in proptest::collection::vec((0u8..7, 0u64..32, 0usize..12), 1..20),
+            ascending in 0usize..120,
         ) {
             // Short keys, and (from 3 on) keys that share their first 24 bytes, past the
             // 16 the integer prefixes hold, so that only the full comparison tells
@@ -557,6 +665,12 @@ mod tests {
                 let stem = if k < 3 { vec![b'k'; k as usize + 1] } else { vec![b'L'; 24 + k as usize % 2] };
                 stem.into_iter().chain([k]).collect::<Vec<u8>>()
             };
+            // The first `ascending` inserts come in internal order (key up, sequence
+            // down), as a time-ordered family's do: leaves keep them as runs, split
+            // them, and turn into maps at the first insert out of order.
+            let mut ops = ops;
+            let sorted = ascending.min(ops.len());
+            ops[..sorted].sort_by_key(|&(k, seq, ..)| (key(k), std::cmp::Reverse(seq)));
             let m = Memtable::new();
             let mut model = std::collections::BTreeMap::new();
             for &(k, seq, put, v) in &ops {
@@ -625,6 +739,49 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// A leaf's range, over a run and over a map, is the sorted map's, at every kind
+        /// of bound on either side, both ways round.
+        #[test]
+        fn leaf_range_equals_the_map_range(
+            keys in proptest::collection::btree_set(0u8..40, 0..30),
+            lo in (0u8..3, 0u8..42),
+            hi in (0u8..3, 0u8..42),
+            as_map in any::<bool>(),
+        ) {
+            let mk = |k: u8| MemKey::new(&[k], 0);
+            let model: BTreeMap<MemKey, Value> =
+                keys.iter().map(|&k| (mk(k), (Kind::Put, Bytes::new()))).collect();
+            let mut leaf = LeafData::default();
+            for (k, v) in &model {
+                leaf.insert(k.clone(), v.clone());
+            }
+            if as_map {
+                leaf.map = std::mem::take(&mut leaf.run).into_iter().collect();
+            }
+            prop_assert_eq!(leaf.len(), model.len());
+            let (lo_key, hi_key) = (mk(lo.1), mk(hi.1));
+            let bound = |(kind, _): (u8, u8), k| match kind {
+                0 => Bound::Included(k),
+                1 => Bound::Excluded(k),
+                _ => Bound::Unbounded,
+            };
+            let range = (bound(lo, &lo_key), bound(hi, &hi_key));
+            // The combinations a sorted map refuses (it panics) are not asked for.
+            let refused = match range {
+                (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
+                    a > b || (a == b && matches!(range, (Bound::Excluded(_), Bound::Excluded(_))))
+                }
+                _ => false,
+            };
+            prop_assume!(!refused);
+            let want: Vec<&MemKey> = model.range(range).map(|(k, _)| k).collect();
+            prop_assert_eq!(leaf.range(range).map(|(k, _)| k).collect::<Vec<_>>(), want.clone());
+            let back: Vec<&MemKey> = want.into_iter().rev().collect();
+            prop_assert_eq!(leaf.range(range).rev().map(|(k, _)| k).collect::<Vec<_>>(), back);
+        }
+    }
+
     /// Readers racing a writer that splits leaves all the time (four versions per leaf
     /// under test): every scan, forward or backward, is strictly ordered and holds
     /// every version inserted before it started; every point lookup of such a version
@@ -632,10 +789,13 @@ mod tests {
     #[test]
     fn readers_racing_splits_miss_nothing() {
         const N: u64 = 4000;
-        // Scattered keys, so that splits happen all over the table.
-        let key = |i: u64| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40).to_be_bytes();
-        // Three times: a split landing in a reader's window is likely, not certain.
-        for _ in 0..3 {
+        // Scattered keys, so that splits happen all over the table (leaves as maps);
+        // then ascending keys (leaves as runs, each split leaving the new key alone in
+        // the next leaf).
+        let scattered = |i: u64| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40).to_be_bytes();
+        let ascending = |i: u64| i.to_be_bytes();
+        // Three times each: a split landing in a reader's window is likely, not certain.
+        for key in [scattered, scattered, scattered, ascending, ascending, ascending] {
             let m = Memtable::new();
             let done = AtomicU64::new(0);
             let start = std::sync::Barrier::new(3);
@@ -753,7 +913,9 @@ mod tests {
         let kept = {
             let leaf = m.leaf_for(&MemKey::new(b"k0003", u64::MAX));
             let d = leaf.read();
-            let found = d.map.iter().find(|(k, _)| k.user_key.as_slice() == b"k0003");
+            let found = d
+                .range((Bound::Unbounded, Bound::Unbounded))
+                .find(|(k, _)| k.user_key.as_slice() == b"k0003");
             found.map(|(_, (_, v))| v.clone())
         };
         drop(m);
