@@ -8,9 +8,11 @@
 //! version that this replaced took a cache miss per level: 1.8 µs per insert at random
 //! positions in 600,000 versions against 0.8 µs here, and an exchange's account keys
 //! land at random positions. One writer at a time inserts. A reader locks one leaf at a
-//! time, only to take out references to at most a chunk of entries (it copies them
-//! after releasing the lock), so it holds up the writer only when both are in the same
-//! leaf, and then for microseconds. (One lock over the whole table was faster still for
+//! time, only to copy out at most a chunk of entries, so it holds up the writer only
+//! when both are in the same leaf, and then for microseconds. (Taking out shared
+//! references under the lock and copying after it was slower in `examples/scan_loop`:
+//! each row's key was copied twice, and its value block's shared counter went up and
+//! down once more per row.) (One lock over the whole table was faster still for
 //! inserts, and halved the throughput of writers racing readers: a reader preempted
 //! while holding it stalled every writer.)
 //!
@@ -115,14 +117,9 @@ impl PartialOrd for MemKey {
     }
 }
 
-/// A version's kind and value. The value is shared so that a reader copies out a
-/// reference under the leaf's lock and makes its owned copy after releasing it; it is
-/// a slice of one of the memtable's value blocks (see [`Arena`]).
+/// A version's kind and value. The value is a slice of one of the memtable's value
+/// blocks (see [`Arena`]).
 type Value = (Kind, Bytes);
-
-/// What a reader takes out of a leaf under its lock: no allocation (keys up to
-/// [`INLINE_KEY_BYTES`] are inline), so the lock is held for as short as possible.
-type Taken = (MemKey, Kind, Bytes);
 
 /// Bytes of one value block.
 const BLOCK_BYTES: usize = 32 << 10;
@@ -385,7 +382,7 @@ impl Memtable {
                 _ => break,
             }
         }
-        out.into_iter().map(to_entry).collect()
+        out
     }
 
     /// Up to `n` versions from `from` on (internal order; `None`: from the start) whose
@@ -523,7 +520,7 @@ impl Memtable {
             }
             end = Some(low);
         }
-        out.into_iter().map(to_entry).collect()
+        out
     }
 
     /// Accounted size in bytes.
@@ -593,9 +590,9 @@ impl Iterator for MemIter<'_> {
     }
 }
 
-/// What a reader takes out of a leaf while it holds the lock.
-fn take((k, (kind, value)): (&MemKey, &Value)) -> Taken {
-    (k.clone(), *kind, value.clone())
+/// What a reader copies out of a leaf while it holds the lock.
+fn take((k, (kind, value)): (&MemKey, &Value)) -> Entry {
+    Entry { key: k.user_key.to_vec(), seq: k.seq, kind: *kind, value: value.to_vec() }
 }
 
 /// Whether a user key lies within a range of user keys.
@@ -606,7 +603,7 @@ fn within(key: &[u8], range: (Bound<&[u8]>, Bound<&[u8]>)) -> bool {
 /// Takes `entries` out (under their leaf's lock) into `out` until it holds `n`; returns
 /// whether it stopped at an entry outside the range.
 fn take_within<'a>(
-    out: &mut Vec<Taken>,
+    out: &mut Vec<Entry>,
     n: usize,
     entries: impl Iterator<Item = (&'a MemKey, &'a Value)>,
     in_range: impl Fn(&MemKey) -> bool,
@@ -621,11 +618,6 @@ fn take_within<'a>(
         out.push(take(entry));
     }
     false
-}
-
-/// The owned entry, made after the lock is released.
-fn to_entry((k, kind, value): Taken) -> Entry {
-    Entry { key: k.user_key.to_vec(), seq: k.seq, kind, value: value.to_vec() }
 }
 
 #[cfg(test)]
