@@ -29,6 +29,7 @@ mod rocks;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
 /// Benchmarks of Bourse, with peers and physical floors.
@@ -40,7 +41,8 @@ struct Cli {
     /// Finish each suite in under 60 seconds (what reviewers run).
     #[arg(long)]
     quick: bool,
-    /// Directory on the disk to measure (a temporary directory is made inside it).
+    /// Directory on the disk to measure (made if missing; a temporary directory is made
+    /// inside it).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// Run only the cases whose name contains this text (repeatable), e.g.
@@ -76,7 +78,13 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     report::set_only(cli.only.clone());
-    let tmp = tempfile::Builder::new().prefix("bourse-bench-").tempdir_in(&cli.dir)?;
+    // The directory to measure in is made when it does not exist yet.
+    std::fs::create_dir_all(&cli.dir)
+        .with_context(|| format!("cannot create the directory {}", cli.dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("bourse-bench-")
+        .tempdir_in(&cli.dir)
+        .with_context(|| format!("cannot make a directory inside {}", cli.dir.display()))?;
     eprintln!("bourse-bench: measuring in {}", tmp.path().display());
     if !cfg!(feature = "peers") {
         eprintln!("bourse-bench: built without the `peers` feature: peers are skipped");
