@@ -236,7 +236,8 @@ impl LeafData {
     /// Splits a leaf that holds too many versions, `inserted` being the one just
     /// inserted: returns the new leaf, holding the upper part, with its lower bound.
     /// When `inserted` is the leaf's last version (keys in ascending order), it alone
-    /// starts the new leaf, as a run with room for a full leaf. When the inserts came
+    /// starts the new leaf, as a run (which grows as it fills, so that a family that
+    /// stops there leaves no unaccounted room behind). When the inserts came
     /// in ascending order for a while but below other versions (a family appending
     /// below the start of the next one: an instrument's ticks below its trades), the
     /// leaf splits right after `inserted`, so that the family's next versions go last
@@ -247,10 +248,8 @@ impl LeafData {
         if self.map.is_empty() {
             let appended = self.run.last().is_some_and(|(last, _)| last == inserted);
             let at = if appended { self.run.len() - 1 } else { self.run.len() / 2 };
-            right.run = Vec::with_capacity(if appended { LEAF_MAX + 1 } else { 0 });
             right.run.extend(self.run.drain(at..));
         } else if self.map.last_key_value().is_some_and(|(last, _)| last == inserted) {
-            right.run = Vec::with_capacity(LEAF_MAX + 1);
             right.run.extend(self.map.pop_last());
         } else if self.streak >= STREAK_MIN {
             let after = (Bound::Excluded(inserted), Bound::Unbounded);
