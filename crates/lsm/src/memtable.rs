@@ -131,7 +131,7 @@ const BLOCK_VALUE_MAX: usize = BLOCK_BYTES / 4;
 /// reference-counted slice of one. An insert copies its value into the current block
 /// instead of allocating it alone: one allocation per few hundred typical values
 /// rather than one each, and they are freed together when the last memtable entry
-/// (or a reader's copy) that holds the block goes.
+/// (or other handle) that holds the block goes.
 #[derive(Debug, Default)]
 struct Arena {
     /// The current block's unused part.
@@ -413,15 +413,14 @@ impl Memtable {
                 // Split since the lookup: look again.
                 continue;
             }
+            // Copied under the lock, as a chunk is (see the module's notes).
             let first = d.range((Bound::Included(&probe), Bound::Unbounded)).next().map(
-                |(k, (kind, value))| (k.user_key.as_slice() == key, k.seq, *kind, value.clone()),
+                |(k, (kind, value))| {
+                    (k.user_key.as_slice() == key).then(|| (k.seq, *kind, value.to_vec()))
+                },
             );
             match first {
-                Some((false, ..)) => return None,
-                Some((true, seq, kind, value)) => {
-                    drop(d);
-                    return Some((seq, kind, value.to_vec()));
-                }
+                Some(found) => return found,
                 // Nothing here at or after the probe: the next leaf's first version is
                 // (its lower bound is this leaf's `high`).
                 None => match &d.high {
@@ -866,7 +865,8 @@ mod tests {
     /// Values of every size around the value blocks' limits (empty, filling a block to
     /// its last byte, one past it, the largest that shares a block, the smallest that
     /// gets its own, several blocks long) come back byte for byte, by `get` and in
-    /// order, also after the memtable itself is gone (a reader's copy holds the block).
+    /// order, also after the memtable itself is gone (a handle on a value holds its
+    /// block).
     #[test]
     fn values_in_blocks_come_back_exactly() {
         let sizes = [
