@@ -48,6 +48,10 @@ fn main() {
     if let Some(n) = std::env::var("MAINT_THREADS").ok().and_then(|v| v.parse().ok()) {
         opts.maintenance_threads = n;
     }
+    // `APPLY_THREADS` sets the apply threads (the engine's default unless set).
+    if let Some(n) = std::env::var("APPLY_THREADS").ok().and_then(|v| v.parse().ok()) {
+        opts.apply_threads = n;
+    }
     opts.wal.preallocate = bourse_wal::Preallocate::None;
     let engine = Engine::open(dir.path(), opts).unwrap();
     let mut took = Vec::with_capacity(all.len() / batch.max(1) as usize + 1);

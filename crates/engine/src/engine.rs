@@ -981,8 +981,16 @@ impl Inner {
             .zip(payloads.iter())
             .map(|(e, p)| Entry { kind: e.kind().as_u16(), timestamp: ts, payload: p })
             .collect();
-        let range = self.wal.append_batch(&entries, bourse_wal::Durability::Buffered)?;
-        self.apply_in_order(range, ts, events, &payloads)?;
+        // A batch for the apply lane is only queued in the WAL here: the lane thread
+        // writes it before its instrument writes, while this thread does the rest of
+        // apply. Nothing is visible or acknowledged before the write is done.
+        let unwritten = events.len() >= LANE_BATCH_MIN && self.lane.get().is_some();
+        let range = if unwritten {
+            self.wal.queue_batch_unwritten(&entries)?
+        } else {
+            self.wal.append_batch(&entries, bourse_wal::Durability::Buffered)?
+        };
+        self.apply_in_order(range, ts, events, &payloads, unwritten)?;
         if durability == Durability::Durable {
             self.wal.wait_durable(range.last)?;
         }
@@ -1010,12 +1018,17 @@ impl Inner {
     /// the job is done (the scope waits for it), so nothing is copied for it. The
     /// publish turn (`applied`) then makes batches visible in LSN order, each once both
     /// parts are in: the sink sees it, then readers do.
+    ///
+    /// `unwritten`: the batch is queued in the WAL but not yet written. Its writer is
+    /// then the lane's job, first thing, so the write overlaps this thread's writes; a
+    /// batch is published only after its job is done, so never before it is written.
     fn apply_in_order(
         &self,
         range: LsnRange,
         timestamp: i64,
         events: &[Event],
         payloads: &Encoded,
+        unwritten: bool,
     ) -> Result<()> {
         let first = range.first.0;
         let mut seq = self.seq.lock();
@@ -1037,16 +1050,29 @@ impl Inner {
         // a hand-off costs a thread wake-up.
         let lane_idle = seq.lanes_done + 1 == first;
         drop(seq);
-        let lane =
-            if events.len() >= LANE_BATCH_MIN || !lane_idle { self.lane.get() } else { None };
+        let lane = if unwritten || events.len() >= LANE_BATCH_MIN || !lane_idle {
+            self.lane.get()
+        } else {
+            None
+        };
+        let write_first = unwritten.then_some(range.last);
         match lane {
             // The turn is ours until `turn` moves, so the lane's job is queued behind
             // every earlier batch's (one thread, jobs in the order they come).
             Some(pool) => pool.in_place_scope(|scope| {
-                scope.spawn(|_| self.lane_job(first, events, payloads));
+                scope.spawn(|_| self.lane_job(first, events, payloads, write_first));
                 self.apply_own(range, timestamp, events, payloads, true)
             }),
-            None => self.apply_own(range, timestamp, events, payloads, false),
+            None => {
+                // Not reached (a batch is left unwritten only when there is a lane), but
+                // a failed write here must poison, as the lane's would.
+                if let Some(Err(e)) = write_first.map(|l| self.wal.wait_written(l)) {
+                    let e = Error::from(e);
+                    self.poison(&mut self.seq.lock(), &e);
+                    return Err(e);
+                }
+                self.apply_own(range, timestamp, events, payloads, false)
+            }
         }
     }
 
@@ -1120,14 +1146,18 @@ impl Inner {
         self.seq_cond.notify_all();
     }
 
-    /// The apply lane's job for the batch at `first`: its instrument partitions'
-    /// writes, then how far the lane got. Jobs run one at a time in LSN order. A panic
-    /// poisons the engine like a failed write (its submitter waits for `lanes_done`).
-    fn lane_job(&self, first: u64, events: &[Event], payloads: &Encoded) {
+    /// The apply lane's job for the batch at `first`: the WAL write up to `write_first`
+    /// when the batch is still unwritten, its instrument partitions' writes, then how
+    /// far the lane got. Jobs run one at a time in LSN order. A failed write or a panic
+    /// poisons the engine (its submitter waits for `lanes_done`).
+    fn lane_job(&self, first: u64, events: &[Event], payloads: &Encoded, write_first: Option<Lsn>) {
         if self.poison_flag.load(Ordering::Acquire) {
             return;
         }
         let run = || -> Result<()> {
+            if let Some(last) = write_first {
+                self.wal.wait_written(last)?;
+            }
             let mut writes = Vec::new();
             for (i, (e, p)) in events.iter().zip(payloads.iter()).enumerate() {
                 self.apply_one(first + i as u64, e, p, &mut writes, Some(Lane::Instruments))?;

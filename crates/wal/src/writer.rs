@@ -260,6 +260,39 @@ impl Wal {
         let bytes = self.check_batch(entries)?;
         let shared = &*self.shared;
         let mut st = shared.state.lock();
+        let range = self.queue_batch(&mut st, entries, bytes)?;
+        shared.wait_for(&mut st, range.last, durability)?;
+        Ok(range)
+    }
+
+    /// Queues a batch and returns its LSN range at once, before any of it is written
+    /// (it goes out with the next write, by whichever appender leads it). For a caller
+    /// with other work to do meanwhile: it must call [`Wal::wait_written`] (or
+    /// [`Wal::wait_durable`]) for the range before it tells anyone the batch is in.
+    /// Until then the batch is as good as unwritten; if this `Wal` is dropped first, it
+    /// may never be.
+    pub fn queue_batch_unwritten(&self, entries: &[Entry<'_>]) -> Result<LsnRange> {
+        let bytes = self.check_batch(entries)?;
+        self.queue_batch(&mut self.shared.state.lock(), entries, bytes)
+    }
+
+    /// Waits until every record up to `lsn` (already queued) is written to the OS (the
+    /// `Buffered` level), leading the write when nobody else is.
+    pub fn wait_written(&self, lsn: Lsn) -> Result<()> {
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        shared.wait_for(&mut st, lsn, Durability::Buffered)
+    }
+
+    /// Waits for room in the pending buffers (writing them when full) and queues a
+    /// checked batch of `bytes`, assigning its LSNs.
+    fn queue_batch(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        entries: &[Entry<'_>],
+        bytes: usize,
+    ) -> Result<LsnRange> {
+        let shared = &*self.shared;
         loop {
             if let Some(cause) = &st.poisoned {
                 return Err(Error::Poisoned { cause: cause.clone() });
@@ -267,12 +300,11 @@ impl Wal {
             if st.pending_bytes == 0 || st.pending_bytes + bytes <= shared.opts.pending_bytes_max {
                 break;
             }
-            shared.step(&mut st);
+            shared.step(st);
         }
-        let range = shared.enqueue(&mut st, entries, bytes);
+        let range = shared.enqueue(st, entries, bytes);
         shared.counters.batches.fetch_add(1, Ordering::Relaxed);
         shared.counters.records.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        shared.wait_for(&mut st, range.last, durability)?;
         Ok(range)
     }
 

@@ -89,6 +89,38 @@ fn invalid_options_are_rejected() {
 }
 
 #[test]
+fn a_queued_batch_is_written_by_whoever_writes_next() {
+    let fs = SimFs::new();
+    let opts = small_opts(Preallocate::None);
+    {
+        let wal = open(&fs, &opts);
+        wal.append(entry(b"x"), Durability::Buffered).unwrap();
+        // Queued: LSNs assigned, nothing written yet.
+        let q = wal.queue_batch_unwritten(&[entry(b"a"), entry(b"b")]).unwrap();
+        assert_eq!((q.first, q.last), (Lsn(2), Lsn(3)));
+        assert_eq!(wal.last_lsn(), Lsn(1));
+        assert_eq!(read_all(&wal).unwrap().len(), 1);
+        // A later append writes it too, in LSN order, and its own wait finds it done.
+        let r = wal.append(entry(b"c"), Durability::Buffered).unwrap();
+        assert_eq!(r.first, Lsn(4));
+        assert_eq!(wal.last_lsn(), Lsn(4));
+        wal.wait_written(q.last).unwrap();
+        // Queued and waited for by itself.
+        let q = wal.queue_batch_unwritten(&[entry(b"d")]).unwrap();
+        wal.wait_written(q.last).unwrap();
+        assert_eq!(wal.last_lsn(), Lsn(5));
+        // Bad batches are refused and take no LSN.
+        assert!(matches!(wal.queue_batch_unwritten(&[]), Err(Error::EmptyBatch)));
+        // Queued and never waited for: dropped with the writer.
+        wal.queue_batch_unwritten(&[entry(b"lost")]).unwrap();
+    }
+    let wal = open(&fs, &opts);
+    let payloads: Vec<Vec<u8>> = read_all(&wal).unwrap().into_iter().map(|r| r.1.payload).collect();
+    assert_eq!(payloads, [&b"x"[..], b"a", b"b", b"c", b"d"]);
+    assert_eq!(wal.append(entry(b"e"), Durability::Buffered).unwrap().first, Lsn(6));
+}
+
+#[test]
 fn replay_from_any_lsn_and_follow_new_appends() {
     let fs = SimFs::new();
     let opts = small_opts(Preallocate::PreWriteInline);
