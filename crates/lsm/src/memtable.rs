@@ -53,6 +53,9 @@ const LEAF_MAX: usize = 512;
 #[cfg(test)]
 const LEAF_MAX: usize = 4;
 
+/// The least room a run reserves when it grows.
+const RUN_MIN: usize = 4;
+
 /// A full leaf whose last this many inserts came in ascending order splits after the
 /// last one (see [`LeafData::split`]).
 #[cfg(not(test))]
@@ -221,6 +224,14 @@ impl LeafData {
                 Some(_) => self.map = std::mem::take(&mut self.run).into_iter().collect(),
             }
             if self.map.is_empty() {
+                if self.run.len() == self.run.capacity() {
+                    // Doubling, but never past what a leaf holds before it splits: a
+                    // full run would otherwise double once more for its last version
+                    // and keep half its room unused for good.
+                    let most = (LEAF_MAX + 1).saturating_sub(self.run.len()).max(1);
+                    let room = self.run.len().max(RUN_MIN).min(most);
+                    self.run.reserve_exact(room);
+                }
                 self.run.push((k, v));
                 return true;
             }
@@ -236,8 +247,10 @@ impl LeafData {
     /// Splits a leaf that holds too many versions, `inserted` being the one just
     /// inserted: returns the new leaf, holding the upper part, with its lower bound.
     /// When `inserted` is the leaf's last version (keys in ascending order), it alone
-    /// starts the new leaf, as a run (which grows as it fills, so that a family that
-    /// stops there leaves no unaccounted room behind). When the inserts came
+    /// starts the new leaf, as a run with room for a whole leaf (the family's next
+    /// versions fill it; one that stops there leaves that room unused, at most one
+    /// leaf's worth per family, where a run that grew by doubling kept half its room
+    /// unused once full). When the inserts came
     /// in ascending order for a while but below other versions (a family appending
     /// below the start of the next one: an instrument's ticks below its trades), the
     /// leaf splits right after `inserted`, so that the family's next versions go last
@@ -248,6 +261,11 @@ impl LeafData {
         if self.map.is_empty() {
             let appended = self.run.last().is_some_and(|(last, _)| last == inserted);
             let at = if appended { self.run.len() - 1 } else { self.run.len() / 2 };
+            if appended {
+                // A family appending here fills the new leaf too: room for all of it now,
+                // rather than a reallocation (and a copy) at every doubling.
+                right.run.reserve_exact(LEAF_MAX + 1);
+            }
             right.run.extend(self.run.drain(at..));
         } else if self.map.last_key_value().is_some_and(|(last, _)| last == inserted) {
             right.run.extend(self.map.pop_last());
@@ -672,6 +690,10 @@ mod tests {
                 key: k.user_key.clone(), seq: k.seq, kind: *kind, value: v.clone(),
             };
             prop_assert_eq!(m.len(), model.len());
+            // No run holds room past a full leaf's (its memory is not accounted).
+            for leaf in m.leaves.read().values() {
+                prop_assert!(leaf.read().run.capacity() <= LEAF_MAX + 1);
+            }
             let all: Vec<Entry> = model.iter().map(entry).collect();
             prop_assert_eq!(m.iter_from(None).collect::<Vec<_>>(), all.clone());
             for &(k, seq, n) in &probes {
