@@ -80,8 +80,13 @@ fn delete(out: &mut Vec<Write<'_>>, part: PartitionId, key: Key) {
     out.push(Write { part, key: key.into_vec(), value: None });
 }
 
+/// Room an encoded record starts with: an order record fits, so that it is encoded
+/// without the reallocations of a vector growing from empty.
+const RECORD_BYTES: usize = 256;
+
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    postcard::to_allocvec(v).map_err(|e| crate::Error::Corrupt { what: format!("encode: {e}") })
+    postcard::to_extend(v, Vec::with_capacity(RECORD_BYTES))
+        .map_err(|e| crate::Error::Corrupt { what: format!("encode: {e}") })
 }
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T> {
