@@ -99,6 +99,7 @@ pub struct EngineOptions {
     /// Memtable size at which one partition rotates by itself.
     pub memtable_bytes: usize,
     /// All memtables of all partitions together: past this, the largest is flushed.
+    /// Memtables count the heap they take (within about 10%), so this bounds memory.
     pub memtable_budget_bytes: usize,
     /// Block cache shared by no one: each partition gets this much (0 disables).
     pub block_cache_bytes: usize,

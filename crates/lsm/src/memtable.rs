@@ -40,8 +40,20 @@ use smallvec::SmallVec;
 
 use crate::key::{key_prefix, Entry, InternalKey, Kind, SeqNo};
 
-/// Bytes accounted per entry beyond key and value (node share, sequence, kind).
-const ENTRY_OVERHEAD: usize = 48;
+/// Bytes of one version in a leaf: its key (with up to [`INLINE_KEY_BYTES`] of the
+/// user key inline) and its value's handle.
+const ENTRY_BYTES: usize = std::mem::size_of::<(MemKey, Value)>();
+
+/// Bytes accounted per version in a leaf's B-tree: the version itself over the
+/// nodes' fill, which is about two thirds (random inserts) down to a half (ascending
+/// ones), plus the internal nodes and the allocator's size classes. Measured with
+/// `examples/memtable_footprint`, which compares the accounting with the heap.
+const MAP_ENTRY_BYTES: usize = ENTRY_BYTES * 2;
+
+/// Bytes accounted per leaf beyond its versions: the leaf itself behind its lock and
+/// reference count, and its entry in the index.
+const LEAF_BYTES: usize =
+    std::mem::size_of::<LeafData>() + 2 * std::mem::size_of::<(MemKey, Leaf)>() + 64;
 
 /// User keys up to this many bytes live inside the key.
 const INLINE_KEY_BYTES: usize = 32;
@@ -142,6 +154,7 @@ struct Arena {
 }
 
 impl Arena {
+    /// A handle on a copy of `value`.
     fn copy(&mut self, value: &[u8]) -> Bytes {
         if value.len() >= BLOCK_VALUE_MAX {
             return Bytes::copy_from_slice(value);
@@ -182,6 +195,13 @@ impl LeafData {
     /// The number of versions.
     fn len(&self) -> usize {
         self.run.len() + self.map.len()
+    }
+
+    /// The bytes the versions take, as accounted: the run's whole capacity, or the
+    /// map's versions at [`MAP_ENTRY_BYTES`] (values and spilled keys are accounted
+    /// apart).
+    fn footprint(&self) -> usize {
+        self.run.capacity() * ENTRY_BYTES + self.map.len() * MAP_ENTRY_BYTES
     }
 
     /// The versions within `range`, in ascending order (either way round).
@@ -248,11 +268,10 @@ impl LeafData {
     /// inserted: returns the new leaf, holding the upper part, with its lower bound.
     /// When `inserted` is the leaf's last version (keys in ascending order), it alone
     /// starts the new leaf, as a run with room for a whole leaf (the family's next
-    /// versions fill it; one that stops there leaves that room unused, at most one
-    /// leaf's worth per family, where a run that grew by doubling kept half its room
-    /// unused once full). When the inserts came
-    /// in ascending order for a while but below other versions (a family appending
-    /// below the start of the next one: an instrument's ticks below its trades), the
+    /// versions fill it; one that stops there leaves that room unused, but accounted).
+    /// When the inserts came in ascending order for a while but below other versions
+    /// (a family appending below the start of the next one: an instrument's ticks
+    /// below its trades), the
     /// leaf splits right after `inserted`, so that the family's next versions go last
     /// in this leaf and its next split is the first kind. Otherwise the leaf splits in
     /// the middle.
@@ -262,8 +281,10 @@ impl LeafData {
             let appended = self.run.last().is_some_and(|(last, _)| last == inserted);
             let at = if appended { self.run.len() - 1 } else { self.run.len() / 2 };
             if appended {
-                // A family appending here fills the new leaf too: room for all of it now,
-                // rather than a reallocation (and a copy) at every doubling.
+                // A family that filled this leaf in order fills the new one too: room for
+                // all of it now, rather than a reallocation (and a copy) at every
+                // doubling. Accounted from now on (see `footprint`), so the room a family
+                // that stops here leaves unused still counts against the budget.
                 right.run.reserve_exact(LEAF_MAX + 1);
             }
             right.run.extend(self.run.drain(at..));
@@ -335,6 +356,12 @@ impl Memtable {
         // Built before a lock is taken, so readers wait only for the tree's insert.
         let k = MemKey::new(key, seq);
         let v: Value = (kind, self.arena.lock().copy(value));
+        // The value as its length in its block (the blocks' unused tails, at most a
+        // block's worth at a time, are not accounted).
+        let mut added = value.len();
+        if key.len() > INLINE_KEY_BYTES {
+            added += key.len();
+        }
         loop {
             let leaf = self.leaf_for(&k);
             let mut d = leaf.write();
@@ -346,21 +373,25 @@ impl Memtable {
             // none, for a run), since asking first where the key goes cost a second one
             // with cache misses all the way down on a cold leaf.
             let probe = (d.len() >= LEAF_MAX).then(|| k.clone());
+            let before = d.footprint();
             if d.insert(k, v) {
                 self.len.store(self.len.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             }
             if let Some(k) = probe.filter(|_| d.len() > LEAF_MAX) {
                 if let Some((low, right)) = d.split(&k) {
+                    added += right.footprint() + LEAF_BYTES;
                     // Published while the left leaf is still locked: a reader that finds
                     // its key past the new `high` looks again and finds this one.
                     self.leaves.write().insert(low, Arc::new(RwLock::new(right)));
                 }
             }
+            // Signed: the leaf itself can shrink (a split moved half of it out).
+            let grown = (added + d.footprint()) as isize - before as isize;
+            // One writer at a time: plain stores, no read-modify-write.
+            let bytes = self.bytes.load(Ordering::Relaxed).saturating_add_signed(grown);
+            self.bytes.store(bytes, Ordering::Relaxed);
             break;
         }
-        // One writer at a time: plain stores, no read-modify-write.
-        let added = key.len() + value.len() + ENTRY_OVERHEAD;
-        self.bytes.store(self.bytes.load(Ordering::Relaxed) + added, Ordering::Relaxed);
         if seq > self.max_seq.load(Ordering::Relaxed) {
             self.max_seq.store(seq, Ordering::Relaxed);
         }
@@ -539,7 +570,10 @@ impl Memtable {
         out
     }
 
-    /// Accounted size in bytes.
+    /// Accounted size in bytes: what the versions, their values and the leaves take
+    /// on the heap (runs by their capacity, B-tree versions with their nodes' slack),
+    /// which `examples/memtable_footprint` finds within about 10% of the heap jemalloc
+    /// counts, in the partitions' shapes.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }

@@ -31,7 +31,7 @@ fn check(key: &[u8], v: &[u8]) {
 fn readers_race_flushes_and_compactions() {
     let tmp = tempfile::tempdir().unwrap();
     let opts = TreeOptions {
-        memtable_bytes: 64 << 10,
+        memtable_bytes: 160 << 10,
         l0_compaction_trigger: 3,
         level1_bytes: 256 << 10,
         table_bytes: 64 << 10,

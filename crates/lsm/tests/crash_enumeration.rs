@@ -15,7 +15,7 @@ const WRITES: u64 = 400;
 
 fn opts(canary: Canary) -> TreeOptions {
     TreeOptions {
-        memtable_bytes: 1500,
+        memtable_bytes: 3800,
         immutables_max: 1,
         block_bytes: 256,
         l0_compaction_trigger: 2,

@@ -17,7 +17,7 @@ use bourse_lsm::{Tree, TreeOptions, MAX_SEQ};
 
 fn opts() -> TreeOptions {
     TreeOptions {
-        memtable_bytes: 2048,
+        memtable_bytes: 5 << 10,
         l0_compaction_trigger: 2,
         level1_bytes: 8 << 10,
         table_bytes: 4 << 10,

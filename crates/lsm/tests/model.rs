@@ -50,7 +50,7 @@ fn key(k: u8) -> Vec<u8> {
 fn opts(compression: Compression) -> TreeOptions {
     TreeOptions {
         compression,
-        memtable_bytes: 2048,
+        memtable_bytes: 5 << 10,
         immutables_max: 2,
         block_bytes: 256,
         l0_compaction_trigger: 3,

@@ -12,7 +12,7 @@ use bourse_lsm::{Tree, TreeOptions, MAX_SEQ};
 fn sequential_tables_move_down_without_rewrites() {
     let fs = SimFs::new();
     let opts = TreeOptions {
-        memtable_bytes: 8 << 10,
+        memtable_bytes: 20 << 10,
         l0_compaction_trigger: 2,
         level1_bytes: 32 << 10,
         table_bytes: 16 << 10,
