@@ -139,6 +139,9 @@ pub fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn crate::engine::Store>> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_write_buffer_size(64 << 20);
+    // All column families' memtables under one budget, Bourse's own (eight memtables'
+    // worth; `engine_options`), so that both hold the same memory in memtables.
+    opts.set_db_write_buffer_size(8 * (64 << 20));
     opts.set_compression_type(rocksdb::DBCompressionType::None);
     opts.set_enable_pipelined_write(true);
     let mut table = BlockBasedOptions::default();

@@ -824,7 +824,7 @@ impl Inner {
     /// alone is bounded anyway: a writer that finds its immutable queue full flushes.)
     /// Any thread may flush any tree; the tree serializes flushes with its writer.
     fn replay_budget(&self) -> Result<()> {
-        for (p, bytes) in self.over_budget() {
+        for (p, bytes) in self.over_budget(false) {
             tracing::debug!(partition = %p.id, bytes, "replay: memtable budget, flushing");
             p.tree.flush()?;
         }

@@ -57,7 +57,9 @@ impl Inner {
     /// While all memtables together exceed the budget, rotates the largest so the
     /// maintenance threads flush it.
     pub(crate) fn enforce_budget(&self) {
-        let over = self.over_budget();
+        // Immutable memtables are on their way to the maintenance threads: what they
+        // hold is freed without another rotation.
+        let over = self.over_budget(true);
         if over.is_empty() {
             return;
         }
@@ -69,25 +71,22 @@ impl Inner {
         self.kick();
     }
 
-    /// When all memtables together exceed the budget: the largest partitions, largest
-    /// first, whose memtables (with their sizes) must go for the rest to fit.
-    pub(crate) fn over_budget(&self) -> Vec<(Arc<Partition>, usize)> {
-        let mut sizes: Vec<(Arc<Partition>, usize)> = self
-            .partitions()
-            .into_iter()
-            .map(|p| {
-                let b = p.tree.memtable_bytes();
-                (p, b)
-            })
-            .collect();
-        let mut total: usize = sizes.iter().map(|s| s.1).sum();
-        sizes.sort_unstable_by_key(|s| std::cmp::Reverse(s.1));
-        sizes.retain(|(_, bytes)| {
-            let keep = total > self.opts.memtable_budget_bytes;
-            total = total.saturating_sub(*bytes);
-            keep
+    /// When all memtables together exceed the budget: the partitions whose active
+    /// memtables (largest first, with their sizes) must go for the rest to fit.
+    ///
+    /// `in_flight`: immutable memtables will be flushed by someone else (the
+    /// maintenance threads), so they count as already going. Without it (during
+    /// replay, when nobody else flushes), a partition's whole size counts, and the
+    /// caller flushes it all. Counting immutables as something a rotation could free
+    /// rotated the largest partition again at every check while its last flush was
+    /// still running: tiny memtables, and a writer that found two immutables ahead of
+    /// its full memtable flushed inline.
+    pub(crate) fn over_budget(&self, in_flight: bool) -> Vec<(Arc<Partition>, usize)> {
+        let sizes = self.partitions().into_iter().map(|p| {
+            let (active, immutable) = p.tree.memtable_bytes_split();
+            (p, active, immutable)
         });
-        sizes
+        over_budget(sizes.collect(), self.opts.memtable_budget_bytes, in_flight)
     }
 
     /// Marks idle partitions clean, flushes partitions that hold back an oversized WAL,
@@ -170,5 +169,63 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+/// [`Inner::over_budget`] over `(partition, active bytes, immutable bytes)`.
+fn over_budget<P>(
+    parts: Vec<(P, usize, usize)>,
+    budget: usize,
+    in_flight: bool,
+) -> Vec<(P, usize)> {
+    let total: usize = parts.iter().map(|(_, a, i)| a + i).sum();
+    if total <= budget {
+        return Vec::new();
+    }
+    let flushing: usize = parts.iter().map(|(_, _, i)| i).sum();
+    let mut need = total - budget;
+    if in_flight {
+        need = need.saturating_sub(flushing);
+    }
+    let mut sizes: Vec<(P, usize)> = parts
+        .into_iter()
+        .map(|(p, active, immutable)| (p, if in_flight { active } else { active + immutable }))
+        .collect();
+    sizes.sort_by_key(|s| std::cmp::Reverse(s.1));
+    sizes.retain(|(_, bytes)| {
+        let keep = need > 0 && *bytes > 0;
+        need = need.saturating_sub(*bytes);
+        keep
+    });
+    sizes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::over_budget;
+
+    #[test]
+    fn the_budget_rotates_only_what_is_not_already_flushing() {
+        // (name, active, immutable); budget 100.
+        let parts = || vec![("accounts", 60, 50), ("i1", 30, 0), ("i2", 20, 0), ("idle", 0, 0)];
+        let names = |v: Vec<(&str, usize)>| {
+            v.into_iter().map(|(p, b)| (p.to_string(), b)).collect::<Vec<_>>()
+        };
+        // Under the budget: nothing.
+        assert!(over_budget(vec![("a", 60, 40)], 100, true).is_empty());
+        // 160 over 100: the 50 flushing cover 50 of the 60 over; the largest active
+        // memtable covers the rest.
+        assert_eq!(names(over_budget(parts(), 100, true)), [("accounts".into(), 60)]);
+        // When the flushing ones cover it all, nothing more is rotated.
+        assert!(over_budget(parts(), 110, true).is_empty());
+        // Nobody else flushes (replay): whole partitions count, largest first.
+        assert_eq!(names(over_budget(parts(), 110, false)), [("accounts".into(), 110)]);
+        assert_eq!(
+            names(over_budget(parts(), 20, false)),
+            [("accounts".into(), 110), ("i1".into(), 30)]
+        );
+        // An empty active memtable is never picked, even when more is needed.
+        let v = over_budget(vec![("a", 0, 10), ("b", 5, 0)], 0, true);
+        assert_eq!(names(v), [("b".into(), 5)]);
     }
 }

@@ -389,8 +389,15 @@ impl Tree {
 
     /// Bytes held by the active and immutable memtables.
     pub fn memtable_bytes(&self) -> usize {
+        let (active, immutable) = self.memtable_bytes_split();
+        active + immutable
+    }
+
+    /// Bytes held by the active memtable (what a rotation would hand to the flusher),
+    /// and by the immutable ones (already waiting for it).
+    pub fn memtable_bytes_split(&self) -> (usize, usize) {
         let st = self.inner.state.lock();
-        st.active.bytes() + st.immutables.iter().map(|m| m.bytes()).sum::<usize>()
+        (st.active.bytes(), st.immutables.iter().map(|m| m.bytes()).sum::<usize>())
     }
 
     /// Turns a non-empty active memtable into an immutable one for the flusher (the
