@@ -77,10 +77,9 @@ impl Inner {
     /// `in_flight`: immutable memtables will be flushed by someone else (the
     /// maintenance threads), so they count as already going. Without it (during
     /// replay, when nobody else flushes), a partition's whole size counts, and the
-    /// caller flushes it all. Counting immutables as something a rotation could free
+    /// caller flushes it all. (Counting immutables as something a rotation could free
     /// rotated the largest partition again at every check while its last flush was
-    /// still running: tiny memtables, and a writer that found two immutables ahead of
-    /// its full memtable flushed inline.
+    /// still running, into tiny memtables.)
     pub(crate) fn over_budget(&self, in_flight: bool) -> Vec<(Arc<Partition>, usize)> {
         let sizes = self.partitions().into_iter().map(|p| {
             let (active, immutable) = p.tree.memtable_bytes_split();
