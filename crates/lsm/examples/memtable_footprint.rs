@@ -16,7 +16,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bourse_lsm::{Kind, Memtable};
+use shapes::{appended_key, scattered_key};
 use tikv_jemalloc_ctl::{epoch, stats};
+
+mod shapes;
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -25,26 +28,6 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn allocated() -> usize {
     epoch::advance().unwrap();
     stats::allocated::read().unwrap()
-}
-
-fn scattered_key(i: u64) -> Vec<u8> {
-    let h = i.wrapping_mul(0x2545_F491_4F6C_DD1D);
-    let user = format!("acct{:05}", (h >> 17) % 10_000);
-    let id = format!("ord{i}");
-    let tag = [b'O', b'B', b'P'][(h % 3) as usize];
-    let mut k = vec![tag];
-    k.extend_from_slice(&(user.len() as u16).to_be_bytes());
-    k.extend_from_slice(user.as_bytes());
-    k.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn appended_key(i: u64) -> Vec<u8> {
-    let mut k = vec![b'T'];
-    k.extend_from_slice(&(1_763_800_000_000_000_000u64 + i * 1000).to_be_bytes());
-    k.extend_from_slice(&i.to_be_bytes());
-    k
 }
 
 /// Two families appending at once, the lower one below the upper's versions (an
