@@ -271,10 +271,9 @@ impl LeafData {
     /// versions fill it; one that stops there leaves that room unused, but accounted).
     /// When the inserts came in ascending order for a while but below other versions
     /// (a family appending below the start of the next one: an instrument's ticks
-    /// below its trades), the
-    /// leaf splits right after `inserted`, so that the family's next versions go last
-    /// in this leaf and its next split is the first kind. Otherwise the leaf splits in
-    /// the middle.
+    /// below its trades), the leaf splits right after `inserted`, so that the family's
+    /// next versions go last in this leaf and its next split is the first kind.
+    /// Otherwise the leaf splits in the middle.
     fn split(&mut self, inserted: &MemKey) -> Option<(MemKey, LeafData)> {
         let mut right = LeafData::default();
         if self.map.is_empty() {

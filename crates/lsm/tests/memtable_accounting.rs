@@ -5,7 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bourse_lsm::{Kind, Memtable};
+use shapes::{appended_key, scattered_key};
 use tikv_jemalloc_ctl::{epoch, stats};
+
+#[path = "../examples/shapes/mod.rs"]
+mod shapes;
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -15,25 +19,14 @@ fn allocated() -> usize {
     stats::allocated::read().unwrap()
 }
 
-/// An account's keys at random positions (tag, user, order id), and an instrument's in
-/// ascending order (tag, time, sequence), each with an index entry's small value and
-/// an event-sized one.
+/// The shapes `examples/memtable_footprint` measures (the accounts partition's
+/// scattered keys, an instrument's ascending ones), each with an index entry's small
+/// value and an event-sized one.
 #[test]
 fn accounted_bytes_follow_the_heap() {
     const N: u64 = 100_000;
-    let scattered = |i: u64| {
-        let h = i.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        format!("{}acct{:05}ord{i}", ['O', 'B', 'P'][(h % 3) as usize], (h >> 17) % 10_000)
-            .into_bytes()
-    };
-    let appended = |i: u64| {
-        let mut k = vec![b'T'];
-        k.extend_from_slice(&(1_763_800_000_000_000_000u64 + i * 1000).to_be_bytes());
-        k.extend_from_slice(&i.to_be_bytes());
-        k
-    };
     for (shape, key) in
-        [("scattered", &scattered as &dyn Fn(u64) -> Vec<u8>), ("appended", &appended)]
+        [("scattered", scattered_key as fn(u64) -> Vec<u8>), ("appended", appended_key)]
     {
         let keys: Vec<Vec<u8>> = (0..N).map(key).collect();
         for value_len in [10usize, 150] {
