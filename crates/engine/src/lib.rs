@@ -107,6 +107,14 @@ pub struct EngineOptions {
     pub batch_events_max: usize,
     /// Threads that flush and compact partitions.
     pub maintenance_threads: usize,
+    /// The nice value the maintenance threads give themselves (Linux: per thread;
+    /// 0 to 19, higher is lower priority; 0 leaves them as they are). Flushes and
+    /// compactions run long; at the default priority a woken writer or the apply lane
+    /// waits for them to use up their time slice before it gets a core, and every
+    /// writer behind it waits too. A lower priority lets the submit path preempt them;
+    /// they still get the time writers leave, and writers stall when flushes fall
+    /// behind (`immutables_max`), which gives them all of it.
+    pub maintenance_nice: i32,
     /// Threads that apply. With 2 (the default on machines with more than one core), a
     /// second thread applies the instrument partitions' writes while the first applies
     /// accounts, users and market: at open for the WAL tail (the opening thread reads
@@ -147,6 +155,7 @@ impl Default for EngineOptions {
             block_cache_bytes: 8 << 20,
             batch_events_max: 4096,
             maintenance_threads: 2,
+            maintenance_nice: 10,
             apply_threads: if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
                 2
             } else {

@@ -443,3 +443,39 @@ fn the_wal_spare_is_prepared_after_open() {
         e.close().unwrap();
     }
 }
+
+/// The maintenance threads run at the nice value the options give (Linux keeps one per
+/// thread, in field 19 of `/proc/self/task/TID/stat`).
+#[cfg(target_os = "linux")]
+#[test]
+fn maintenance_threads_lower_their_priority() {
+    let nice_of_maintenance = || -> Vec<i64> {
+        let mut found = Vec::new();
+        for t in std::fs::read_dir("/proc/self/task").unwrap() {
+            let t = t.unwrap().path();
+            let Ok(comm) = std::fs::read_to_string(t.join("comm")) else { continue };
+            if !comm.starts_with("bourse-maint") {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(t.join("stat")) else { continue };
+            // Fields after the command (which is in parentheses): state is field 3.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            found.push(rest.split(' ').nth(19 - 3).unwrap().parse().unwrap());
+        }
+        found
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.maintenance_threads = 2;
+    o.maintenance_nice = 7;
+    let e = Engine::open(dir.path(), o).unwrap();
+    // The threads set it first thing; give them a moment to start. Other tests' engines
+    // run beside this one with the default (10), so count the sevens.
+    let sevens = || nice_of_maintenance().into_iter().filter(|&n| n == 7).count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sevens() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(sevens(), 2, "maintenance threads at nice 7: {:?}", nice_of_maintenance());
+    drop(e);
+}
