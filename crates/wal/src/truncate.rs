@@ -45,10 +45,14 @@ impl Wal {
             if let Some(cause) = &st.poisoned {
                 return Err(Error::Poisoned { cause: cause.clone() });
             }
-            if !st.io_busy && !st.has_pending() {
+            if !st.io_busy() && !st.has_pending() {
                 break;
             }
-            shared.step(&mut st);
+            if st.has_pending() {
+                shared.step_write(&mut st);
+            } else {
+                shared.cond.wait(&mut st);
+            }
         }
         if lsn >= st.written {
             return Ok(());
@@ -57,17 +61,19 @@ impl Wal {
         if lsn.0 + 1 < first.0 {
             return Err(Error::OutOfRange { lsn, first, last: st.written });
         }
-        st.io_busy = true;
+        // Both flags: no round may start while the tail is cut.
+        st.write_busy = true;
+        st.sync_busy = true;
         drop(st.active.take());
         let result = MutexGuard::unlocked(&mut st, || shared.cut_after(lsn));
         let outcome = match result {
             Ok(active) => {
                 st.seg_fill = active.offset;
+                st.tail_file = (active.file.clone(), active.path.clone());
                 st.active = Some(active);
                 st.next_lsn = lsn.next();
                 st.written = lsn;
                 st.synced = lsn;
-                st.reset_durable_wanted(lsn);
                 shared.written.store(lsn.0, Ordering::Release);
                 shared.publish_durable(lsn);
                 Ok(())
@@ -77,7 +83,8 @@ impl Wal {
                 Err(e)
             }
         };
-        st.io_busy = false;
+        st.write_busy = false;
+        st.sync_busy = false;
         shared.cond.notify_all();
         outcome
     }

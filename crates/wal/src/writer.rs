@@ -4,12 +4,25 @@
 //!
 //! Appenders encode their batch into a pending buffer under one mutex (which also assigns
 //! LSNs, so the buffer is always in LSN order) and then wait for their acknowledgement.
-//! Whenever no I/O is running, a waiting appender becomes the *leader*: it takes the
-//! pending buffers, releases the mutex, writes them with one `pwrite` each, and, if any
-//! waiter asked for `Durable`, issues one `fdatasync`; then it publishes the new written
-//! and synced LSNs and wakes everyone. Appenders that arrive during the I/O queue up behind
-//! it and are served together by the next leader. Nobody is acknowledged `Durable` before
-//! the `fdatasync` covering their bytes has returned.
+//! Writing and syncing are two rounds, each led by one waiter at a time, and they run
+//! side by side:
+//!
+//! - **A write round** runs whenever pending bytes are wanted and no write round runs:
+//!   its leader takes the pending buffers, releases the mutex, writes them with one
+//!   `pwrite` each, publishes the new written LSN and wakes everyone. `Buffered`
+//!   appenders are acknowledged by it.
+//! - **A sync round** runs whenever a `Durable` waiter's bytes are written but not synced
+//!   and no sync round runs: its leader notes the written LSN, releases the mutex, issues
+//!   one `fdatasync` on the segment holding it, then publishes that LSN as synced.
+//!   Appenders that arrive during a sync are written meanwhile and served together by the
+//!   next one.
+//!
+//! So a `Buffered` append never waits for an `fdatasync` (which can take a hundred
+//! milliseconds while the disk is busy with other files), and nobody is acknowledged
+//! `Durable` before the `fdatasync` covering their bytes has returned: a sync covers
+//! what was written before it started. A write round that moves to a new segment syncs
+//! the old one first, itself, so the segment a sync round holds is always the one its
+//! LSN is in, or an older one already synced.
 //!
 //! # Failure
 //!
@@ -127,8 +140,13 @@ pub(crate) struct State {
     pub pending_bytes: usize,
     /// Bytes the active segment will hold once pending chunks are written.
     pub seg_fill: u64,
-    durable_wanted: Lsn,
-    pub io_busy: bool,
+    /// A write round runs (its leader holds `active`).
+    pub write_busy: bool,
+    /// A sync round runs.
+    pub sync_busy: bool,
+    /// The file of the segment that holds `written`, for sync rounds (which run while a
+    /// write round holds `active`).
+    pub tail_file: (FileRef, PathBuf),
     pub poisoned: Option<String>,
     pub written: Lsn,
     pub synced: Lsn,
@@ -141,8 +159,9 @@ impl State {
         !self.pending.is_empty()
     }
 
-    pub(crate) fn reset_durable_wanted(&mut self, lsn: Lsn) {
-        self.durable_wanted = self.durable_wanted.min(lsn);
+    /// Whether a write or sync round runs.
+    pub(crate) fn io_busy(&self) -> bool {
+        self.write_busy || self.sync_busy
     }
 
     pub(crate) fn new(next_lsn: Lsn, active: Active) -> Self {
@@ -152,8 +171,9 @@ impl State {
             pending: Vec::new(),
             pending_bytes: 0,
             seg_fill: active.offset,
-            durable_wanted: last,
-            io_busy: false,
+            write_busy: false,
+            sync_busy: false,
+            tail_file: (active.file.clone(), active.path.clone()),
             poisoned: None,
             written: last,
             synced: last,
@@ -300,7 +320,7 @@ impl Wal {
             if st.pending_bytes == 0 || st.pending_bytes + bytes <= shared.opts.pending_bytes_max {
                 break;
             }
-            shared.step(st);
+            shared.step_write(st);
         }
         let range = shared.enqueue(st, entries, bytes);
         shared.counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -422,7 +442,7 @@ impl Wal {
         let (active_path, active_len, last) = {
             let mut st = shared.state.lock();
             // With no write in flight, the active segment's offset ends the last record.
-            while st.io_busy {
+            while st.write_busy {
                 shared.cond.wait(&mut st);
             }
             match &st.active {
@@ -521,9 +541,6 @@ impl Shared {
         target: Lsn,
         durability: Durability,
     ) -> Result<()> {
-        if durability == Durability::Durable && st.durable_wanted < target {
-            st.durable_wanted = target;
-        }
         loop {
             let done = match durability {
                 Durability::Buffered => st.written >= target,
@@ -535,26 +552,28 @@ impl Shared {
             if let Some(cause) = &st.poisoned {
                 return Err(Error::Poisoned { cause: cause.clone() });
             }
-            self.step(st);
+            if st.written < target {
+                self.step_write(st);
+            } else if st.sync_busy {
+                self.cond.wait(st);
+            } else {
+                self.lead_sync(st);
+            }
         }
     }
 
-    /// Leads one round of I/O if none is running, else waits for the running one.
-    pub(crate) fn step(&self, st: &mut MutexGuard<'_, State>) {
-        if st.io_busy {
+    /// Leads one write round if none is running, else waits for the running one.
+    pub(crate) fn step_write(&self, st: &mut MutexGuard<'_, State>) {
+        if st.write_busy {
             self.cond.wait(st);
         } else {
-            self.lead(st);
+            self.lead_write(st);
         }
     }
 
-    fn lead(&self, st: &mut MutexGuard<'_, State>) {
-        st.io_busy = true;
-        let wants_sync = st.durable_wanted > st.synced;
-        if wants_sync && self.opts.group_commit_delay_us > 0 {
-            let delay = Duration::from_micros(self.opts.group_commit_delay_us);
-            MutexGuard::unlocked(st, || std::thread::sleep(delay));
-        }
+    /// A write round: every pending buffer (up to `group_commit_bytes_max`) to the OS.
+    fn lead_write(&self, st: &mut MutexGuard<'_, State>) {
+        st.write_busy = true;
         let mut chunks = Vec::new();
         let mut taken = 0usize;
         while !st.pending.is_empty() && (taken == 0 || taken < self.opts.group_commit_bytes_max) {
@@ -563,31 +582,25 @@ impl Shared {
             chunks.push(chunk);
         }
         st.pending_bytes -= taken;
-        let need_sync = st.durable_wanted > st.synced;
         let written_before = st.written;
         let Some(mut active) = st.active.take() else {
             st.poisoned = Some("internal: no active segment".into());
-            st.io_busy = false;
+            st.write_busy = false;
             self.cond.notify_all();
             return;
         };
-        let result = MutexGuard::unlocked(st, || {
-            self.write_chunks(&mut active, &chunks, need_sync, written_before)
-        });
+        let result =
+            MutexGuard::unlocked(st, || self.write_chunks(&mut active, &chunks, written_before));
+        st.tail_file = (active.file.clone(), active.path.clone());
         st.active = Some(active);
         match result {
-            Ok((written, synced)) => {
+            Ok((written, sealed)) => {
                 st.written = st.written.max(written);
-                st.synced = st.synced.max(synced);
+                st.synced = st.synced.max(sealed);
                 self.written.store(st.written.0, Ordering::Release);
                 self.durable.store(st.synced.0, Ordering::Release);
             }
-            Err(e) => {
-                tracing::error!(error = %e, dir = %self.dir.display(), "WAL poisoned");
-                st.poisoned = Some(e.to_string());
-                st.pending.clear();
-                st.pending_bytes = 0;
-            }
+            Err(e) => self.poison(st, &e),
         }
         for mut chunk in chunks {
             if st.free_bufs.len() < 4
@@ -597,16 +610,56 @@ impl Shared {
                 st.free_bufs.push(chunk.bytes);
             }
         }
-        st.io_busy = false;
+        st.write_busy = false;
         self.cond.notify_all();
     }
 
-    /// The leader's I/O, run without the state lock. Returns (written, synced) LSNs.
+    /// A sync round: one `fdatasync` covering everything written when it starts.
+    fn lead_sync(&self, st: &mut MutexGuard<'_, State>) {
+        st.sync_busy = true;
+        if self.opts.group_commit_delay_us > 0 {
+            let delay = Duration::from_micros(self.opts.group_commit_delay_us);
+            MutexGuard::unlocked(st, || std::thread::sleep(delay));
+        }
+        let target = st.written;
+        let (file, path) = st.tail_file.clone();
+        let result = MutexGuard::unlocked(st, || {
+            if self.opts.canary.ack_durable_before_sync {
+                // CANARY: acknowledges before the sync; the harness must catch this.
+                let mut st = self.state.lock();
+                st.synced = st.synced.max(target);
+                self.cond.notify_all();
+            }
+            self.sync_file(&file, &path)
+        });
+        match result {
+            Ok(()) => {
+                st.synced = st.synced.max(target);
+                self.durable.store(st.synced.0, Ordering::Release);
+            }
+            Err(e) => self.poison(st, &e),
+        }
+        st.sync_busy = false;
+        self.cond.notify_all();
+    }
+
+    /// Records a failed write or sync: every later append and every waiter not yet
+    /// acknowledged gets [`Error::Poisoned`]; pending buffers are dropped.
+    fn poison(&self, st: &mut State, e: &Error) {
+        tracing::error!(error = %e, dir = %self.dir.display(), "WAL poisoned");
+        if st.poisoned.is_none() {
+            st.poisoned = Some(e.to_string());
+        }
+        st.pending.clear();
+        st.pending_bytes = 0;
+    }
+
+    /// A write round's I/O, run without the state lock. Returns the LSN written, and the
+    /// LSN synced by sealing a segment on the way to a new one (0 if none was).
     fn write_chunks(
         &self,
         active: &mut Active,
         chunks: &[Chunk],
-        need_sync: bool,
         written_before: Lsn,
     ) -> Result<(Lsn, Lsn)> {
         let mut written = written_before;
@@ -634,17 +687,6 @@ impl Shared {
             written = chunk.last_lsn;
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
             self.counters.bytes.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
-        }
-        if need_sync {
-            if self.opts.canary.ack_durable_before_sync {
-                // CANARY: acknowledges before the sync; the harness must catch this.
-                let mut st = self.state.lock();
-                st.written = st.written.max(written);
-                st.synced = st.synced.max(written);
-                self.cond.notify_all();
-            }
-            self.sync_file(&active.file, &active.path)?;
-            synced = written;
         }
         Ok((written, synced))
     }

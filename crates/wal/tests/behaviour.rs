@@ -441,3 +441,145 @@ fn a_whole_spare_is_kept_across_reopen_and_a_wrong_one_removed() {
     let _wal = open(&fs, &inline);
     assert!(!fs.exists(&spare).unwrap());
 }
+
+/// A file system whose `sync_data` calls wait while a gate is closed, and count how
+/// many are waiting: for showing what goes on while an `fdatasync` is slow.
+#[derive(Debug)]
+struct GatedFs {
+    inner: Arc<dyn Vfs>,
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    state: std::sync::Mutex<(bool, usize)>, // (closed, syncs waiting)
+    cond: std::sync::Condvar,
+}
+
+impl Gate {
+    fn set_closed(&self, closed: bool) {
+        self.state.lock().unwrap().0 = closed;
+        self.cond.notify_all();
+    }
+    fn pass(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.1 += 1;
+        self.cond.notify_all();
+        while st.0 {
+            st = self.cond.wait(st).unwrap();
+        }
+        st.1 -= 1;
+    }
+    fn wait_for_waiters(&self, n: usize) {
+        let mut st = self.state.lock().unwrap();
+        while st.1 < n {
+            st = self.cond.wait(st).unwrap();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GatedFile {
+    inner: bourse_fs::FileRef,
+    gate: Arc<Gate>,
+}
+
+impl bourse_fs::VfsFile for GatedFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.gate.pass();
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+impl Vfs for GatedFs {
+    fn create_dir_all(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(dir)
+    }
+    fn open(&self, path: &std::path::Path, mode: OpenMode) -> std::io::Result<bourse_fs::FileRef> {
+        let inner = self.inner.open(path, mode)?;
+        Ok(Arc::new(GatedFile { inner, gate: self.gate.clone() }))
+    }
+    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn exists(&self, path: &std::path::Path) -> std::io::Result<bool> {
+        self.inner.exists(path)
+    }
+    fn lock(&self, path: &std::path::Path) -> std::io::Result<bourse_fs::LockGuard> {
+        self.inner.lock(path)
+    }
+}
+
+/// While one appender's `fdatasync` is stuck, other appenders' `Buffered` appends are
+/// written and acknowledged, and readers see them; a `Durable` append waits for the
+/// sync after it, which covers it. (A slow sync used to hold every write behind it.)
+#[test]
+fn buffered_appends_do_not_wait_for_a_slow_sync() {
+    let sim = SimFs::new();
+    let gate = Arc::new(Gate::default());
+    let fs: Arc<dyn Vfs> = Arc::new(GatedFs { inner: sim.shared(), gate: gate.clone() });
+    let mut opts = WalOptions { preallocate: Preallocate::None, ..WalOptions::default() };
+    opts.segment_bytes = 1 << 20;
+    let wal = Arc::new(Wal::open(fs, dir(), opts).unwrap());
+    wal.append(entry(b"before"), Durability::Durable).unwrap();
+
+    gate.set_closed(true);
+    let w = wal.clone();
+    let stuck = std::thread::spawn(move || w.append(entry(b"durable-1"), Durability::Durable));
+    gate.wait_for_waiters(1);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let w = wal.clone();
+    std::thread::spawn(move || {
+        let r = w.append_batch(&[entry(b"buffered-1"), entry(b"buffered-2")], Durability::Buffered);
+        tx.send(r.map(|r| r.last)).unwrap();
+    });
+    let last = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("a Buffered append waited for someone else's fdatasync")
+        .unwrap();
+    assert_eq!(last, Lsn(4));
+    assert_eq!(wal.last_lsn(), Lsn(4));
+    assert_eq!(read_all(&wal).unwrap().len(), 4);
+    assert_eq!(wal.durable_lsn(), Lsn(1), "nothing after the stuck sync is durable yet");
+
+    // A Durable append behind the stuck sync is written, then waits for a sync of its own.
+    let w = wal.clone();
+    let behind = std::thread::spawn(move || w.append(entry(b"durable-2"), Durability::Durable));
+    while wal.last_lsn() < Lsn(5) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(!behind.is_finished() && !stuck.is_finished());
+    assert_eq!(wal.durable_lsn(), Lsn(1));
+
+    gate.set_closed(false);
+    assert_eq!(stuck.join().unwrap().unwrap().last, Lsn(2));
+    assert_eq!(behind.join().unwrap().unwrap().last, Lsn(5));
+    assert_eq!(wal.durable_lsn(), Lsn(5));
+    let synced_before_crash = wal.durable_lsn();
+    drop(wal);
+    sim.crash(bourse_fs::CrashFate::LoseUnsynced);
+    let wal = Wal::open(sim.shared(), dir(), WalOptions::default()).unwrap();
+    assert_eq!(wal.last_lsn(), synced_before_crash, "everything acknowledged Durable survived");
+}
