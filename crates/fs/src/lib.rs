@@ -49,6 +49,15 @@ pub trait VfsFile: Send + Sync + Debug {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// `fdatasync`: makes every byte written so far, and the file length, durable.
     fn sync_data(&self) -> io::Result<()>;
+    /// Starts writing the dirty pages of `offset .. offset + len` to the device without
+    /// waiting for them: a hint for files written in bulk (tables, pre-written WAL
+    /// segments), so their dirty pages go out as they are made instead of all at the
+    /// final sync, where they would queue ahead of the WAL's small syncs. It makes
+    /// nothing durable; only [`VfsFile::sync_data`] does. The default does nothing.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// Sets the file length (truncating or zero-extending). Durable after `sync_data`.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The current length of the file in bytes.

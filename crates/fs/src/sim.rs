@@ -94,6 +94,8 @@ struct State {
     fault: Option<(u64, FaultKind)>,
     /// Paths locked by the live process (a crash releases them all).
     locks: std::collections::HashSet<PathBuf>,
+    /// `start_writeback` calls and the bytes they named (hints: they change nothing).
+    writeback_hints: (u64, u64),
 }
 
 impl State {
@@ -156,6 +158,13 @@ impl SimFs {
     /// This disk as a shareable `Arc<dyn Vfs>`.
     pub fn shared(&self) -> Arc<dyn Vfs> {
         Arc::new(self.clone())
+    }
+
+    /// How many [`crate::VfsFile::start_writeback`] hints files got, and the bytes they
+    /// named in all. A hint changes nothing on this disk (and is not an operation for
+    /// [`SimFs::crash_after`] or [`SimFs::fail_op`]).
+    pub fn writeback_hints(&self) -> (u64, u64) {
+        self.state.lock().writeback_hints
     }
 
     /// How many mutating operations have run since the disk was created.
@@ -312,6 +321,13 @@ impl VfsFile for SimFile {
         for op in std::mem::take(&mut inode.unsynced) {
             apply(&mut inode.durable, &op);
         }
+        Ok(())
+    }
+    fn start_writeback(&self, _offset: u64, len: u64) -> io::Result<()> {
+        let mut s = self.fs.state.lock();
+        s.check_alive(self.epoch)?;
+        s.writeback_hints.0 += 1;
+        s.writeback_hints.1 += len;
         Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {

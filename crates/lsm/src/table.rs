@@ -108,12 +108,23 @@ pub struct TableWriter {
     hashes: Vec<u64>,
     meta: TableMeta,
     compression: Compression,
+    /// Start writeback every this many bytes (0: never before `finish`).
+    writeback_bytes: u64,
+    /// Where the writeback not yet started begins.
+    writeback_from: u64,
 }
 
 impl TableWriter {
     /// Stores data blocks with `compression` from now on.
     pub fn with_compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
+        self
+    }
+
+    /// Starts writing the file to the device every `bytes` bytes, without waiting (see
+    /// [`bourse_fs::VfsFile::start_writeback`]); 0 leaves it all to `finish`'s sync.
+    pub fn with_writeback(mut self, bytes: u64) -> Self {
+        self.writeback_bytes = bytes;
         self
     }
 
@@ -151,6 +162,8 @@ impl TableWriter {
             hashes: Vec::new(),
             meta,
             compression: Compression::None,
+            writeback_bytes: 0,
+            writeback_from: 0,
         })
     }
 
@@ -197,6 +210,13 @@ impl TableWriter {
         self.file.write_all_at(&buf, self.offset).map_err(Error::io("write table", &self.path))?;
         let handle = Handle { offset: self.offset, size: stored.len() as u64 };
         self.offset += buf.len() as u64;
+        if self.writeback_bytes > 0 && self.offset - self.writeback_from >= self.writeback_bytes {
+            let (from, len) = (self.writeback_from, self.offset - self.writeback_from);
+            self.file
+                .start_writeback(from, len)
+                .map_err(Error::io("start writeback of table", &self.path))?;
+            self.writeback_from = self.offset;
+        }
         Ok(handle)
     }
 

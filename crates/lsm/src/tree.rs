@@ -64,6 +64,12 @@ pub struct TreeOptions {
     pub manifest_bytes_max: u64,
     /// How data blocks are stored (default none; `Lz4` trades CPU for space).
     pub compression: crate::table::Compression,
+    /// A table being written starts going to the device every this many bytes
+    /// (default 1 MiB; 0: only at its final sync). Without it, a flush's or a
+    /// compaction's whole output reached the device at once in its final sync, and the
+    /// WAL's syncs queued behind it (up to 200 ms on the machines in
+    /// `docs/benchmarks.md`).
+    pub writeback_bytes: u64,
     /// Bytes of decoded data blocks cached across the tree's tables (default 64 MiB; 0
     /// turns the cache off).
     pub block_cache_bytes: usize,
@@ -92,6 +98,7 @@ impl Default for TreeOptions {
             manifest_bytes_max: 4 << 20,
             block_cache_bytes: 64 << 20,
             compression: crate::table::Compression::None,
+            writeback_bytes: 1 << 20,
             key_bytes_max: 64 << 10,
             value_bytes_max: 16 << 20,
             background: true,
@@ -647,7 +654,7 @@ impl Inner {
             self.opts.block_bytes,
             self.opts.bloom_bits_per_key,
         )?;
-        Ok(w.with_compression(self.opts.compression))
+        Ok(w.with_compression(self.opts.compression).with_writeback(self.opts.writeback_bytes))
     }
 
     /// Opens one of this tree's tables through its block cache.

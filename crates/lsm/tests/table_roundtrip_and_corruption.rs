@@ -176,3 +176,31 @@ fn lz4_blocks_read_back_smaller_and_corruption_is_still_caught() {
     }
     assert!(detected > 0);
 }
+
+/// A table being written hands its bytes to the device every `writeback_bytes` (a hint
+/// the file system records), and the hint changes nothing in the table.
+#[test]
+fn a_table_starts_writeback_as_it_grows() {
+    let fs = SimFs::new();
+    let dir = Path::new("/db");
+    fs.create_dir_all(dir).unwrap();
+    let value = vec![7u8; 1000];
+    let write = |id, every| {
+        let mut w = TableWriter::create(&fs, dir, id, 4096, 10).unwrap().with_writeback(every);
+        for i in 0..3_500u64 {
+            w.add(format!("key{i:08}").as_bytes(), i + 1, Kind::Put, &value).unwrap();
+        }
+        w.finish().unwrap()
+    };
+    let quiet = write(1, 0);
+    assert_eq!(fs.writeback_hints(), (0, 0), "0 turns the hints off");
+    let hinted = write(2, 1 << 20);
+    let (calls, bytes) = fs.writeback_hints();
+    // About 3.5 MB of blocks: a hint after each whole mebibyte, none for the tail.
+    assert_eq!(calls, 3, "hints for {} bytes", hinted.bytes);
+    assert!((3 << 20..=hinted.bytes).contains(&bytes), "{bytes} hinted of {}", hinted.bytes);
+    assert_eq!(quiet.bytes, hinted.bytes);
+    let a = fs.contents(&dir.join("0000000001.sst")).unwrap();
+    let b = fs.contents(&dir.join("0000000002.sst")).unwrap();
+    assert_eq!(a, b, "the same table either way");
+}

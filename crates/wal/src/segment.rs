@@ -121,12 +121,21 @@ pub(crate) fn zero_fill(file: &FileRef, path: &Path, len: u64) -> Result<()> {
     // small append into one then walked all of its block buffers (ext4 on Linux 6.x):
     // a 128-byte pwrite cost 2.2 µs instead of 0.86 µs.
     const STEP: usize = 16 << 10;
+    // Written back a mebibyte at a time, so that the final sync of a 1 GiB segment does
+    // not put it all in the device's queue at once, ahead of the live segment's syncs.
+    const WRITEBACK: u64 = 1 << 20;
     let zeros = vec![0u8; STEP];
     let mut off = 0u64;
+    let mut started = 0u64;
     while off < len {
         let n = usize::try_from((len - off).min(STEP as u64)).unwrap_or(STEP);
         file.write_all_at(&zeros[..n], off).map_err(io_err("pre-write segment", path))?;
         off += n as u64;
+        if off - started >= WRITEBACK {
+            file.start_writeback(started, off - started)
+                .map_err(io_err("start writeback", path))?;
+            started = off;
+        }
     }
     Ok(())
 }

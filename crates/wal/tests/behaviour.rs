@@ -583,3 +583,21 @@ fn buffered_appends_do_not_wait_for_a_slow_sync() {
     let wal = Wal::open(sim.shared(), dir(), WalOptions::default()).unwrap();
     assert_eq!(wal.last_lsn(), synced_before_crash, "everything acknowledged Durable survived");
 }
+
+/// A pre-written segment goes to the device a mebibyte at a time as it is written (a
+/// hint the file system records), not all at once in its sync.
+#[test]
+fn pre_written_segments_start_writeback_as_they_are_written() {
+    let fs = SimFs::new();
+    let opts = WalOptions {
+        segment_bytes: 4 << 20,
+        preallocate: Preallocate::PreWriteInline,
+        ..WalOptions::default()
+    };
+    let wal = open(&fs, &opts);
+    assert_eq!(fs.writeback_hints(), (4, 4 << 20), "the first segment, pre-written at open");
+    let big = vec![1u8; 3 << 20];
+    wal.append(entry(&big), Durability::Durable).unwrap();
+    wal.append(entry(&big), Durability::Durable).unwrap();
+    assert_eq!(fs.writeback_hints(), (8, 8 << 20), "and the next, at rotation");
+}
