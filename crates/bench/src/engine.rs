@@ -53,6 +53,10 @@ pub trait Store: Send + Sync {
     fn may_repeat(&self) -> bool {
         false
     }
+    /// How many `fdatasync`s the store's WAL has issued, where it counts them.
+    fn wal_syncs(&self) -> Option<u64> {
+        None
+    }
 }
 
 struct Bourse(Engine);
@@ -60,6 +64,9 @@ struct Bourse(Engine);
 impl Store for Bourse {
     fn system(&self) -> &'static str {
         "bourse"
+    }
+    fn wal_syncs(&self) -> Option<u64> {
+        Some(self.0.stats().wal.syncs)
     }
     fn submit(&self, events: &[Event], durable: bool) -> anyhow::Result<()> {
         let d = if durable { Durability::Durable } else { Durability::Buffered };
@@ -112,6 +119,9 @@ struct JournalFloor(bourse_wal::Wal);
 impl Store for JournalFloor {
     fn system(&self) -> &'static str {
         "raw"
+    }
+    fn wal_syncs(&self) -> Option<u64> {
+        Some(self.0.stats().syncs)
     }
     fn submit(&self, events: &[Event], durable: bool) -> anyhow::Result<()> {
         // The engine's own validation and encoding, and one timestamp per batch as it
@@ -340,12 +350,19 @@ fn submit_case(
         let mut rates = Vec::new();
         let mut cpus = Vec::new();
         let mut all = histogram();
+        let (syncs_before, events_before) = (store.wal_syncs(), next.load(Ordering::Relaxed));
         for _ in 0..cfg.runs {
             let run = drive(&store, writers, batch, durable, cfg.run_time, &next, pool)?;
             rates.push(run.rate);
             cpus.extend(run.cpu_us);
             all.add(run.hist).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        // Group commit at work: events per WAL sync over the measured runs (`next` counts
+        // events handed out, a batch per writer more than were submitted).
+        let per_sync = syncs_before.zip(store.wal_syncs()).and_then(|(a, b)| {
+            let events = next.load(Ordering::Relaxed) - events_before;
+            (durable && b > a).then(|| events as f64 / (b - a) as f64)
+        });
         let rate = median(rates);
         let lat = Latency::of(&all);
         let sys = store.system();
@@ -355,8 +372,12 @@ fn submit_case(
         if let Some(cpu) = cpu {
             emit("engine", case, sys, &params, "cpu_per_event", cpu, "us");
         }
+        if let Some(n) = per_sync {
+            emit("engine", case, sys, &params, "events_per_wal_sync", n, "events");
+        }
+        let per_sync = per_sync.map(|n| format!("  events/sync {n:.0}")).unwrap_or_default();
         eprintln!(
-            "  {case:<16} {sys:<8} writers {writers:>2} batch {batch:>2}: {rate:>10.0} events/s  p50 {:>8.2} us  p99 {:>8.2} us  p99.9 {:>8.2} us  cpu/event {:.2} us",
+            "  {case:<16} {sys:<8} writers {writers:>2} batch {batch:>2}: {rate:>10.0} events/s  p50 {:>8.2} us  p99 {:>8.2} us  p99.9 {:>8.2} us  cpu/event {:.2} us{per_sync}",
             lat.p50, lat.p99, lat.p999, cpu.unwrap_or(f64::NAN)
         );
         results.push((sys, rate, lat.p99));
