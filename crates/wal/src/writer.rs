@@ -541,6 +541,11 @@ impl Shared {
         target: Lsn,
         durability: Durability,
     ) -> Result<()> {
+        // Before leading a sync, a waiter first lets one more write round run (its own or
+        // the one under way) when other appenders' bytes are pending, so the sync covers
+        // them too: that is the group commit. Only one, so that a stream of appends
+        // cannot keep a sync from starting.
+        let mut gathered = false;
         loop {
             let done = match durability {
                 Durability::Buffered => st.written >= target,
@@ -556,6 +561,9 @@ impl Shared {
                 self.step_write(st);
             } else if st.sync_busy {
                 self.cond.wait(st);
+            } else if !gathered && (st.write_busy || st.has_pending()) {
+                gathered = true;
+                self.step_write(st);
             } else {
                 self.lead_sync(st);
             }
