@@ -44,8 +44,8 @@ pub(crate) struct Sequencer {
     pub waiters: BTreeMap<u64, std::thread::Thread>,
     /// Writers whose batch (by first LSN, with its last) waits to be published: only the
     /// one at `applied + 1` can be next, so it alone is woken when `applied` or
-    /// `lanes_done` moves. (A condition variable woke every waiting writer each time,
-    /// and with 64 writers the wake-ups took a third of their CPU time.)
+    /// `lanes_done` moves. (A condition variable woke every waiting writer each time:
+    /// with 64 writers, futex waits and wakes were 45% of the writers' profile samples.)
     pub publish_waiters: BTreeMap<u64, (u64, std::thread::Thread)>,
     /// Receives every applied batch before it becomes visible (the bus).
     pub sink: Option<Arc<dyn CommitSink>>,
