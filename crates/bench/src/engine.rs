@@ -9,6 +9,10 @@
 //! tick, an account's open orders and an instrument's trades of the last minute), and in
 //! `recovery`: `reopen` after N unflushed events (alone, and behind N more already in
 //! tables: param `history_events`) and `replay` of the whole WAL.
+//!
+//! Besides `BENCH.md`'s metrics, submit cases report `cpu_per_event` (the whole
+//! process's CPU time per event) and, for `Durable` cases of stores whose WAL counts its
+//! syncs (Bourse, the journal floor), `events_per_wal_sync` (group commit at work).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
