@@ -69,7 +69,7 @@ impl Wal {
         let outcome = match result {
             Ok(active) => {
                 st.seg_fill = active.offset;
-                st.tail_file = (active.file.clone(), active.path.clone());
+                st.tail_file = active.tail();
                 st.active = Some(active);
                 st.next_lsn = lsn.next();
                 st.written = lsn;

@@ -125,6 +125,13 @@ pub(crate) struct Active {
     pub offset: u64,
 }
 
+impl Active {
+    /// What a sync round needs of this segment.
+    pub(crate) fn tail(&self) -> (Lsn, FileRef, PathBuf) {
+        (self.first_lsn, self.file.clone(), self.path.clone())
+    }
+}
+
 #[derive(Debug)]
 struct Chunk {
     /// Set when this chunk starts a new segment with this first LSN.
@@ -144,9 +151,9 @@ pub(crate) struct State {
     pub write_busy: bool,
     /// A sync round runs.
     pub sync_busy: bool,
-    /// The file of the segment that holds `written`, for sync rounds (which run while a
-    /// write round holds `active`).
-    pub tail_file: (FileRef, PathBuf),
+    /// The segment that holds `written` (first LSN, file, path), for sync rounds (which
+    /// run while a write round holds `active`).
+    pub tail_file: (Lsn, FileRef, PathBuf),
     pub poisoned: Option<String>,
     pub written: Lsn,
     pub synced: Lsn,
@@ -173,7 +180,7 @@ impl State {
             seg_fill: active.offset,
             write_busy: false,
             sync_busy: false,
-            tail_file: (active.file.clone(), active.path.clone()),
+            tail_file: active.tail(),
             poisoned: None,
             written: last,
             synced: last,
@@ -599,7 +606,10 @@ impl Shared {
         };
         let result =
             MutexGuard::unlocked(st, || self.write_chunks(&mut active, &chunks, written_before));
-        st.tail_file = (active.file.clone(), active.path.clone());
+        // Only a rotation changes it: no path copied on every write.
+        if st.tail_file.0 != active.first_lsn {
+            st.tail_file = active.tail();
+        }
         st.active = Some(active);
         match result {
             Ok((written, sealed)) => {
@@ -630,7 +640,7 @@ impl Shared {
             MutexGuard::unlocked(st, || std::thread::sleep(delay));
         }
         let target = st.written;
-        let (file, path) = st.tail_file.clone();
+        let (_, file, path) = st.tail_file.clone();
         let result = MutexGuard::unlocked(st, || {
             if self.opts.canary.ack_durable_before_sync {
                 // CANARY: acknowledges before the sync; the harness must catch this.
