@@ -15,7 +15,8 @@
 //! of `BATCH` to an engine in a temporary directory, and prints the time the submits
 //! took, and the submitting thread's context switches. Run it with `EVENTS` = 0 as
 //! well: the difference is the submits' share. `MEMTABLE_MB` and `MAINT_THREADS`
-//! override the memtable size and the maintenance threads.
+//! override the memtable size and the maintenance threads; `PREALLOCATE=none` and
+//! `MAP_APPENDS=0` turn off the WAL's pre-written segments and appends through a map.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -52,7 +53,12 @@ fn main() {
     if let Some(n) = std::env::var("APPLY_THREADS").ok().and_then(|v| v.parse().ok()) {
         opts.apply_threads = n;
     }
-    opts.wal.preallocate = bourse_wal::Preallocate::None;
+    // Segments are pre-written, as the bench's (`PREALLOCATE=none`: they grow instead),
+    // and appended to through a map (`MAP_APPENDS=0`: with `pwrite`).
+    if std::env::var("PREALLOCATE").is_ok_and(|v| v == "none") {
+        opts.wal.preallocate = bourse_wal::Preallocate::None;
+    }
+    opts.wal.map_appends = std::env::var("MAP_APPENDS").map_or(true, |v| v != "0");
     let engine = Engine::open(dir.path(), opts).unwrap();
     let mut took = Vec::with_capacity(all.len() / batch.max(1) as usize + 1);
     let switches_before = switches();

@@ -6,6 +6,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
+
 use crate::{FileRef, LockGuard, OpenMode, Vfs, VfsFile};
 
 /// The real file system (`std::fs` with positional I/O and `fdatasync`).
@@ -20,22 +22,62 @@ impl RealFs {
 }
 
 #[derive(Debug)]
-struct RealFile(File);
+struct RealFile {
+    file: File,
+    /// The shared writable map of [`VfsFile::map_writes`], once made, and the largest
+    /// write it takes. Writes hold the read lock while they copy; [`VfsFile::set_len`]
+    /// takes the write lock and drops the map before it shortens the file, so no copy
+    /// lands past the end.
+    writes: RwLock<Option<(memmap2::MmapRaw, usize)>>,
+}
+
+impl RealFile {
+    fn new(file: File) -> RealFile {
+        RealFile { file, writes: RwLock::new(None) }
+    }
+
+    /// Copies `buf` to `offset` through the write map when there is one, `buf` is not
+    /// larger than it takes, and it holds the whole range; returns whether it did.
+    fn write_mapped(&self, buf: &[u8], offset: u64) -> bool {
+        let map = self.writes.read();
+        let Some((map, _)) = map.as_ref().filter(|m| buf.len() <= m.1) else { return false };
+        let Ok(start) = usize::try_from(offset) else { return false };
+        if start.checked_add(buf.len()).is_none_or(|end| end > map.len()) {
+            return false;
+        }
+        // SAFETY: `start .. start + buf.len()` lies inside the map (checked above),
+        // which stays mapped while the read guard is held; the file is at least as long
+        // as the map, since only `set_len` shortens it here and it drops the map first
+        // (shortening it elsewhere is what `map_writes` rules out). The map's pages are
+        // the file's page cache, shared with every process that maps the file; no Rust
+        // reference into them is made here, and `copy` allows `buf` to alias them.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::ptr::copy(buf.as_ptr(), map.as_mut_ptr().add(start), buf.len());
+        }
+        true
+    }
+}
 
 impl VfsFile for RealFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         loop {
-            match self.0.read_at(buf, offset) {
+            match self.file.read_at(buf, offset) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
         }
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, offset)
+        if self.write_mapped(buf, offset) {
+            return Ok(());
+        }
+        self.file.write_all_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        // On Linux `fdatasync` also writes the pages dirtied through a shared map of the
+        // file (they are the same page cache pages), so no `msync` is needed.
+        self.file.sync_data()
     }
     #[cfg(target_os = "linux")]
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -47,7 +89,7 @@ impl VfsFile for RealFile {
         // memory of ours; the descriptor stays open while `self` lives.
         #[allow(unsafe_code)]
         let r = unsafe {
-            libc::sync_file_range(self.0.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+            libc::sync_file_range(self.file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
         };
         if r == 0 {
             Ok(())
@@ -56,13 +98,27 @@ impl VfsFile for RealFile {
         }
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        let mut map = self.writes.write();
+        if map.as_ref().is_some_and(|(m, _)| len < m.len() as u64) {
+            *map = None;
+        }
+        self.file.set_len(len)
     }
     fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
+    }
+    #[cfg(target_os = "linux")]
+    fn map_writes(&self, write_bytes_max: usize) -> io::Result<bool> {
+        let Ok(len) = usize::try_from(self.len()?) else { return Ok(false) };
+        if len == 0 {
+            return Ok(false);
+        }
+        let map = memmap2::MmapOptions::new().len(len).map_raw(&self.file)?;
+        *self.writes.write() = Some((map, write_bytes_max));
+        Ok(true)
     }
     fn map(&self) -> io::Result<Option<crate::Mapping>> {
-        crate::Mapping::of(&self.0, self.len()?)
+        crate::Mapping::of(&self.file, self.len()?)
     }
 }
 
@@ -88,7 +144,7 @@ impl Vfs for RealFs {
             OpenMode::ReadWrite => opts.read(true).write(true),
             OpenMode::CreateNew => opts.read(true).write(true).create_new(true),
         };
-        Ok(Arc::new(RealFile(opts.open(path)?)))
+        Ok(Arc::new(RealFile::new(opts.open(path)?)))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
@@ -155,6 +211,76 @@ mod tests {
         assert!(back == data);
         drop(f);
         fs.remove_file(&path).unwrap();
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    /// This thread's write system calls so far (`syscw` of `/proc/thread-self/io`).
+    fn write_calls() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines().find_map(|l| l.strip_prefix("syscw: ")).unwrap().trim().parse().unwrap()
+    }
+
+    /// Writes through the map: no system call for those inside the mapped length, the
+    /// bytes visible at once to a second handle (the page cache, as after a process
+    /// kill), and durable with `sync_data`; writes past the map, and after `set_len`
+    /// shortened the file, go through `pwrite` and land where they should.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn mapped_writes_are_page_cache_writes() {
+        let dir = std::env::temp_dir().join(format!("bourse-fs-mapped-{}", std::process::id()));
+        let fs = RealFs;
+        fs.create_dir_all(&dir).unwrap();
+        let path = dir.join("seg");
+        let _ = fs.remove_file(&path);
+        let f = fs.open(&path, OpenMode::CreateNew).unwrap();
+        f.write_all_at(&vec![0u8; 1 << 20], 0).unwrap();
+        assert!(f.map_writes(4096).unwrap());
+        let record = |i: u64| -> Vec<u8> { (0..100).map(|j| (i * 7 + j) as u8).collect() };
+        let before = write_calls();
+        for i in 0..1000u64 {
+            f.write_all_at(&record(i), i * 100).unwrap();
+        }
+        assert_eq!(write_calls() - before, 0, "writes inside the map made system calls");
+        // A second handle reads what the map wrote.
+        let other = fs.open(&path, OpenMode::Read).unwrap();
+        let mut back = vec![0u8; 100];
+        for i in [0u64, 1, 40, 999] {
+            other.read_exact_at(&mut back, i * 100).unwrap();
+            assert_eq!(back, record(i), "record {i}");
+        }
+        // Larger than the map takes: one `pwrite`.
+        let big: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        let before = write_calls();
+        f.write_all_at(&big, 200_000).unwrap();
+        assert_eq!(write_calls() - before, 1);
+        let mut back_big = vec![0u8; big.len()];
+        other.read_exact_at(&mut back_big, 200_000).unwrap();
+        assert!(back_big == big);
+        // Straddling the end of the map: one `pwrite`, and the file grows.
+        let before = write_calls();
+        f.write_all_at(&record(5000), (1 << 20) - 50).unwrap();
+        assert_eq!(write_calls() - before, 1);
+        assert_eq!(f.len().unwrap(), (1 << 20) + 50);
+        other.read_exact_at(&mut back, (1 << 20) - 50).unwrap();
+        assert_eq!(back, record(5000));
+        f.sync_data().unwrap();
+        // Shortened, the file drops its map: a write at an old mapped offset past the
+        // new end goes through `pwrite` (through the map it would be `SIGBUS`).
+        f.set_len(4096).unwrap();
+        let before = write_calls();
+        f.write_all_at(&record(6000), 8192).unwrap();
+        assert_eq!(write_calls() - before, 1);
+        assert_eq!(f.len().unwrap(), 8192 + 100);
+        other.read_exact_at(&mut back, 8192).unwrap();
+        assert_eq!(back, record(6000));
+        other.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(back, record(0));
+        // An empty file has nothing to map.
+        let empty = fs.open(&dir.join("empty"), OpenMode::CreateNew).unwrap();
+        assert!(!empty.map_writes(4096).unwrap());
+        drop((f, other, empty));
+        fs.remove_file(&path).unwrap();
+        fs.remove_file(&dir.join("empty")).unwrap();
         let _ = std::fs::remove_dir(&dir);
     }
 }

@@ -78,6 +78,16 @@ pub struct WalOptions {
     /// of `SIGBUS` instead of getting an error. File systems without maps (the tests'
     /// `SimFs`) read through the buffer either way.
     pub mmap_reads: bool,
+    /// Small appends (write rounds of up to a page) to a pre-written segment
+    /// (`Preallocate::PreWrite` or `PreWriteInline`) copy the records into a shared,
+    /// writable memory map of it instead of calling `pwrite` (default true). The bytes are in the page cache when the copy ends, as
+    /// after a `pwrite`, so `Buffered` means what it did, and `fdatasync` makes them
+    /// durable; a 100-byte append costs a copy instead of a system call (1–2 µs on
+    /// the machines of `docs/benchmarks.md`). The same catch as `mmap_reads`: a segment
+    /// file shortened by something outside this process kills it with `SIGBUS` at the
+    /// next append. Segments that were not pre-written, and file systems without maps
+    /// (`SimFs`), use `pwrite` either way.
+    pub map_appends: bool,
     #[doc(hidden)]
     pub canary: Canary,
 }
@@ -97,6 +107,7 @@ impl Default for WalOptions {
             first_lsn: Lsn(1),
             read_chunk_bytes: 256 << 10,
             mmap_reads: true,
+            map_appends: true,
             canary: Canary::default(),
         }
     }

@@ -8,7 +8,7 @@ use bourse_fs::{FileRef, OpenMode, Vfs};
 use crate::format::{self, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::options::{Preallocate, RecoveryMode};
 use crate::scan::{find_intact_record, scan_segment};
-use crate::segment::{create_segment_file, SPARE_READY_NAME};
+use crate::segment::{create_segment_file, map_appends, SPARE_READY_NAME};
 use crate::writer::{Active, Recovered, RecoveryReport, SegmentInfo, State, TailCut};
 use crate::{io_err, DamageKind, Error, Lsn, Result, Wal, WalOptions};
 
@@ -203,6 +203,14 @@ fn recover_newest(
     // IMPORTANT: what a killed process handed to the OS must be durable before the engine
     // builds on it.
     newest.file.sync_data().map_err(io_err("fdatasync", path))?;
+    // A segment of the configured size, not cut, with pre-writing on: the WAL pre-wrote
+    // it, so its every block is written and appends may go through a map.
+    if opts.preallocate != Preallocate::None
+        && report.cuts.iter().all(|c| &c.segment != path)
+        && file_len == opts.segment_bytes
+    {
+        map_appends(&newest.file, path, opts);
+    }
     let active = Active {
         first_lsn: header.first_lsn,
         path: path.clone(),
