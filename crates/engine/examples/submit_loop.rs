@@ -17,6 +17,8 @@
 //! well: the difference is the submits' share. `MEMTABLE_MB` and `MAINT_THREADS`
 //! override the memtable size and the maintenance threads; `PREALLOCATE=none` and
 //! `MAP_APPENDS=0` turn off the WAL's pre-written segments and appends through a map.
+//! `BY_KIND=1` prints each event kind's submit latencies (by a batch's first event),
+//! `SLOW_BY_KIND=NS` how many of each kind took over `NS`, `SLOWEST=1` the slowest.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -116,6 +118,24 @@ fn main() {
             windows[i / 10_000] += u32::from(ns > over);
         }
         eprintln!("  slow per 10,000 submits, in order: {windows:?}");
+    }
+    if std::env::var_os("BY_KIND").is_some() {
+        // Each kind's submits (by their first event): how many, p50, p99, mean.
+        let mut by: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+        for (i, chunk) in all.chunks(batch.max(1) as usize).enumerate() {
+            by.entry(format!("{:?}", chunk[0].kind())).or_default().push(took[i]);
+        }
+        for (k, mut t) in by {
+            t.sort_unstable();
+            let at = |p: f64| t[((t.len() as f64 * p) as usize).min(t.len() - 1)];
+            let mean = t.iter().sum::<u64>() / t.len() as u64;
+            eprintln!(
+                "  {k:<16} {:>8} submits: p50 {:>6} ns, p99 {:>7} ns, mean {mean:>6} ns",
+                t.len(),
+                at(0.5),
+                at(0.99)
+            );
+        }
     }
     if std::env::var_os("SLOWEST").is_some() {
         for &i in order.iter().take(40) {

@@ -63,27 +63,36 @@ pub trait VfsFile: Send + Sync + Debug {
     /// The current length of the file in bytes.
     fn len(&self) -> io::Result<u64>;
 
-    /// From now on, writes of at most `write_bytes_max` bytes that fall wholly inside
-    /// the file's current length are copies into a shared, writable memory map of the
-    /// file instead of system calls; others (larger, past the end, or after
-    /// [`VfsFile::set_len`] shortened the file) still go through `pwrite`. Returns
-    /// whether the map was made: `false` where this file system has none (the in-memory
-    /// [`SimFs`], systems other than Linux) or the file is empty.
-    ///
-    /// What a write promises does not change: a map's pages are the page cache itself,
-    /// so the bytes reach the operating system when the copy ends (they survive a
-    /// process kill), and [`VfsFile::sync_data`] writes them to the disk with the rest.
-    /// A small write costs a copy instead of a system call (on the 2-core VMs of
-    /// `docs/benchmarks.md`, 1–2 µs for a 100-byte `pwrite`); a write of pages
-    /// costs a page fault per page either way, hence the bound.
+    /// Maps the file, as long as it is now, shared and writable, for
+    /// [`VfsFile::write_mapped`]. Returns whether it did: `false` where this file
+    /// system has no maps (the in-memory [`SimFs`], systems other than Linux) or the
+    /// file is empty.
     ///
     /// Only for files whose every block up to their length is written, such as the
     /// WAL's pre-written segments: a write into a hole of a sparse file on a full disk
     /// kills the process with `SIGBUS` instead of failing, and so does a write after
     /// something other than this handle shortened the file.
-    fn map_writes(&self, write_bytes_max: usize) -> io::Result<bool> {
-        let _ = write_bytes_max;
+    fn map_writes(&self) -> io::Result<bool> {
         Ok(false)
+    }
+
+    /// Copies `buf` to `offset` through the map of [`VfsFile::map_writes`] instead of
+    /// a system call, when there is one and it holds the whole range (it does not grow
+    /// with the file, and [`VfsFile::set_len`] drops it when it shortens the file).
+    /// Returns whether it did; when not, nothing was written and the caller uses
+    /// [`VfsFile::write_all_at`].
+    ///
+    /// What a write promises does not change: a map's pages are the page cache itself,
+    /// so the bytes reach the operating system when the copy ends (they survive a
+    /// process kill), and [`VfsFile::sync_data`] writes them to the disk with the rest.
+    /// What it costs does: a 100-byte `pwrite` takes 1–2 µs on the 2-core VMs of
+    /// `docs/benchmarks.md`, the copy tens of nanoseconds, but the first copy into a
+    /// page since it was last written back takes a page fault (more than the system
+    /// call), and writing back a page written through a map costs more than one
+    /// written with `pwrite`. So it pays for small writes between rare syncs.
+    fn write_mapped(&self, buf: &[u8], offset: u64) -> bool {
+        let _ = (buf, offset);
+        false
     }
 
     /// A read-only memory map of the file as long as it is now, for a reader that

@@ -24,23 +24,33 @@ impl RealFs {
 #[derive(Debug)]
 struct RealFile {
     file: File,
-    /// The shared writable map of [`VfsFile::map_writes`], once made, and the largest
-    /// write it takes. Writes hold the read lock while they copy; [`VfsFile::set_len`]
-    /// takes the write lock and drops the map before it shortens the file, so no copy
-    /// lands past the end.
-    writes: RwLock<Option<(memmap2::MmapRaw, usize)>>,
+    /// The shared writable map of [`VfsFile::map_writes`], once made. Mapped writes
+    /// hold the read lock while they copy; [`VfsFile::set_len`] takes the write lock
+    /// and drops the map before it shortens the file, so no copy lands past the end.
+    writes: RwLock<Option<memmap2::MmapRaw>>,
 }
 
 impl RealFile {
     fn new(file: File) -> RealFile {
         RealFile { file, writes: RwLock::new(None) }
     }
+}
 
-    /// Copies `buf` to `offset` through the write map when there is one, `buf` is not
-    /// larger than it takes, and it holds the whole range; returns whether it did.
+impl VfsFile for RealFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
     fn write_mapped(&self, buf: &[u8], offset: u64) -> bool {
         let map = self.writes.read();
-        let Some((map, _)) = map.as_ref().filter(|m| buf.len() <= m.1) else { return false };
+        let Some(map) = map.as_ref() else { return false };
         let Ok(start) = usize::try_from(offset) else { return false };
         if start.checked_add(buf.len()).is_none_or(|end| end > map.len()) {
             return false;
@@ -56,23 +66,6 @@ impl RealFile {
             std::ptr::copy(buf.as_ptr(), map.as_mut_ptr().add(start), buf.len());
         }
         true
-    }
-}
-
-impl VfsFile for RealFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        loop {
-            match self.file.read_at(buf, offset) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.write_mapped(buf, offset) {
-            return Ok(());
-        }
-        self.file.write_all_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
         // On Linux `fdatasync` also writes the pages dirtied through a shared map of the
@@ -99,7 +92,7 @@ impl VfsFile for RealFile {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut map = self.writes.write();
-        if map.as_ref().is_some_and(|(m, _)| len < m.len() as u64) {
+        if map.as_ref().is_some_and(|m| len < m.len() as u64) {
             *map = None;
         }
         self.file.set_len(len)
@@ -108,13 +101,13 @@ impl VfsFile for RealFile {
         Ok(self.file.metadata()?.len())
     }
     #[cfg(target_os = "linux")]
-    fn map_writes(&self, write_bytes_max: usize) -> io::Result<bool> {
+    fn map_writes(&self) -> io::Result<bool> {
         let Ok(len) = usize::try_from(self.len()?) else { return Ok(false) };
         if len == 0 {
             return Ok(false);
         }
         let map = memmap2::MmapOptions::new().len(len).map_raw(&self.file)?;
-        *self.writes.write() = Some((map, write_bytes_max));
+        *self.writes.write() = Some(map);
         Ok(true)
     }
     fn map(&self) -> io::Result<Option<crate::Mapping>> {
@@ -220,67 +213,61 @@ mod tests {
         io.lines().find_map(|l| l.strip_prefix("syscw: ")).unwrap().trim().parse().unwrap()
     }
 
-    /// Writes through the map: no system call for those inside the mapped length, the
-    /// bytes visible at once to a second handle (the page cache, as after a process
-    /// kill), and durable with `sync_data`; writes past the map, and after `set_len`
-    /// shortened the file, go through `pwrite` and land where they should.
+    /// Writes through the map: no system call, the bytes visible at once to a second
+    /// handle (the page cache, as after a process kill), durable with `sync_data`, and
+    /// the same bytes a `pwrite` writes. A write the map does not hold (past its end,
+    /// or after `set_len` shortened the file) is refused and changes nothing.
     #[cfg(target_os = "linux")]
     #[test]
     fn mapped_writes_are_page_cache_writes() {
         let dir = std::env::temp_dir().join(format!("bourse-fs-mapped-{}", std::process::id()));
         let fs = RealFs;
         fs.create_dir_all(&dir).unwrap();
-        let path = dir.join("seg");
+        let (path, twin_path) = (dir.join("seg"), dir.join("twin"));
         let _ = fs.remove_file(&path);
+        let _ = fs.remove_file(&twin_path);
         let f = fs.open(&path, OpenMode::CreateNew).unwrap();
-        f.write_all_at(&vec![0u8; 1 << 20], 0).unwrap();
-        assert!(f.map_writes(4096).unwrap());
+        let twin = fs.open(&twin_path, OpenMode::CreateNew).unwrap();
+        let len = 1u64 << 20;
+        f.write_all_at(&vec![0u8; len as usize], 0).unwrap();
+        twin.write_all_at(&vec![0u8; len as usize], 0).unwrap();
+        assert!(!f.write_mapped(b"x", 0), "no map yet");
+        assert!(f.map_writes().unwrap());
         let record = |i: u64| -> Vec<u8> { (0..100).map(|j| (i * 7 + j) as u8).collect() };
         let before = write_calls();
         for i in 0..1000u64 {
-            f.write_all_at(&record(i), i * 100).unwrap();
+            assert!(f.write_mapped(&record(i), i * 100));
         }
-        assert_eq!(write_calls() - before, 0, "writes inside the map made system calls");
-        // A second handle reads what the map wrote.
-        let other = fs.open(&path, OpenMode::Read).unwrap();
-        let mut back = vec![0u8; 100];
-        for i in [0u64, 1, 40, 999] {
-            other.read_exact_at(&mut back, i * 100).unwrap();
-            assert_eq!(back, record(i), "record {i}");
+        assert_eq!(write_calls() - before, 0, "mapped writes made system calls");
+        for i in 0..1000u64 {
+            twin.write_all_at(&record(i), i * 100).unwrap();
         }
-        // Larger than the map takes: one `pwrite`.
-        let big: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
-        let before = write_calls();
-        f.write_all_at(&big, 200_000).unwrap();
-        assert_eq!(write_calls() - before, 1);
-        let mut back_big = vec![0u8; big.len()];
-        other.read_exact_at(&mut back_big, 200_000).unwrap();
-        assert!(back_big == big);
-        // Straddling the end of the map: one `pwrite`, and the file grows.
-        let before = write_calls();
-        f.write_all_at(&record(5000), (1 << 20) - 50).unwrap();
-        assert_eq!(write_calls() - before, 1);
-        assert_eq!(f.len().unwrap(), (1 << 20) + 50);
-        other.read_exact_at(&mut back, (1 << 20) - 50).unwrap();
-        assert_eq!(back, record(5000));
         f.sync_data().unwrap();
+        // A second handle reads what the map wrote: what `pwrite` wrote to the twin.
+        let other = fs.open(&path, OpenMode::Read).unwrap();
+        let (mut a, mut b) = (vec![0u8; len as usize], vec![0u8; len as usize]);
+        other.read_exact_at(&mut a, 0).unwrap();
+        twin.read_exact_at(&mut b, 0).unwrap();
+        assert!(a == b, "the mapped file differs from the written one");
+        assert_eq!(&a[..100], record(0).as_slice());
+        // Straddling the end of the map: refused, nothing written, the file as long.
+        assert!(!f.write_mapped(&record(5000), len - 50));
+        assert_eq!(f.len().unwrap(), len);
+        other.read_exact_at(&mut a[..50], len - 50).unwrap();
+        assert_eq!(&a[..50], &[0u8; 50][..]);
         // Shortened, the file drops its map: a write at an old mapped offset past the
-        // new end goes through `pwrite` (through the map it would be `SIGBUS`).
+        // new end is refused (through the map it would be `SIGBUS`).
         f.set_len(4096).unwrap();
-        let before = write_calls();
-        f.write_all_at(&record(6000), 8192).unwrap();
-        assert_eq!(write_calls() - before, 1);
-        assert_eq!(f.len().unwrap(), 8192 + 100);
-        other.read_exact_at(&mut back, 8192).unwrap();
-        assert_eq!(back, record(6000));
-        other.read_exact_at(&mut back, 0).unwrap();
-        assert_eq!(back, record(0));
+        assert!(!f.write_mapped(&record(6000), 8192));
+        assert!(!f.write_mapped(&record(6000), 0));
+        assert_eq!(f.len().unwrap(), 4096);
         // An empty file has nothing to map.
         let empty = fs.open(&dir.join("empty"), OpenMode::CreateNew).unwrap();
-        assert!(!empty.map_writes(4096).unwrap());
-        drop((f, other, empty));
-        fs.remove_file(&path).unwrap();
-        fs.remove_file(&dir.join("empty")).unwrap();
+        assert!(!empty.map_writes().unwrap());
+        drop((f, twin, other, empty));
+        for p in [&path, &twin_path, &dir.join("empty")] {
+            fs.remove_file(p).unwrap();
+        }
         let _ = std::fs::remove_dir(&dir);
     }
 }

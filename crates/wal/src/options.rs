@@ -78,15 +78,17 @@ pub struct WalOptions {
     /// of `SIGBUS` instead of getting an error. File systems without maps (the tests'
     /// `SimFs`) read through the buffer either way.
     pub mmap_reads: bool,
-    /// Small appends (write rounds of up to a page) to a pre-written segment
-    /// (`Preallocate::PreWrite` or `PreWriteInline`) copy the records into a shared,
-    /// writable memory map of it instead of calling `pwrite` (default true). The bytes are in the page cache when the copy ends, as
-    /// after a `pwrite`, so `Buffered` means what it did, and `fdatasync` makes them
-    /// durable; a 100-byte append costs a copy instead of a system call (1–2 µs on
-    /// the machines of `docs/benchmarks.md`). The same catch as `mmap_reads`: a segment
-    /// file shortened by something outside this process kills it with `SIGBUS` at the
-    /// next append. Segments that were not pre-written, and file systems without maps
-    /// (`SimFs`), use `pwrite` either way.
+    /// Pre-written segments (`Preallocate::PreWrite` or `PreWriteInline`) are mapped
+    /// shared and writable, and a write round of up to a page copies into the map
+    /// instead of calling `pwrite` once 16 rounds passed without a sync round (default
+    /// true). The bytes are in the page cache when the copy ends, as after a `pwrite`,
+    /// so `Buffered` means what it did, and `fdatasync` makes them durable. A 100-byte
+    /// append then costs a copy instead of a system call (1–2 µs on the machines of
+    /// `docs/benchmarks.md`); larger rounds, and logs synced every few rounds, keep
+    /// `pwrite`, which costs them less (see `docs/format-wal.md`). The same catch as
+    /// `mmap_reads`: a segment file shortened by something outside this process kills
+    /// it with `SIGBUS` at the next mapped append. Segments that were not pre-written,
+    /// and file systems without maps (`SimFs`), use `pwrite` either way.
     pub map_appends: bool,
     #[doc(hidden)]
     pub canary: Canary,

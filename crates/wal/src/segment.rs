@@ -118,22 +118,15 @@ pub(crate) fn create_segment_file(
     Ok(Active { first_lsn: first, path, file, offset: SEGMENT_HEADER_BYTES as u64 })
 }
 
-/// The largest write round that goes through a segment's map; larger ones still call
-/// `pwrite`. One page: a small write saves a system call, while a write of pages takes
-/// a page fault per page through the map and saved nothing (`bourse-bench engine`,
-/// Buffered 1×64, whose write rounds are about 7 KiB: the same write time, and submit
-/// p99 up from 225–278 µs to 386–476 µs; with this bound it stayed as before).
-const MAPPED_WRITE_BYTES_MAX: usize = 4096;
-
-/// Lets appends to a pre-written segment copy into a map of it rather than call
-/// `pwrite` ([`WalOptions::map_appends`]). Every block of the file is written, so no
+/// Maps a pre-written segment, so that small write rounds can copy into it rather
+/// than call `pwrite` ([`WalOptions::map_appends`]; when is up to the write rounds). Every block of the file is written, so no
 /// append through the map needs space the disk may not have. A map that cannot be made
 /// costs only speed: it is logged, and appends go through `pwrite`.
 pub(crate) fn map_appends(file: &FileRef, path: &Path, opts: &WalOptions) {
     if !opts.map_appends {
         return;
     }
-    if let Err(e) = file.map_writes(MAPPED_WRITE_BYTES_MAX) {
+    if let Err(e) = file.map_writes() {
         tracing::warn!(segment = %path.display(), error = %e, "cannot map the WAL segment; appends use pwrite");
     }
 }

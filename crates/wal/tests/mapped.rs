@@ -244,10 +244,10 @@ fn segment_bytes(wal: &Wal) -> Vec<Vec<u8>> {
     wal.segment_files().iter().map(|(_, p)| std::fs::read(p).unwrap()).collect()
 }
 
-/// Appends to pre-written segments go through a map (`WalOptions::map_appends`): the
-/// same bytes in the same files as with `pwrite`, without a system call per append;
-/// after a reopen, and after `truncate_after` shortens the mapped segment, appends
-/// still land where they should.
+/// Write rounds to pre-written segments copy into a map (`WalOptions::map_appends`)
+/// once 16 rounds passed without a sync: the same bytes in the same files as with
+/// `pwrite`, without a system call each; after a reopen, and after `truncate_after`
+/// shortened the mapped segment, appends still land where they should.
 #[test]
 fn appends_through_a_map_write_what_pwrite_writes() {
     let mut files = Vec::new();
@@ -258,30 +258,69 @@ fn appends_through_a_map_write_what_pwrite_writes() {
         let o = WalOptions { map_appends: map, ..opts(Preallocate::PreWriteInline, true) };
         let wal = Wal::open(RealFs::shared(), tmp.path(), o).unwrap();
         let before = write_calls();
-        append(&wal, 1, 400);
+        append(&wal, 1, 1000);
         calls.push(write_calls() - before);
-        assert!(wal.segment_files().len() >= 4, "the log rotated");
+        assert!(wal.segment_files().len() >= 10, "the log rotated");
         files.push(segment_bytes(&wal));
         dirs.push(tmp);
     }
     assert!(files[0] == files[1], "the segment files differ");
-    // About 110 batches: one `pwrite` each, against none through the map (the segments'
+    // About 280 rounds: one `pwrite` each, against 16 through the map (the segments'
     // pre-writes and headers are system calls either way).
-    assert!(calls[1] + 100 < calls[0], "write system calls: {calls:?}");
+    assert!(calls[1] + 200 < calls[0], "write system calls: {calls:?}");
 
     let tmp = &dirs[1];
     let o = opts(Preallocate::PreWriteInline, true);
     let wal = Wal::open(RealFs::shared(), tmp.path(), o.clone()).unwrap();
-    let before = write_calls();
-    append(&wal, 401, 420);
-    assert!(write_calls() - before < 5, "the reopened segment takes appends through a map");
-    wal.truncate_after(Lsn(410)).unwrap();
-    append(&wal, 411, 500);
+    append(&wal, 1001, 1100);
+    wal.truncate_after(Lsn(1050)).unwrap();
+    append(&wal, 1051, 1200);
     drop(wal);
     let wal = Wal::open(RealFs::shared(), tmp.path(), o).unwrap();
     let got = read(&wal, 1, true);
-    assert_eq!(got.len(), 500);
+    assert_eq!(got.len(), 1200);
     for (i, r) in got.iter().enumerate() {
         assert_eq!((r.0, r.4.as_slice()), (i as u64 + 1, payload(i as u64 + 1).as_slice()));
     }
+}
+
+/// When rounds copy into the map: after 16 rounds without a sync, each round of up to
+/// a page; never a larger one; and after a sync, again only once 16 rounds passed. So
+/// a log synced after every few appends writes with `pwrite`, as before maps.
+#[test]
+fn only_small_rounds_between_rare_syncs_copy_into_the_map() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = WalOptions { segment_bytes: 4 << 20, ..opts(Preallocate::PreWriteInline, true) };
+    let wal = Wal::open(RealFs::shared(), tmp.path(), o.clone()).unwrap();
+    let small = vec![7u8; 100];
+    let big = vec![9u8; 5000];
+    let rounds = |body: &[u8], n: usize| -> u64 {
+        let before = write_calls();
+        for i in 0..n {
+            let e = Entry { kind: 1, timestamp: i as i64, payload: body };
+            wal.append_batch(&[e], Durability::Buffered).unwrap();
+        }
+        write_calls() - before
+    };
+    assert_eq!(rounds(&small, 16), 16, "the first 16 rounds after open");
+    assert_eq!(rounds(&small, 50), 0, "small rounds, no sync for 16");
+    assert_eq!(rounds(&big, 5), 5, "rounds larger than a page");
+    wal.sync().unwrap();
+    assert_eq!(rounds(&small, 16), 16, "the 16 rounds after a sync");
+    assert_eq!(rounds(&small, 20), 0);
+    for _ in 0..5 {
+        let e = Entry { kind: 1, timestamp: 0, payload: &small };
+        wal.append_batch(&[e], Durability::Durable).unwrap();
+    }
+    assert_eq!(rounds(&small, 3), 3, "Durable appends");
+    let n = wal.last_lsn().0;
+    drop(wal);
+    let wal = Wal::open(RealFs::shared(), tmp.path(), o).unwrap();
+    let mut r = wal.read_from(Lsn(1)).unwrap();
+    let mut count = 0;
+    while let Some(rec) = r.next_record().unwrap() {
+        assert_eq!(rec.payload.len(), if (67..=71).contains(&rec.lsn.0) { 5000 } else { 100 });
+        count += 1;
+    }
+    assert_eq!(count, n);
 }
