@@ -12,7 +12,8 @@
 //!
 //! This crate is **not** a general file-system abstraction: it offers exactly the calls a
 //! storage engine needs (positional reads and writes, `sync_data`, directory sync,
-//! rename, read-only maps for the WAL's readers) and nothing else.
+//! rename, read-only maps for the WAL's readers, a writable map for its small appends)
+//! and nothing else.
 
 mod real;
 mod sim;
