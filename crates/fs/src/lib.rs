@@ -77,6 +77,13 @@ pub trait VfsFile: Send + Sync + Debug {
         Ok(false)
     }
 
+    /// Drops the map of [`VfsFile::map_writes`], if any: later [`VfsFile::write_mapped`]
+    /// calls refuse. For a file that takes no more small writes (a sealed WAL segment):
+    /// the pages it touched stay in the page cache, but no longer in this process's
+    /// address space, where the kernel would count them as resident and keep them as
+    /// mapped pages, which it reclaims last.
+    fn unmap_writes(&self) {}
+
     /// Copies `buf` to `offset` through the map of [`VfsFile::map_writes`] instead of
     /// a system call, when there is one and it holds the whole range (it does not grow
     /// with the file, and [`VfsFile::set_len`] drops it when it shortens the file).

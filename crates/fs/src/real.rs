@@ -110,6 +110,9 @@ impl VfsFile for RealFile {
         *self.writes.write() = Some(map);
         Ok(true)
     }
+    fn unmap_writes(&self) {
+        *self.writes.write() = None;
+    }
     fn map(&self) -> io::Result<Option<crate::Mapping>> {
         crate::Mapping::of(&self.file, self.len()?)
     }
@@ -261,6 +264,14 @@ mod tests {
         assert!(!f.write_mapped(&record(6000), 8192));
         assert!(!f.write_mapped(&record(6000), 0));
         assert_eq!(f.len().unwrap(), 4096);
+        // Unmapped, the file refuses mapped writes, and `pwrite` still works.
+        assert!(f.map_writes().unwrap());
+        assert!(f.write_mapped(&record(7), 0));
+        f.unmap_writes();
+        assert!(!f.write_mapped(&record(8), 0));
+        f.write_all_at(&record(9), 0).unwrap();
+        other.read_exact_at(&mut a[..100], 0).unwrap();
+        assert_eq!(&a[..100], record(9).as_slice());
         // An empty file has nothing to map.
         let empty = fs.open(&dir.join("empty"), OpenMode::CreateNew).unwrap();
         assert!(!empty.map_writes().unwrap());

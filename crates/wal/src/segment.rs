@@ -34,22 +34,36 @@ impl Shared {
     }
 
     /// The background thread of `Preallocate::PreWrite`: keeps one zero-filled, synced
-    /// spare segment ready for the next rotation.
+    /// spare segment ready for the next rotation, and drops the write maps of sealed
+    /// segments (see `Shared::retire_map`).
     pub(crate) fn prepare_spares(&self) {
+        self.spare.lock().worker = true;
         loop {
-            {
+            let (unmap, build) = {
                 let mut s = self.spare.lock();
-                while !s.shutdown && (!s.needed || s.deferred) {
+                while !s.shutdown && s.unmap.is_empty() && (!s.needed || s.deferred) {
                     self.spare_cond.wait(&mut s);
                 }
                 if s.shutdown {
+                    s.worker = false;
                     return;
                 }
-                s.needed = false;
+                let build = s.needed && !s.deferred;
+                if build {
+                    s.needed = false;
+                }
+                (std::mem::take(&mut s.unmap), build)
+            };
+            for file in unmap {
+                file.unmap_writes();
             }
-            match self.build_spare() {
-                Ok(()) => self.spare.lock().ready = true,
-                Err(e) => tracing::warn!(error = %e, "could not pre-write a spare WAL segment"),
+            if build {
+                match self.build_spare() {
+                    Ok(()) => self.spare.lock().ready = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not pre-write a spare WAL segment")
+                    }
+                }
             }
         }
     }

@@ -246,8 +246,9 @@ fn segment_bytes(wal: &Wal) -> Vec<Vec<u8>> {
 
 /// Write rounds to pre-written segments copy into a map (`WalOptions::map_appends`)
 /// once 16 rounds passed without a sync: the same bytes in the same files as with
-/// `pwrite`, without a system call each; after a reopen, and after `truncate_after`
-/// shortened the mapped segment, appends still land where they should.
+/// `pwrite`, without a system call each, and only the newest segment mapped; after a
+/// reopen, and after `truncate_after` shortened the mapped segment, appends still land
+/// where they should.
 #[test]
 fn appends_through_a_map_write_what_pwrite_writes() {
     let mut files = Vec::new();
@@ -262,9 +263,12 @@ fn appends_through_a_map_write_what_pwrite_writes() {
         calls.push(write_calls() - before);
         assert!(wal.segment_files().len() >= 10, "the log rotated");
         files.push(segment_bytes(&wal));
+        // Sealed segments drop their write maps: only the newest is mapped writable.
+        assert_eq!(writable_maps(tmp.path()), usize::from(map));
         dirs.push(tmp);
     }
     assert!(files[0] == files[1], "the segment files differ");
+
     // About 280 rounds: one `pwrite` each, against 16 through the map (the segments'
     // pre-writes and headers are system calls either way).
     assert!(calls[1] + 200 < calls[0], "write system calls: {calls:?}");
@@ -323,4 +327,32 @@ fn only_small_rounds_between_rare_syncs_copy_into_the_map() {
         count += 1;
     }
     assert_eq!(count, n);
+}
+
+/// How many shared writable maps of files in `dir` this process has.
+fn writable_maps(dir: &Path) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let dir = dir.to_str().unwrap();
+    maps.lines().filter(|l| l.contains(dir) && l.contains(" rw-s ")).count()
+}
+
+/// With `PreWrite`, segments come from spares the background thread pre-writes, and
+/// that thread also drops the write maps of the segments the writer sealed: soon at
+/// most the newest one is mapped (not when it was created inline, the spare not ready).
+#[test]
+fn the_background_thread_drops_sealed_segments_maps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = Wal::open(RealFs::shared(), tmp.path(), opts(Preallocate::PreWrite, true)).unwrap();
+    for round in 0..10 {
+        append(&wal, round * 100 + 1, round * 100 + 100);
+        // Time for the next spare, so that rotations take pre-written segments.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(wal.segment_files().len() >= 10, "the log rotated");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while writable_maps(tmp.path()) > 1 {
+        assert!(std::time::Instant::now() < deadline, "sealed segments are still mapped");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(read(&wal, 1, true).len(), 1000);
 }
