@@ -133,9 +133,10 @@ pub(crate) fn create_segment_file(
 }
 
 /// Maps a pre-written segment, so that small write rounds can copy into it rather
-/// than call `pwrite` ([`WalOptions::map_appends`]; when is up to the write rounds). Every block of the file is written, so no
-/// append through the map needs space the disk may not have. A map that cannot be made
-/// costs only speed: it is logged, and appends go through `pwrite`.
+/// than call `pwrite` ([`WalOptions::map_appends`]; which rounds do is the write
+/// round's choice). Every block of the file is written, so no append through the map
+/// needs space the disk may not have. A map that cannot be made costs only speed: it is
+/// logged, and appends go through `pwrite`.
 pub(crate) fn map_appends(file: &FileRef, path: &Path, opts: &WalOptions) {
     if !opts.map_appends {
         return;

@@ -290,7 +290,8 @@ fn appends_through_a_map_write_what_pwrite_writes() {
 
 /// When rounds copy into the map: after 16 rounds without a sync, each round of up to
 /// a page; never a larger one; and after a sync, again only once 16 rounds passed. So
-/// a log synced after every few appends writes with `pwrite`, as before maps.
+/// a log synced after every few appends writes with `pwrite`, as before maps. A
+/// reopened log maps its newest segment again.
 #[test]
 fn only_small_rounds_between_rare_syncs_copy_into_the_map() {
     let tmp = tempfile::tempdir().unwrap();
@@ -317,9 +318,20 @@ fn only_small_rounds_between_rare_syncs_copy_into_the_map() {
         wal.append_batch(&[e], Durability::Durable).unwrap();
     }
     assert_eq!(rounds(&small, 3), 3, "Durable appends");
-    let n = wal.last_lsn().0;
     drop(wal);
+    // Reopened, the newest segment (pre-written, not full) takes rounds through a map.
     let wal = Wal::open(RealFs::shared(), tmp.path(), o).unwrap();
+    let rounds = |n: usize| -> u64 {
+        let before = write_calls();
+        for i in 0..n {
+            let e = Entry { kind: 1, timestamp: i as i64, payload: &small };
+            wal.append_batch(&[e], Durability::Buffered).unwrap();
+        }
+        write_calls() - before
+    };
+    assert_eq!(rounds(16), 16, "the first 16 rounds after a reopen");
+    assert_eq!(rounds(20), 0, "the reopened segment is mapped");
+    let n = wal.last_lsn().0;
     let mut r = wal.read_from(Lsn(1)).unwrap();
     let mut count = 0;
     while let Some(rec) = r.next_record().unwrap() {
