@@ -113,7 +113,8 @@ pub struct EngineOptions {
     /// waits for them to use up their time slice before it gets a core, and every
     /// writer behind it waits too. A lower priority lets the submit path preempt them;
     /// they still get the time writers leave, and writers stall when flushes fall
-    /// behind (`immutables_max`), which gives them all of it.
+    /// behind (`immutables_max`), which gives them all of it. The WAL's background
+    /// thread (spare pre-writes) gets it too, unless `wal.background_nice` is set.
     pub maintenance_nice: i32,
     /// Threads that apply. With 2 (the default on machines with more than one core), a
     /// second thread applies the instrument partitions' writes while the first applies

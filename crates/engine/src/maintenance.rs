@@ -17,7 +17,7 @@ const IDLE_MARK_LSNS: u64 = 1 << 20;
 impl Inner {
     /// The body of a maintenance thread. Thread 0 also runs the checkpointer.
     pub(crate) fn maintenance_loop(&self, checkpointer: bool) {
-        lower_priority(self.opts.maintenance_nice);
+        bourse_fs::lower_thread_priority(self.opts.maintenance_nice, "maintenance thread");
         let mut last_checkpoint = Instant::now();
         while !self.shutdown.load(Ordering::Acquire) {
             let mut worked = false;
@@ -198,20 +198,6 @@ fn over_budget<P>(
         keep
     });
     sizes
-}
-
-/// Gives the calling thread the nice value `nice` (clamped to 0..=19; 0 does nothing).
-/// Linux keeps a nice value per thread; elsewhere this is a no-op. A failure is logged
-/// and ignored: it costs latency, not correctness.
-fn lower_priority(nice: i32) {
-    let nice = nice.clamp(0, 19);
-    if nice == 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
-        tracing::warn!(nice, error = %e, "maintenance thread: could not lower its priority");
-    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! This crate is **not** a general file-system abstraction: it offers exactly the calls a
 //! storage engine needs (positional reads and writes, `sync_data`, directory sync,
 //! rename, read-only maps for the WAL's readers, a writable map for its small appends)
-//! and nothing else.
+//! and nothing else; besides them, one call that is not about files,
+//! [`lower_thread_priority`], for the background threads of the crates above.
 
 mod real;
 mod sim;
@@ -128,6 +129,24 @@ pub trait VfsFile: Send + Sync + Debug {
         }
         Ok(())
     }
+}
+
+/// Gives the calling thread the nice value `nice` (clamped to 0..=19, higher is lower
+/// priority; 0 does nothing), for a background thread (flushes, compactions, WAL
+/// pre-writes) that should give way to the submit path. Linux keeps a nice value per
+/// thread; elsewhere this is a no-op. A failure is logged with `what` (the thread's
+/// role) and otherwise ignored: it costs latency, not correctness.
+pub fn lower_thread_priority(nice: i32, what: &str) {
+    let nice = nice.clamp(0, 19);
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        tracing::warn!(nice, error = %e, "{what}: could not lower its priority");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = what;
 }
 
 /// A shared handle to an open file.

@@ -90,6 +90,13 @@ pub struct WalOptions {
     /// it with `SIGBUS` at the next mapped append. Segments that were not pre-written,
     /// and file systems without maps (`SimFs`), use `pwrite` either way.
     pub map_appends: bool,
+    /// Nice value (0 to 19, higher is lower priority; 0 leaves it as it is) of the
+    /// background thread that pre-writes spare segments (`Preallocate::PreWrite`) and
+    /// drops sealed segments' maps. Pre-writing a 1 GiB segment keeps a core busy for
+    /// about a second; at the default priority a woken writer could wait a whole
+    /// scheduler tick for it. The engine sets its `maintenance_nice` here unless this is
+    /// set (default 0).
+    pub background_nice: i32,
     #[doc(hidden)]
     pub canary: Canary,
 }
@@ -110,6 +117,7 @@ impl Default for WalOptions {
             read_chunk_bytes: 256 << 10,
             mmap_reads: true,
             map_appends: true,
+            background_nice: 0,
             canary: Canary::default(),
         }
     }

@@ -37,6 +37,7 @@ impl Shared {
     /// spare segment ready for the next rotation, and drops the write maps of sealed
     /// segments (see `Shared::retire_map`).
     pub(crate) fn prepare_spares(&self) {
+        bourse_fs::lower_thread_priority(self.opts.background_nice, "WAL background thread");
         self.spare.lock().worker = true;
         loop {
             let (unmap, build) = {
