@@ -92,10 +92,10 @@ pub struct WalOptions {
     pub map_appends: bool,
     /// Nice value (0 to 19, higher is lower priority; 0 leaves it as it is) of the
     /// background thread that pre-writes spare segments (`Preallocate::PreWrite`) and
-    /// drops sealed segments' maps. Pre-writing a 1 GiB segment keeps a core busy for
-    /// about a second; at the default priority a woken writer could wait a whole
-    /// scheduler tick for it. The engine sets its `maintenance_nice` here unless this is
-    /// set (default 0).
+    /// drops sealed segments' maps. Pre-writing a 256 MiB segment kept a core busy for
+    /// 133 ms here (`perf sched latency`), about half a second per GiB; at the default
+    /// priority a woken writer could wait a whole scheduler tick for it. The engine
+    /// sets its `maintenance_nice` here unless this is set (default 0).
     pub background_nice: i32,
     #[doc(hidden)]
     pub canary: Canary,

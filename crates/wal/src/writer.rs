@@ -144,7 +144,8 @@ struct Chunk {
 /// ([`WalOptions::map_appends`]) rather than call `pwrite`: one page. A small write
 /// saves a system call; a write of pages takes a page fault per page through the map
 /// and saved nothing (`bourse-bench engine`, Buffered 1×64, whose rounds are about
-/// 7 KiB: the same write time, and the submit p99 up from about 150 µs to 330 µs).
+/// 7 KiB: the same write time, and the submit p99 of `examples/submit_loop` up from
+/// 152–170 µs to 214–347 µs in three pairs).
 const MAPPED_ROUND_BYTES_MAX: usize = 4096;
 
 /// Write rounds that must pass without a sync round before one copies into the map.
