@@ -18,7 +18,8 @@
 //! override the memtable size and the maintenance threads; `PREALLOCATE=none` and
 //! `MAP_APPENDS=0` turn off the WAL's pre-written segments and appends through a map.
 //! `BY_KIND=1` prints each event kind's submit latencies (by a batch's first event),
-//! `SLOW_BY_KIND=NS` how many of each kind took over `NS`, `SLOWEST=1` the slowest.
+//! `SLOW_BY_KIND=NS` how many of each kind took over `NS`, `SLOWEST=1` the slowest, `HIST=1` the
+//! submits and their share of the time by latency band.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -135,6 +136,23 @@ fn main() {
                 at(0.5),
                 at(0.99)
             );
+        }
+    }
+    if std::env::var_os("HIST").is_some() {
+        // How many submits, and what share of the time, each latency band holds.
+        let bands = [2_000u64, 5_000, 20_000, 100_000, 1_000_000, u64::MAX];
+        let total = took.iter().sum::<u64>().max(1) as f64;
+        let mut low = 0;
+        for high in bands {
+            let (n, sum) = took
+                .iter()
+                .filter(|&&t| t >= low && t < high)
+                .fold((0u64, 0u64), |(n, s), &t| (n + 1, s + t));
+            eprintln!(
+                "  {low:>9} ns up to {high:>20} ns: {n:>8} submits, {:5.1}% of the time",
+                100.0 * sum as f64 / total
+            );
+            low = high;
         }
     }
     if std::env::var_os("SLOWEST").is_some() {

@@ -298,6 +298,9 @@ impl Engine {
         if opts.batch_events_max == 0 || opts.memtable_bytes == 0 {
             return Err(Error::Invalid("batch_events_max and memtable_bytes must be > 0".into()));
         }
+        if opts.sync_interval.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Invalid("sync_interval must be more than zero (or None)".into()));
+        }
         vfs.create_dir_all(&dir.join("parts/instruments"))
             .map_err(io_err("create directory", dir.join("parts/instruments")))?;
         // The spare segment is pre-written once the replay below is done: it would take
@@ -370,6 +373,14 @@ impl Engine {
                 .name(format!("bourse-maint-{i}"))
                 .spawn(move || inner2.maintenance_loop(i == 0))
                 .map_err(io_err("spawn maintenance thread", dir))?;
+            workers.push(h);
+        }
+        if let Some(every) = inner.opts.sync_interval {
+            let inner2 = inner.clone();
+            let h = std::thread::Builder::new()
+                .name("bourse-wal-sync".into())
+                .spawn(move || inner2.sync_loop(every))
+                .map_err(io_err("spawn WAL sync thread", dir))?;
             workers.push(h);
         }
         Ok(Engine { inner, workers })

@@ -125,6 +125,14 @@ pub struct EngineOptions {
     pub apply_threads: usize,
     /// How often the checkpointer runs (idle partitions advance, the WAL is truncated).
     pub checkpoint_interval: Duration,
+    /// With `Some(t)`, a background thread (`bourse-wal-sync`) syncs the WAL every `t`
+    /// when something was appended since the last sync, so that what `Buffered` and
+    /// `Accepted` submits wrote becomes durable within about `t` (plus the sync's own
+    /// time): a power loss then loses at most that window instead of everything since
+    /// the last `Durable` submit, flush or [`Engine::sync`]. The sync is the WAL's group
+    /// commit (a `Durable` submit in flight shares it); submitters do not wait for it.
+    /// `None` (the default): no timer, as before. Must not be zero.
+    pub sync_interval: Option<Duration>,
     /// Keep at least this many bytes of WAL for subscribers that replay (0: none).
     pub wal_retain_bytes: u64,
     /// Keep WAL segments whose newest record is younger than this.
@@ -163,6 +171,7 @@ impl Default for EngineOptions {
                 1
             },
             checkpoint_interval: Duration::from_millis(500),
+            sync_interval: None,
             wal_retain_bytes: 64 << 20,
             wal_retain_age: Duration::ZERO,
             wal_bytes_max: 1 << 30,

@@ -55,6 +55,36 @@ impl Inner {
         }
     }
 
+    /// The body of the WAL sync thread ([`crate::EngineOptions::sync_interval`]): every
+    /// `every`, syncs the WAL when records were appended since its last sync. Stops at
+    /// shutdown (woken by the kick that announces it) or once the WAL is poisoned (a
+    /// failed sync poisons it; later submits report that).
+    pub(crate) fn sync_loop(&self, every: Duration) {
+        let mut next = Instant::now() + every;
+        loop {
+            {
+                let (lock, cond) = &self.wake;
+                let mut guard = lock.lock();
+                // Checked under the lock that `kick` takes after setting `shutdown`, so the
+                // wake-up that announces it cannot come between the check and the wait.
+                // (The flag itself is the maintenance threads'; this thread leaves it.)
+                while !self.shutdown.load(Ordering::Acquire) && Instant::now() < next {
+                    cond.wait_until(&mut guard, next);
+                }
+            }
+            if self.shutdown.load(Ordering::Acquire) || self.wal.is_poisoned() {
+                return;
+            }
+            next = Instant::now() + every;
+            if self.wal.last_lsn() > self.wal.durable_lsn() {
+                if let Err(e) = self.wal.sync() {
+                    tracing::error!(error = %e, "periodic WAL sync failed; the WAL is poisoned");
+                    return;
+                }
+            }
+        }
+    }
+
     /// While all memtables together exceed the budget, rotates the largest so the
     /// maintenance threads flush it.
     pub(crate) fn enforce_budget(&self) {

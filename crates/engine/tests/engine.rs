@@ -289,6 +289,16 @@ fn users_register_login_freeze_and_bind() {
 }
 
 #[test]
+fn a_zero_sync_interval_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = EngineOptions { sync_interval: Some(Duration::ZERO), ..opts() };
+    let err = Engine::open(dir.path(), o).unwrap_err();
+    assert!(matches!(err, Error::Invalid(ref m) if m.contains("sync_interval")), "{err}");
+    // It changed nothing: the directory holds no store.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn invalid_batches_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let e = Engine::open(dir.path(), opts()).unwrap();
@@ -484,4 +494,16 @@ fn maintenance_threads_lower_their_priority() {
     assert_eq!(sevens("bourse-maint"), 2, "maintenance threads: {:?}", nice_of("bourse-maint"));
     assert_eq!(sevens("bourse-wal-prea"), 1, "WAL thread: {:?}", nice_of("bourse-wal-prea"));
     drop(e);
+}
+
+#[test]
+fn the_sync_thread_stops_at_close_without_waiting_out_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = EngineOptions { sync_interval: Some(Duration::from_secs(3600)), ..opts() };
+    let e = Engine::open(dir.path(), o).unwrap();
+    e.submit(&[tick("SHFE.cu2501", 1, 1.0)], Durability::Buffered).unwrap();
+    let start = std::time::Instant::now();
+    e.close().unwrap();
+    // A hang guard, not a speed claim: the thread would otherwise sleep for an hour.
+    assert!(start.elapsed() < Duration::from_secs(60), "close waited for the sync thread");
 }

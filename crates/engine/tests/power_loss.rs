@@ -213,3 +213,45 @@ fn flushes_and_checkpoints_never_get_ahead_of_the_durable_wal() {
         assert!(n >= 40, "{fate:?}: the checkpointed batches are durable, kept {n}");
     }
 }
+
+/// With `sync_interval`, what `Buffered` submits wrote is durable once the interval has
+/// passed, with no `Durable` submit, flush or close to sync it; without it, a power loss
+/// takes it all (the control, so that the first half cannot pass by accident).
+#[test]
+fn the_sync_interval_makes_buffered_writes_durable() {
+    for every in [Some(Duration::from_millis(10)), None] {
+        let mut o = opts();
+        // Nothing else syncs the WAL: no rotation, no flush, no checkpoint.
+        o.wal.segment_bytes = 1 << 20;
+        o.memtable_bytes = 4 << 20;
+        o.memtable_budget_bytes = 16 << 20;
+        o.checkpoint_interval = Duration::from_secs(3600);
+        o.sync_interval = every;
+        let fs = SimFs::new();
+        {
+            let e = Engine::open_with(fs.shared(), Path::new("/db"), o, &mut |_| {}).unwrap();
+            let mut last = 0;
+            for b in 0..40 {
+                last = e.submit(&batch(b), Durability::Buffered).unwrap().last.0;
+            }
+            // Long enough for several intervals; the control waits a while only.
+            let wait = Duration::from_millis(if every.is_some() { 10_000 } else { 200 });
+            let start = std::time::Instant::now();
+            while e.durable_lsn() < last && start.elapsed() < wait {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            match every {
+                Some(_) => assert!(e.durable_lsn() >= last, "not synced after 10 s"),
+                None => assert!(e.durable_lsn() < last, "something else synced the WAL"),
+            }
+            // The power goes before the engine can sync anything on its way down.
+            fs.crash_after(0);
+        }
+        fs.crash(CrashFate::LoseUnsynced);
+        let n = check(&fs, None).unwrap_or_else(|e| panic!("{every:?}: {e}"));
+        match every {
+            Some(_) => assert_eq!(n, 40, "every batch was synced before the power went"),
+            None => assert!(n < 40, "kept {n} batches that nothing synced"),
+        }
+    }
+}

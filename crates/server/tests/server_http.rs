@@ -219,6 +219,25 @@ async fn ingest_then_query_and_bad_batches_change_nothing() {
         metrics.contains("bourse_http_requests_total{route=\"/api/v1/events\",status=\"400\"} 4"),
         "{metrics}"
     );
+    // A `Buffered` batch becomes durable without a `Durable` one, by the WAL sync timer
+    // (`wal_sync_ms`, 100 ms by default).
+    let (code, r) = send(
+        c.post(s.url("/api/v1/events?durability=buffered"))
+            .bearer_auth(ADMIN)
+            .body(tick(ins, 600, 1.0)),
+    )
+    .await;
+    assert_eq!(code, 200, "{r}");
+    let last = r["last_lsn"].as_u64().unwrap();
+    let mut durable = 0;
+    for _ in 0..200 {
+        durable = send(c.get(s.url("/healthz"))).await.1["durable_lsn"].as_u64().unwrap();
+        if durable >= last {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(durable >= last, "durable_lsn {durable} stayed below the buffered batch's {last}");
     assert!(s.sigterm().success(), "SIGTERM stops the server cleanly");
     let verify = Command::new(env!("CARGO_BIN_EXE_bourse"))
         .args(["verify", "--data", dir.path().join("d").to_str().unwrap()])

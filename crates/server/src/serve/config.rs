@@ -14,6 +14,7 @@
 //! heartbeat_ms = 1000                # idle /ws/events heartbeat
 //! answer_timeout_ms = 5000           # how long order entry waits for the exchange
 //! wal_segment_bytes = 1073741824     # WAL segment size (pre-written ahead of use)
+//! wal_sync_ms = 100                  # sync the WAL this often when Buffered writes wait (0: never)
 //! argon2_memory_kib = 19456          # password hashing cost
 //! ```
 
@@ -55,6 +56,11 @@ pub struct ServerConfig {
     pub sim_config: Option<PathBuf>,
     /// WAL segment size in bytes.
     pub wal_segment_bytes: u64,
+    /// Sync the WAL this often when records were appended since the last sync, so that
+    /// `Buffered` writes (the simulator's, and ingest asking for `buffered`) survive a
+    /// power loss older than about this; 0 turns the timer off
+    /// (`EngineOptions::sync_interval`).
+    pub wal_sync_ms: u64,
     /// Argon2 memory cost of password hashes, in KiB.
     pub argon2_memory_kib: u32,
 }
@@ -76,6 +82,7 @@ impl Default for ServerConfig {
             answer_timeout_ms: 5000,
             sim_config: None,
             wal_segment_bytes: 1 << 30,
+            wal_sync_ms: 100,
             argon2_memory_kib: 19 * 1024,
         }
     }

@@ -113,6 +113,7 @@ pub fn run(cfg: ServerConfig, mode: Mode) -> anyhow::Result<()> {
         ..EngineOptions::default()
     };
     opts.wal.segment_bytes = cfg.wal_segment_bytes;
+    opts.sync_interval = (cfg.wal_sync_ms > 0).then(|| Duration::from_millis(cfg.wal_sync_ms));
     eprintln!("opening {} ...", cfg.data.display());
     let engine = Arc::new(
         Engine::open_with(bourse_fs::RealFs::shared(), &cfg.data, opts, &mut |p| {
