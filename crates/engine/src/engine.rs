@@ -622,10 +622,13 @@ impl Inner {
         self.parts.read().get(id).cloned()
     }
 
-    fn tree_options(&self) -> TreeOptions {
+    fn tree_options(&self, id: &PartitionId) -> TreeOptions {
         TreeOptions {
             memtable_bytes: self.opts.memtable_bytes,
             block_cache_bytes: self.opts.block_cache_bytes,
+            // Apply looks up keys that are mostly absent there: every new order id (is it
+            // a repeat?), every new user. Instruments are only scanned.
+            memtable_filter: matches!(id, PartitionId::Accounts | PartitionId::Users),
             // The engine's maintenance threads flush and compact every partition, so
             // hundreds of instruments do not mean hundreds of threads.
             background: false,
@@ -640,7 +643,7 @@ impl Inner {
         if let (PartitionId::Instrument(ins), Some(_)) = (&id, created_at) {
             self.record_partition(ins)?;
         }
-        let tree = Tree::open(self.vfs.clone(), &path, self.tree_options())?;
+        let tree = Tree::open(self.vfs.clone(), &path, self.tree_options(&id))?;
         // IMPORTANT: tables must never hold an LSN the WAL could still lose (a `Buffered`
         // append not yet synced): after a power loss that LSN would be handed out again.
         // So a flush first makes the WAL durable up to what it writes.

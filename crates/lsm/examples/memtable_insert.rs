@@ -11,7 +11,8 @@
 //! - `appended`: an instrument partition's shape. Keys `tag, time, lsn` in ascending
 //!   order (ticks, trades, book deltas).
 //! - `lookups`: a point lookup of a key not there (a new order id), then of one there,
-//!   in the `scattered` table.
+//!   in the `scattered` table (with `FILTER=1`, one with a key filter, as the engine's
+//!   accounts partition has).
 //!
 //! Each round fills a fresh memtable with `VERSIONS` versions (default 600,000) and
 //! prints nanoseconds per operation; the median round is printed last.
@@ -28,8 +29,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A fresh memtable holding `keys` (each at its own sequence), and the nanoseconds an
 /// insert took on average.
-fn fill(keys: &[Vec<u8>], value: &[u8]) -> (Memtable, f64) {
-    let m = Memtable::new();
+fn fill(keys: &[Vec<u8>], value: &[u8], filtered: bool) -> (Memtable, f64) {
+    let m = if filtered { Memtable::with_filter(keys.len()) } else { Memtable::new() };
     let t = Instant::now();
     for (i, k) in keys.iter().enumerate() {
         m.insert(k, i as u64 + 1, Kind::Put, value);
@@ -48,10 +49,12 @@ fn main() {
     let versions = args.first().copied().unwrap_or(600_000);
     let rounds = args.get(1).copied().unwrap_or(5);
     let value = vec![7u8; 150];
+    // `FILTER=1`: the scattered table gets a key filter (as the engine's accounts).
+    let filtered = std::env::var_os("FILTER").is_some();
     let (mut sc, mut ap, mut miss, mut hit) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let keys: Vec<Vec<u8>> = (0..versions).map(scattered_key).collect();
-        let (m, s) = fill(&keys, &value);
+        let (m, s) = fill(&keys, &value, filtered);
         let probes = versions.min(200_000);
         let t = Instant::now();
         let mut found = 0usize;
@@ -68,7 +71,7 @@ fn main() {
         assert_eq!(found as u64, probes, "every stored key found, no new one");
         drop(m);
         let keys: Vec<Vec<u8>> = (0..versions).map(appended_key).collect();
-        let (m, a) = fill(&keys, &value);
+        let (m, a) = fill(&keys, &value, false);
         assert_eq!(m.len() as u64, versions);
         println!(
             "round {round}: scattered {s:.0} ns/insert, appended {a:.0} ns/insert, \

@@ -77,6 +77,11 @@ pub struct TreeOptions {
     pub key_bytes_max: usize,
     /// Longest value accepted (default 16 MiB).
     pub value_bytes_max: usize,
+    /// Give each memtable a filter of its keys (default false; see
+    /// [`Memtable::with_filter`]), planned for `memtable_bytes` / 128 keys: point
+    /// lookups of absent keys skip the memtables. For trees read by such lookups (the
+    /// engine's accounts, where every new order id is checked for a repeat).
+    pub memtable_filter: bool,
     /// Run flushes and compactions on a background thread (default true). When false,
     /// they run only in [`Tree::maintain`] and [`Tree::flush`] (deterministic tests).
     pub background: bool,
@@ -101,6 +106,7 @@ impl Default for TreeOptions {
             writeback_bytes: 1 << 20,
             key_bytes_max: 64 << 10,
             value_bytes_max: 16 << 20,
+            memtable_filter: false,
             background: true,
             canary: Canary::default(),
         }
@@ -243,7 +249,7 @@ impl Tree {
             vfs,
             dir,
             state: Mutex::new(State {
-                active: Arc::new(Memtable::new()),
+                active: Arc::new(new_memtable(&opts)),
                 immutables: Vec::new(),
                 version: Arc::new(version),
             }),
@@ -318,7 +324,8 @@ impl Tree {
         {
             let mut st = self.inner.state.lock();
             if !st.active.is_empty() {
-                let full = std::mem::replace(&mut st.active, Arc::new(Memtable::new()));
+                let full =
+                    std::mem::replace(&mut st.active, Arc::new(new_memtable(&self.inner.opts)));
                 st.immutables.push(full);
             }
         }
@@ -415,7 +422,7 @@ impl Tree {
         if st.active.is_empty() || st.immutables.len() >= self.inner.opts.immutables_max {
             return false;
         }
-        let full = std::mem::replace(&mut st.active, Arc::new(Memtable::new()));
+        let full = std::mem::replace(&mut st.active, Arc::new(new_memtable(&self.inner.opts)));
         st.immutables.push(full);
         self.inner.changed.notify_all();
         true
@@ -486,6 +493,16 @@ impl Drop for Tree {
 
 /// Removes table and temporary files the manifest does not know; returns one past the
 /// highest table id seen on disk.
+/// A fresh memtable, with a key filter when the options ask for one.
+fn new_memtable(opts: &TreeOptions) -> Memtable {
+    if opts.memtable_filter {
+        // A version takes 128 bytes or more of the memtable (key, handle, value).
+        Memtable::with_filter(opts.memtable_bytes / 128)
+    } else {
+        Memtable::new()
+    }
+}
+
 fn remove_orphans(vfs: &dyn Vfs, dir: &Path, shape: &Shape) -> Result<u64> {
     let mut next = 0;
     let mut removed = false;
@@ -560,7 +577,7 @@ impl Inner {
                     st = self.state.lock();
                 }
             }
-            let full = std::mem::replace(&mut st.active, Arc::new(Memtable::new()));
+            let full = std::mem::replace(&mut st.active, Arc::new(new_memtable(&self.opts)));
             st.immutables.push(full);
             self.changed.notify_all();
             return Ok(true);
