@@ -16,10 +16,12 @@
 //! took, and the submitting thread's context switches. Run it with `EVENTS` = 0 as
 //! well: the difference is the submits' share. `MEMTABLE_MB` and `MAINT_THREADS`
 //! override the memtable size and the maintenance threads; `PREALLOCATE=none` and
-//! `MAP_APPENDS=0` turn off the WAL's pre-written segments and appends through a map.
+//! `MAP_APPENDS=0` turn off the WAL's pre-written segments and appends through a map,
+//! `WAL_WRITEBACK_BYTES` sets how often the WAL starts writeback (0: never).
 //! `BY_KIND=1` prints each event kind's submit latencies (by a batch's first event),
 //! `SLOW_BY_KIND=NS` how many of each kind took over `NS`, `SLOWEST=1` the slowest, `HIST=1` the
-//! submits and their share of the time by latency band.
+//! submits and their share of the time by latency band, `STALLS=1` the engine's state
+//! after each submit over 1 ms.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -62,14 +64,25 @@ fn main() {
         opts.wal.preallocate = bourse_wal::Preallocate::None;
     }
     opts.wal.map_appends = std::env::var("MAP_APPENDS").map_or(true, |v| v != "0");
+    // `WAL_WRITEBACK_BYTES` sets `wal.writeback_bytes` (0: off).
+    if let Some(n) = std::env::var("WAL_WRITEBACK_BYTES").ok().and_then(|v| v.parse().ok()) {
+        opts.wal.writeback_bytes = n;
+    }
     let engine = Engine::open(dir.path(), opts).unwrap();
     let mut took = Vec::with_capacity(all.len() / batch.max(1) as usize + 1);
     let switches_before = switches();
     let t = Instant::now();
+    // `STALLS=1`: the engine's state after each submit over 1 ms (printed at the end).
+    let stalls = std::env::var_os("STALLS").is_some();
+    let mut stalled = Vec::new();
     for chunk in all.chunks(batch.max(1) as usize) {
         let s = Instant::now();
         engine.submit(chunk, Durability::Buffered).unwrap();
-        took.push(s.elapsed().as_nanos() as u64);
+        let ns = s.elapsed().as_nanos() as u64;
+        if stalls && ns > 1_000_000 {
+            stalled.push((took.len(), ns, stall_state(&engine)));
+        }
+        took.push(ns);
     }
     let secs = t.elapsed().as_secs_f64();
     let switches_after = switches();
@@ -160,8 +173,28 @@ fn main() {
             eprintln!("  submit {i}: {} ns", took[i]);
         }
     }
+    for (i, ns, state) in stalled {
+        eprintln!("  stall: submit {i} took {:.1} ms; then {state}", ns as f64 / 1e6);
+    }
     // Exit without freeing the memtables, which is not what is measured.
     std::mem::forget(engine);
+}
+
+/// What a stall may have waited for: WAL syncs and rotations so far, all memtables'
+/// bytes, the largest partition's memtable and its level-0 tables.
+fn stall_state(engine: &Engine) -> String {
+    let st = engine.stats();
+    let total: usize = st.partitions.iter().map(|p| p.memtable_bytes).sum();
+    let big = st.partitions.iter().max_by_key(|p| p.memtable_bytes);
+    format!(
+        "WAL syncs {} rotations {}, memtables {} MiB, largest {} ({} MiB, L0 tables {})",
+        st.wal.syncs,
+        st.wal.rotations,
+        total >> 20,
+        big.map_or(String::new(), |p| p.id.to_string()),
+        big.map_or(0, |p| p.memtable_bytes >> 20),
+        big.map_or(0, |p| p.tree.tables_per_level.first().copied().unwrap_or(0)),
+    )
 }
 
 /// This thread's (voluntary, involuntary) context switches so far, from `/proc`.

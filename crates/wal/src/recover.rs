@@ -216,6 +216,7 @@ fn recover_newest(
         path: path.clone(),
         file: newest.file.clone(),
         offset: scan.valid_end,
+        writeback_from: scan.valid_end,
     };
     Ok((active, last))
 }

@@ -40,9 +40,13 @@ impl Shared {
         bourse_fs::lower_thread_priority(self.opts.background_nice, "WAL background thread");
         self.spare.lock().worker = true;
         loop {
-            let (unmap, build) = {
+            let (unmap, writeback, build) = {
                 let mut s = self.spare.lock();
-                while !s.shutdown && s.unmap.is_empty() && (!s.needed || s.deferred) {
+                while !s.shutdown
+                    && s.unmap.is_empty()
+                    && s.writeback.is_none()
+                    && (!s.needed || s.deferred)
+                {
                     self.spare_cond.wait(&mut s);
                 }
                 if s.shutdown {
@@ -53,10 +57,13 @@ impl Shared {
                 if build {
                     s.needed = false;
                 }
-                (std::mem::take(&mut s.unmap), build)
+                (std::mem::take(&mut s.unmap), s.writeback.take(), build)
             };
             for file in unmap {
                 file.unmap_writes();
+            }
+            if let Some((file, from, to)) = writeback {
+                crate::writer::hint_writeback(&file, from, to);
             }
             if build {
                 match self.build_spare() {
@@ -130,7 +137,8 @@ pub(crate) fn create_segment_file(
     if prewritten {
         map_appends(&file, &path, opts);
     }
-    Ok(Active { first_lsn: first, path, file, offset: SEGMENT_HEADER_BYTES as u64 })
+    let offset = SEGMENT_HEADER_BYTES as u64;
+    Ok(Active { first_lsn: first, path, file, offset, writeback_from: offset })
 }
 
 /// Maps a pre-written segment, so that small write rounds can copy into it rather

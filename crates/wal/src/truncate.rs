@@ -138,6 +138,7 @@ impl Shared {
             path: seg.path.clone(),
             file: seg.file.clone(),
             offset: end,
+            writeback_from: end,
         })
     }
 

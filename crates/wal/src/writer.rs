@@ -123,6 +123,9 @@ pub(crate) struct Active {
     pub path: PathBuf,
     pub file: FileRef,
     pub offset: u64,
+    /// Where the part of the segment whose writeback was not asked for yet begins
+    /// ([`WalOptions::writeback_bytes`]).
+    pub writeback_from: u64,
 }
 
 impl Active {
@@ -221,10 +224,24 @@ pub(crate) struct Spare {
     /// Sealed segments whose write maps the background thread drops (at most
     /// [`UNMAP_QUEUE_MAX`]; past that the write round drops them itself).
     pub unmap: Vec<FileRef>,
+    /// A range of the active segment whose writeback the background thread starts
+    /// (file, start, end); a later request for the same file extends it.
+    pub writeback: Option<(FileRef, u64, u64)>,
 }
 
 /// Sealed segments waiting for the background thread to drop their write maps.
 pub(crate) const UNMAP_QUEUE_MAX: usize = 4;
+
+/// The page size writeback ranges are rounded to.
+const PAGE_BYTES: u64 = 4096;
+
+/// Starts writeback of `[from, to)` of `file`; a failure is only logged (the hint
+/// changes nothing a sync relies on, and a real I/O error reappears at the sync).
+pub(crate) fn hint_writeback(file: &FileRef, from: u64, to: u64) {
+    if let Err(e) = file.start_writeback(from, to - from) {
+        tracing::debug!(error = %e, "WAL writeback hint failed");
+    }
+}
 
 /// State shared by the WAL handle, its readers and its background thread.
 #[derive(Debug)]
@@ -744,7 +761,32 @@ impl Shared {
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
             self.counters.bytes.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
         }
+        // Whole pages only: the last, partly written one would be written again.
+        let end = active.offset & !(PAGE_BYTES - 1);
+        let every = self.opts.writeback_bytes;
+        if every > 0 && end >= active.writeback_from + every {
+            self.start_writeback(&active.file, active.writeback_from, end);
+            active.writeback_from = end;
+        }
         Ok((written, synced))
+    }
+
+    /// Asks for `[from, to)` of `file` to start going to the device (a hint: a sync
+    /// later finds less to write), by the background thread when there is one, since
+    /// starting the I/O of a megabyte takes the caller's time.
+    fn start_writeback(&self, file: &FileRef, from: u64, to: u64) {
+        {
+            let mut spare = self.spare.lock();
+            if spare.worker {
+                spare.writeback = match spare.writeback.take() {
+                    Some((f, start, _)) if Arc::ptr_eq(&f, file) => Some((f, start, to)),
+                    _ => Some((file.clone(), from, to)),
+                };
+                self.spare_cond.notify_all();
+                return;
+            }
+        }
+        hint_writeback(file, from, to);
     }
 
     /// A sealed segment takes no more appends, so its write map goes: its pages leave

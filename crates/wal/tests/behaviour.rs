@@ -592,6 +592,8 @@ fn pre_written_segments_start_writeback_as_they_are_written() {
     let opts = WalOptions {
         segment_bytes: 4 << 20,
         preallocate: Preallocate::PreWriteInline,
+        // The appends' own hints are `tests/writeback.rs`'s.
+        writeback_bytes: 0,
         ..WalOptions::default()
     };
     let wal = open(&fs, &opts);
