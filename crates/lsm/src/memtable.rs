@@ -631,10 +631,10 @@ impl Memtable {
         out
     }
 
-    /// Accounted size in bytes: what the versions, their values and the leaves take
-    /// on the heap (runs by their capacity, B-tree versions with their nodes' slack),
-    /// which `examples/memtable_footprint` finds within about 10% of the heap jemalloc
-    /// counts, in the partitions' shapes.
+    /// Accounted size in bytes: what the versions, their values, the leaves and the key
+    /// filter take on the heap (runs by their capacity, B-tree versions with their
+    /// nodes' slack), which `examples/memtable_footprint` finds within about 10% of the
+    /// heap jemalloc counts, in the partitions' shapes.
     pub fn bytes(&self) -> usize {
         // The filter counts once something is in (an empty memtable takes nothing a
         // flush could free, and callers take 0 for "nothing in memory").

@@ -491,8 +491,6 @@ impl Drop for Tree {
     }
 }
 
-/// Removes table and temporary files the manifest does not know; returns one past the
-/// highest table id seen on disk.
 /// A fresh memtable, with a key filter when the options ask for one.
 fn new_memtable(opts: &TreeOptions) -> Memtable {
     if opts.memtable_filter {
@@ -503,6 +501,8 @@ fn new_memtable(opts: &TreeOptions) -> Memtable {
     }
 }
 
+/// Removes table and temporary files the manifest does not know; returns one past the
+/// highest table id seen on disk.
 fn remove_orphans(vfs: &dyn Vfs, dir: &Path, shape: &Shape) -> Result<u64> {
     let mut next = 0;
     let mut removed = false;

@@ -34,8 +34,9 @@ impl Shared {
     }
 
     /// The background thread of `Preallocate::PreWrite`: keeps one zero-filled, synced
-    /// spare segment ready for the next rotation, and drops the write maps of sealed
-    /// segments (see `Shared::retire_map`).
+    /// spare segment ready for the next rotation, drops the write maps of sealed
+    /// segments (see `Shared::retire_map`) and starts the writeback write rounds ask
+    /// for (`WalOptions::writeback_bytes`).
     pub(crate) fn prepare_spares(&self) {
         bourse_fs::lower_thread_priority(self.opts.background_nice, "WAL background thread");
         self.spare.lock().worker = true;

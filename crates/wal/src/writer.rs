@@ -219,7 +219,7 @@ pub(crate) struct Spare {
     pub shutdown: bool,
     /// Held back until [`Wal::start_preallocation`] (`defer_preallocation`).
     pub deferred: bool,
-    /// The background thread runs and takes `unmap`.
+    /// The background thread runs and takes `unmap` and `writeback`.
     pub worker: bool,
     /// Sealed segments whose write maps the background thread drops (at most
     /// [`UNMAP_QUEUE_MAX`]; past that the write round drops them itself).
