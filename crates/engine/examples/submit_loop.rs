@@ -15,7 +15,8 @@
 //! of `BATCH` to an engine in a temporary directory, and prints the time the submits
 //! took, and the submitting thread's context switches. Run it with `EVENTS` = 0 as
 //! well: the difference is the submits' share. `MEMTABLE_MB` and `MAINT_THREADS`
-//! override the memtable size and the maintenance threads; `PREALLOCATE=none` and
+//! override the memtable size and the maintenance threads, `ACCT_MEMTABLE_MB` the
+//! accounts partition's memtable alone; `PREALLOCATE=none` and
 //! `MAP_APPENDS=0` turn off the WAL's pre-written segments and appends through a map,
 //! `WAL_WRITEBACK_BYTES` sets how often the WAL starts writeback (0: never).
 //! `BY_KIND=1` prints each event kind's submit latencies (by a batch's first event),
@@ -50,6 +51,10 @@ fn main() {
         ..EngineOptions::default()
     };
     opts.wal.segment_bytes = 256 << 20;
+    // `ACCT_MEMTABLE_MB` sets the accounts partition's memtable apart.
+    if let Some(n) = std::env::var("ACCT_MEMTABLE_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
+        opts.accounts_memtable_bytes = Some(n << 20);
+    }
     // `MAINT_THREADS` sets the maintenance threads (the engine's default unless set).
     if let Some(n) = std::env::var("MAINT_THREADS").ok().and_then(|v| v.parse().ok()) {
         opts.maintenance_threads = n;

@@ -295,8 +295,13 @@ impl Engine {
         opts: EngineOptions,
         progress: &mut dyn FnMut(OpenProgress),
     ) -> Result<Engine> {
-        if opts.batch_events_max == 0 || opts.memtable_bytes == 0 {
-            return Err(Error::Invalid("batch_events_max and memtable_bytes must be > 0".into()));
+        if opts.batch_events_max == 0
+            || opts.memtable_bytes == 0
+            || opts.accounts_memtable_bytes == Some(0)
+        {
+            return Err(Error::Invalid(
+                "batch_events_max, memtable_bytes and accounts_memtable_bytes must be > 0".into(),
+            ));
         }
         if opts.sync_interval.is_some_and(|t| t.is_zero()) {
             return Err(Error::Invalid("sync_interval must be more than zero (or None)".into()));
@@ -623,8 +628,12 @@ impl Inner {
     }
 
     fn tree_options(&self, id: &PartitionId) -> TreeOptions {
+        let memtable_bytes = match (id, self.opts.accounts_memtable_bytes) {
+            (PartitionId::Accounts, Some(bytes)) => bytes,
+            _ => self.opts.memtable_bytes,
+        };
         TreeOptions {
-            memtable_bytes: self.opts.memtable_bytes,
+            memtable_bytes,
             block_cache_bytes: self.opts.block_cache_bytes,
             // Apply looks up keys that are mostly absent there: every new order id (is it
             // a repeat?), every new user. Instruments are only scanned.

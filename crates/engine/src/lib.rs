@@ -98,6 +98,15 @@ pub struct EngineOptions {
     pub wal: bourse_wal::WalOptions,
     /// Memtable size at which one partition rotates by itself.
     pub memtable_bytes: usize,
+    /// The `accounts` partition's memtable size, when not `memtable_bytes` (`None`, the
+    /// default). Its writes land at random places (an order's record and index entries
+    /// under its account), so each insert and lookup costs memory misses that grow with
+    /// the memtable; a smaller one makes order events cheaper and flushes more often.
+    /// Measured with `examples/submit_loop` (64 MiB memtables, accounts at 16 MiB): at
+    /// batches of 1, 3–9% more events/s and order requests' p50 3.9–4.3 → 3.0–3.6 µs;
+    /// at batches of 64, where the flushes' CPU is short, 2–8% fewer (see
+    /// `docs/benchmarks.md`).
+    pub accounts_memtable_bytes: Option<usize>,
     /// All memtables of all partitions together: past this, the largest is flushed.
     /// Memtables count the heap they take (within about 10%), so this bounds memory.
     pub memtable_budget_bytes: usize,
@@ -160,6 +169,7 @@ impl Default for EngineOptions {
         EngineOptions {
             wal: bourse_wal::WalOptions::default(),
             memtable_bytes: 32 << 20,
+            accounts_memtable_bytes: None,
             memtable_budget_bytes: 256 << 20,
             block_cache_bytes: 8 << 20,
             batch_events_max: 4096,

@@ -507,3 +507,42 @@ fn the_sync_thread_stops_at_close_without_waiting_out_its_interval() {
     // A hang guard, not a speed claim: the thread would otherwise sleep for an hour.
     assert!(start.elapsed() < Duration::from_secs(60), "close waited for the sync thread");
 }
+
+#[test]
+fn the_accounts_partition_can_have_a_smaller_memtable() {
+    // Writes of about 200 KiB to accounts and to one instrument; with the accounts
+    // memtable at 32 KiB it flushes into tables, the instrument's (1 MiB) does not.
+    for small in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = EngineOptions {
+            memtable_bytes: 1 << 20,
+            accounts_memtable_bytes: small.then_some(32 << 10),
+            checkpoint_interval: Duration::from_secs(3600),
+            ..opts()
+        };
+        let e = Engine::open(dir.path(), o).unwrap();
+        for n in 0..1000u64 {
+            let mut a = match sample(EventKind::AccountUpdated, n) {
+                Event::AccountUpdated(a) => a,
+                _ => unreachable!(),
+            };
+            a.user_id = format!("acct{n}");
+            let batch = [Event::AccountUpdated(a), tick("SHFE.cu2501", n as i64, 1.0)];
+            e.submit(&batch, Durability::Buffered).unwrap();
+        }
+        let tables = |e: &Engine, name: &str| -> usize {
+            let st = e.stats();
+            let p = st.partitions.iter().find(|p| p.id.to_string().contains(name)).unwrap();
+            p.tree.tables_per_level.iter().sum()
+        };
+        let start = std::time::Instant::now();
+        while small && tables(&e, "accounts") == 0 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(tables(&e, "accounts") > 0, small, "accounts flushed (small: {small})");
+        assert_eq!(tables(&e, "cu2501"), 0, "the instrument's memtable holds all of it");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = EngineOptions { accounts_memtable_bytes: Some(0), ..opts() };
+    assert!(matches!(Engine::open(dir.path(), o), Err(Error::Invalid(_))));
+}
