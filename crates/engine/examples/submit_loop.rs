@@ -16,13 +16,13 @@
 //! took, and the submitting thread's context switches. Run it with `EVENTS` = 0 as
 //! well: the difference is the submits' share. `MEMTABLE_MB` and `MAINT_THREADS`
 //! override the memtable size and the maintenance threads, `ACCT_MEMTABLE_MB` the
-//! accounts partition's memtable alone; `PREALLOCATE=none` and
-//! `MAP_APPENDS=0` turn off the WAL's pre-written segments and appends through a map,
-//! `WAL_WRITEBACK_BYTES` sets how often the WAL starts writeback (0: never).
+//! accounts partition's memtable alone; `PREALLOCATE=none` and `MAP_APPENDS=0` turn off
+//! the WAL's pre-written segments and appends through a map, `WAL_WRITEBACK_BYTES` sets
+//! how often the WAL starts writeback (0: never).
 //! `BY_KIND=1` prints each event kind's submit latencies (by a batch's first event),
-//! `SLOW_BY_KIND=NS` how many of each kind took over `NS`, `SLOWEST=1` the slowest, `HIST=1` the
-//! submits and their share of the time by latency band, `STALLS=1` the engine's state
-//! after each submit over 1 ms.
+//! `SLOW_BY_KIND=NS` how many of each kind took over `NS`, `SLOWEST=1` the slowest,
+//! `HIST=1` the submits and their share of the time by latency band, `STALLS=1` the
+//! engine's state after each submit over 1 ms.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
