@@ -55,7 +55,10 @@ pub trait VfsFile: Send + Sync + Debug {
     /// waiting for them: a hint for files written in bulk (tables, pre-written WAL
     /// segments), so their dirty pages go out as they are made instead of all at the
     /// final sync, where they would queue ahead of the WAL's small syncs. It makes
-    /// nothing durable; only [`VfsFile::sync_data`] does. The default does nothing.
+    /// nothing durable; only [`VfsFile::sync_data`] does. Where the file has a write map
+    /// ([`VfsFile::map_writes`]), the range's whole pages leave it first (see
+    /// `RealFile`'s note; a later mapped write faults its page back in). The default
+    /// does nothing.
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         let _ = (offset, len);
         Ok(())

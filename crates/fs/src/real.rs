@@ -36,6 +36,43 @@ impl RealFile {
     }
 }
 
+impl RealFile {
+    /// Takes the whole pages of `offset .. offset + len` out of the write map, if there
+    /// is one, before their writeback starts. Writeback write-protects every page it
+    /// finds mapped writable, one page at a time, and each of those is a TLB flush on
+    /// every CPU this process runs on (an interrupt to each; on a VM, an exit). Dropped
+    /// from the map first, the whole range costs one flush per page table, and the
+    /// writeback finds nothing mapped. The pages and their bytes stay in the page cache
+    /// (a dirty page stays dirty); a later mapped write to one faults it back in.
+    #[cfg(target_os = "linux")]
+    fn release_mapped(&self, offset: u64, len: u64) {
+        const PAGE: u64 = 4096;
+        let map = self.writes.read();
+        let Some(map) = map.as_ref() else { return };
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = offset.saturating_add(len).min(map.len() as u64) / PAGE * PAGE;
+        let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
+            return;
+        };
+        if start >= end {
+            return;
+        }
+        // SAFETY: the map is a shared map of this file (`map_writes`), held mapped by
+        // the read guard. `MADV_DONTNEED` on a shared file map removes this process's
+        // page table entries for the range and nothing else: the file's pages and
+        // their contents stay in the page cache (a dirty entry marks its page dirty),
+        // so every later access through the map or the file sees the same bytes. No
+        // Rust reference into the map exists (writes copy through a raw pointer).
+        #[allow(unsafe_code)]
+        let r = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "could not drop written pages from the write map");
+        }
+    }
+}
+
 impl VfsFile for RealFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         loop {
@@ -75,6 +112,7 @@ impl VfsFile for RealFile {
     #[cfg(target_os = "linux")]
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         use std::os::fd::AsRawFd;
+        self.release_mapped(offset, len);
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Ok(());
         };
@@ -214,6 +252,68 @@ mod tests {
     fn write_calls() -> u64 {
         let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
         io.lines().find_map(|l| l.strip_prefix("syscw: ")).unwrap().trim().parse().unwrap()
+    }
+
+    /// The kibibytes of `path`'s maps resident in this process (`/proc/self/smaps`).
+    fn mapped_kib(path: &Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let name = path.to_str().unwrap();
+        let mut inside = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            // A map's first line starts with its address range, `start-end`.
+            if line.split_whitespace().next().is_some_and(|w| w.contains('-') && !w.ends_with(':'))
+            {
+                inside = line.ends_with(name);
+            } else if let Some(v) = line.strip_prefix("Rss:").filter(|_| inside) {
+                kib += v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap();
+            }
+        }
+        kib
+    }
+
+    /// Writeback asked for a range of a mapped file first takes the range's whole
+    /// pages out of the write map (writeback would otherwise write-protect them one
+    /// TLB flush at a time): they leave the process's resident set, their bytes stay the
+    /// file's, and a later mapped write to one of them lands as before.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn writeback_takes_the_range_out_of_the_write_map() {
+        let dir = std::env::temp_dir().join(format!("bourse-fs-release-{}", std::process::id()));
+        let fs = RealFs;
+        fs.create_dir_all(&dir).unwrap();
+        let path = dir.join("seg");
+        let _ = fs.remove_file(&path);
+        let f = fs.open(&path, OpenMode::CreateNew).unwrap();
+        let len = 1u64 << 20;
+        f.write_all_at(&vec![0u8; len as usize], 0).unwrap();
+        assert!(f.map_writes().unwrap());
+        let page = |i: u64| vec![(i % 251) as u8 + 1; 4096];
+        for i in 0..len / 4096 {
+            assert!(f.write_mapped(&page(i), i * 4096));
+        }
+        assert_eq!(mapped_kib(&path), 1024, "every page written is mapped");
+        // Half a page into the range: that page and the last, partial one stay.
+        f.start_writeback(2048, 64 * 4096).unwrap();
+        assert_eq!(mapped_kib(&path), 1024 - 63 * 4, "the range's whole pages left the map");
+        f.start_writeback(0, len).unwrap();
+        assert_eq!(mapped_kib(&path), 0);
+        // The bytes are the file's; a mapped write into a released page lands.
+        assert!(f.write_mapped(b"again", 10 * 4096));
+        f.sync_data().unwrap();
+        let other = fs.open(&path, OpenMode::Read).unwrap();
+        let mut all = vec![0u8; len as usize];
+        other.read_exact_at(&mut all, 0).unwrap();
+        for i in 0..len / 4096 {
+            let mut want = page(i);
+            if i == 10 {
+                want[..5].copy_from_slice(b"again");
+            }
+            assert!(all[(i * 4096) as usize..][..4096] == want[..], "page {i} differs");
+        }
+        drop((f, other));
+        fs.remove_file(&path).unwrap();
+        let _ = std::fs::remove_dir(&dir);
     }
 
     /// Writes through the map: no system call, the bytes visible at once to a second
