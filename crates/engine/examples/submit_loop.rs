@@ -22,11 +22,13 @@
 //! `BY_KIND=1` prints each event kind's submit latencies (by a batch's first event),
 //! `SLOW_BY_KIND=NS` how many of each kind took over `NS`, `SLOWEST=1` the slowest,
 //! `HIST=1` the submits and their share of the time by latency band, `STALLS=1` the
-//! engine's state after each submit over 1 ms.
+//! engine's state after each submit over 1 ms, `TREES=1` each partition's bytes written
+//! and write amplification at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
 
+use bourse_engine::layout::PartitionId;
 use bourse_engine::{Durability, Engine, EngineOptions};
 use bourse_model::samples::exchange_event;
 use bourse_model::Event;
@@ -180,6 +182,37 @@ fn main() {
     }
     for (i, ns, state) in stalled {
         eprintln!("  stall: submit {i} took {:.1} ms; then {state}", ns as f64 / 1e6);
+    }
+    if std::env::var_os("TREES").is_some() {
+        // Where the maintenance threads' work went: bytes written by users and to
+        // tables, per partition (instruments summed), and the tables per level.
+        let st = engine.stats();
+        let mut inst = (0u64, 0f64, 0usize);
+        for p in &st.partitions {
+            let t = &p.tree;
+            let tables = t.tables_per_level.iter().sum::<usize>();
+            if matches!(p.id, PartitionId::Instrument(_)) {
+                inst = (
+                    inst.0 + t.user_bytes,
+                    inst.1 + t.write_amp * t.user_bytes as f64,
+                    inst.2 + tables,
+                );
+            } else {
+                eprintln!(
+                    "  {}: {} MiB written, write amplification {:.2}, tables per level {:?}",
+                    p.id,
+                    t.user_bytes >> 20,
+                    t.write_amp,
+                    t.tables_per_level
+                );
+            }
+        }
+        eprintln!(
+            "  instruments: {} MiB written, write amplification {:.2}, {} tables",
+            inst.0 >> 20,
+            inst.1 / (inst.0.max(1) as f64),
+            inst.2
+        );
     }
     // Exit without freeing the memtables, which is not what is measured.
     std::mem::forget(engine);

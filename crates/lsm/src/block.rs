@@ -76,6 +76,15 @@ impl BlockBuilder {
         self.count == 0
     }
 
+    /// Gives back a buffer [`BlockBuilder::finish`] returned, once its bytes are used,
+    /// so that the next block does not grow a new one from empty.
+    pub fn reuse(&mut self, mut buf: Vec<u8>) {
+        if self.buf.capacity() == 0 {
+            buf.clear();
+            self.buf = buf;
+        }
+    }
+
     /// Finishes the block and resets the builder.
     pub fn finish(&mut self) -> Vec<u8> {
         let mut out = std::mem::take(&mut self.buf);

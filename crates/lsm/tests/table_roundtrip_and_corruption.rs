@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use bourse_fs::{OpenMode, SimFs, Vfs};
+use bourse_lsm::table::WRITE_CHUNK;
 use bourse_lsm::{Kind, Table, TableWriter, MAX_SEQ};
 
 /// 2,000 keys; every third has an older version, every seventh's newest is a delete.
@@ -203,4 +204,39 @@ fn a_table_starts_writeback_as_it_grows() {
     let a = fs.contents(&dir.join("0000000001.sst")).unwrap();
     let b = fs.contents(&dir.join("0000000002.sst")).unwrap();
     assert_eq!(a, b, "the same table either way");
+}
+
+/// A table reaches its file in writes of `WRITE_CHUNK` bytes (the last one shorter), not
+/// one per block: about 3.5 MB of 4 KiB blocks take four writes, not some 860.
+#[test]
+fn a_table_is_written_in_large_chunks() {
+    let fs = SimFs::new();
+    let dir = Path::new("/db");
+    fs.create_dir_all(dir).unwrap();
+    let value = vec![7u8; 1000];
+    let mut w = TableWriter::create(&fs, dir, 1, 4096, 10).unwrap();
+    let created = fs.ops();
+    for i in 0..3_500u64 {
+        w.add(format!("key{i:08}").as_bytes(), i + 1, Kind::Put, &value).unwrap();
+        // Nothing reaches the file before a whole chunk is ready.
+        let chunks = w.bytes() / WRITE_CHUNK as u64;
+        assert!(
+            fs.ops() - created <= chunks,
+            "{} writes for {} bytes",
+            fs.ops() - created,
+            w.bytes()
+        );
+    }
+    let meta = w.finish().unwrap();
+    let writes = meta.bytes.div_ceil(WRITE_CHUNK as u64);
+    assert_eq!(writes, 4, "{} bytes", meta.bytes);
+    // The writes and the closing `fdatasync`.
+    assert_eq!(fs.ops() - created, writes + 1);
+    // And it reads back.
+    let t = Table::open(&fs, dir, 1).unwrap();
+    assert_eq!(t.verify().unwrap(), 3_500);
+    for i in (0..3_500u64).step_by(97) {
+        let got = t.get(format!("key{i:08}").as_bytes(), MAX_SEQ).unwrap().unwrap();
+        assert_eq!((got.0, got.1, &got.2[..]), (i + 1, Kind::Put, &value[..]));
+    }
 }
