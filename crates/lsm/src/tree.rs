@@ -586,9 +586,12 @@ impl Inner {
     }
 
     fn get(&self, key: &[u8], snapshot: SeqNo) -> Result<Option<Vec<u8>>> {
+        // Inline room for the usual few immutables: a point lookup allocates nothing.
         let (active, imms, version) = {
             let st = self.state.lock();
-            (st.active.clone(), st.immutables.clone(), st.version.clone())
+            let imms: smallvec::SmallVec<[Arc<Memtable>; 4]> =
+                st.immutables.iter().cloned().collect();
+            (st.active.clone(), imms, st.version.clone())
         };
         let found = |(_, kind, value): (SeqNo, Kind, Vec<u8>)| (kind == Kind::Put).then_some(value);
         for m in std::iter::once(&active).chain(imms.iter().rev()) {
