@@ -546,3 +546,31 @@ fn the_accounts_partition_can_have_a_smaller_memtable() {
     let o = EngineOptions { accounts_memtable_bytes: Some(0), ..opts() };
     assert!(matches!(Engine::open(dir.path(), o), Err(Error::Invalid(_))));
 }
+
+/// The partitions apply looks absent keys up in (`accounts`: is a new order id a
+/// repeat?; `users`: is a new user id taken?) keep a key filter on their memtables; the
+/// instruments, which are only scanned, do not. Seen in what the memtables account: a
+/// filter planned for a 64 MiB memtable is 1 MiB and counts from the first insert.
+#[test]
+fn accounts_and_users_filter_their_memtable_keys_instruments_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = EngineOptions {
+        memtable_bytes: 64 << 20,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..opts()
+    };
+    let e = Engine::open(dir.path(), o).unwrap();
+    let batch = [
+        sample(EventKind::AccountUpdated, 1),
+        sample(EventKind::UserRegistered, 1),
+        tick("SHFE.cu2501", 1, 1.0),
+    ];
+    e.submit(&batch, Durability::Buffered).unwrap();
+    let st = e.stats();
+    let bytes = |name: &str| {
+        st.partitions.iter().find(|p| p.id.to_string().contains(name)).unwrap().memtable_bytes
+    };
+    assert!(bytes("accounts") >= 1 << 20, "accounts: {} bytes", bytes("accounts"));
+    assert!(bytes("users") >= 1 << 20, "users: {} bytes", bytes("users"));
+    assert!(bytes("cu2501") < 64 << 10, "the instrument: {} bytes", bytes("cu2501"));
+}
