@@ -34,30 +34,18 @@ struct RealFile {
 const WRITE_AHEAD_BYTES: usize = 256;
 
 /// Asks the cache for the [`WRITE_AHEAD_BYTES`] of `map` from `from` on, to be written
-/// (a hint; nothing is read or written). Appends to a WAL segment are small and far
-/// apart in time, and each lands on lines no cache holds (the segment was pre-written
-/// long before): the copy's stores then wait on memory, and the wait showed in
-/// profiles at the next atomic instruction (the map's lock release) as a quarter of a
-/// one-event append. Asked for now, the lines are there when the next append comes.
+/// ([`crate::prefetch_write`]). Appends to a WAL segment are small and far apart in
+/// time, and each lands on lines no cache holds (the segment was pre-written long
+/// before): the copy's stores then wait on memory, and the wait showed in profiles at
+/// the next atomic instruction (the map's lock release) as a quarter of a one-event
+/// append. Asked for now, the lines are there when the next append comes.
 fn prefetch_for_write(map: &memmap2::MmapRaw, from: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
-        let end = map.len().min(from.saturating_add(WRITE_AHEAD_BYTES));
-        let mut at = from & !63;
-        while at < end {
-            // SAFETY: a prefetch reads and writes nothing and cannot fault; the address
-            // lies inside the map (`at < end <= map.len()`), which the caller's read
-            // guard keeps mapped.
-            #[allow(unsafe_code)]
-            unsafe {
-                _mm_prefetch::<_MM_HINT_ET0>(map.as_ptr().add(at).cast::<i8>());
-            }
-            at += 64;
-        }
+    let end = map.len().min(from.saturating_add(WRITE_AHEAD_BYTES));
+    let mut at = from & !63;
+    while at < end {
+        crate::prefetch_write(map.as_ptr().wrapping_add(at));
+        at += 64;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (map, from);
 }
 
 impl RealFile {
