@@ -52,9 +52,7 @@ impl RealFile {
     fn new(file: File) -> RealFile {
         RealFile { file, writes: RwLock::new(None) }
     }
-}
 
-impl RealFile {
     /// Takes the whole pages of `offset .. offset + len` out of the write map, if there
     /// is one, before their writeback starts. Writeback write-protects every page it
     /// finds mapped writable, one page at a time, and each of those is a TLB flush on
@@ -62,6 +60,8 @@ impl RealFile {
     /// from the map first, the whole range costs one flush per page table, and the
     /// writeback finds nothing mapped. The pages and their bytes stay in the page cache
     /// (a dirty page stays dirty); a later mapped write to one faults it back in.
+    /// (Pages of 4 KiB, as on x86-64; where pages are larger the advice can fail, which
+    /// is only logged: it costs the flushes again, nothing else.)
     #[cfg(target_os = "linux")]
     fn release_mapped(&self, offset: u64, len: u64) {
         const PAGE: u64 = 4096;
