@@ -38,7 +38,7 @@ const WRITE_AHEAD_BYTES: usize = 256;
 /// time, and each lands on lines no cache holds (the segment was pre-written long
 /// before): the copy's stores then wait on memory, and the wait showed in profiles at
 /// the next atomic instruction (the map's lock release) as a quarter of a one-event
-/// append. Asked for now, the lines are there when the next append comes.
+/// append. Asked for after each write, the lines are in cache when the next one comes.
 fn prefetch_for_write(map: &memmap2::MmapRaw, from: usize) {
     let end = map.len().min(from.saturating_add(WRITE_AHEAD_BYTES));
     let mut at = from & !63;
