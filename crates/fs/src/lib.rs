@@ -88,6 +88,16 @@ pub trait VfsFile: Send + Sync + Debug {
     /// mapped pages, which it reclaims last.
     fn unmap_writes(&self) {}
 
+    /// Asks that the pages of `offset .. offset + len` be mapped writable in the map
+    /// of [`VfsFile::map_writes`] now, ahead of the mapped writes that will land there:
+    /// the first write into a page of the map otherwise takes a page fault, on the
+    /// writer's thread. A hint, for a thread other than the writer's: it changes no
+    /// byte of the file, and a failure (no map, a kernel without the advice) is only
+    /// logged. The default does nothing.
+    fn prepare_mapped(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
+
     /// Copies `buf` to `offset` through the map of [`VfsFile::map_writes`] instead of
     /// a system call, when there is one and it holds the whole range (it does not grow
     /// with the file, and [`VfsFile::set_len`] drops it when it shortens the file).

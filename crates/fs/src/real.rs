@@ -53,6 +53,19 @@ impl RealFile {
         RealFile { file, writes: RwLock::new(None) }
     }
 
+    /// The whole pages of `offset .. offset + len` that lie inside `map`, as a range of
+    /// byte offsets (empty when none do). (Pages of 4 KiB, as on x86-64.)
+    #[cfg(target_os = "linux")]
+    fn pages_within(map: &memmap2::MmapRaw, offset: u64, len: u64) -> std::ops::Range<usize> {
+        const PAGE: u64 = 4096;
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = offset.saturating_add(len).min(map.len() as u64) / PAGE * PAGE;
+        match (usize::try_from(start), usize::try_from(end)) {
+            (Ok(start), Ok(end)) if start < end => start..end,
+            _ => 0..0,
+        }
+    }
+
     /// Takes the whole pages of `offset .. offset + len` out of the write map, if there
     /// is one, before their writeback starts. Writeback write-protects every page it
     /// finds mapped writable, one page at a time, and each of those is a TLB flush on
@@ -64,15 +77,10 @@ impl RealFile {
     /// is only logged: it costs the flushes again, nothing else.)
     #[cfg(target_os = "linux")]
     fn release_mapped(&self, offset: u64, len: u64) {
-        const PAGE: u64 = 4096;
         let map = self.writes.read();
         let Some(map) = map.as_ref() else { return };
-        let start = offset.div_ceil(PAGE) * PAGE;
-        let end = offset.saturating_add(len).min(map.len() as u64) / PAGE * PAGE;
-        let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
-            return;
-        };
-        if start >= end {
+        let pages = Self::pages_within(map, offset, len);
+        if pages.is_empty() {
             return;
         }
         // SAFETY: the map is a shared map of this file (`map_writes`), held mapped by
@@ -83,7 +91,7 @@ impl RealFile {
         // Rust reference into the map exists (writes copy through a raw pointer).
         #[allow(unsafe_code)]
         let r = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, pages.start, pages.len())
         };
         if let Err(e) = r {
             tracing::debug!(error = %e, "could not drop written pages from the write map");
@@ -169,6 +177,22 @@ impl VfsFile for RealFile {
     }
     fn unmap_writes(&self) {
         *self.writes.write() = None;
+    }
+    #[cfg(target_os = "linux")]
+    fn prepare_mapped(&self, offset: u64, len: u64) {
+        let map = self.writes.read();
+        let Some(map) = map.as_ref() else { return };
+        let pages = Self::pages_within(map, offset, len);
+        if pages.is_empty() {
+            return;
+        }
+        // `MADV_POPULATE_WRITE` (Linux 5.14): the write faults a mapped write would take,
+        // taken here. A shared file page so faulted is marked dirty with its bytes
+        // unchanged (the segment is pre-written), so at worst it is written back once
+        // more; `MAP_POPULATE` would not do, as it maps a shared map's pages read-only.
+        if let Err(e) = map.advise_range(memmap2::Advice::PopulateWrite, pages.start, pages.len()) {
+            tracing::debug!(error = %e, "could not map WAL pages in ahead of writes");
+        }
     }
     fn map(&self) -> io::Result<Option<crate::Mapping>> {
         crate::Mapping::of(&self.file, self.len()?)
@@ -331,6 +355,42 @@ mod tests {
             assert!(all[(i * 4096) as usize..][..4096] == want[..], "page {i} differs");
         }
         drop((f, other));
+        fs.remove_file(&path).unwrap();
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    /// Pages asked to be mapped in ahead of mapped writes join the write map (the
+    /// process's resident set), whole pages of the range only, with the file's bytes
+    /// unchanged; a file with no write map ignores the request.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn prepared_pages_join_the_write_map_unchanged() {
+        let dir = std::env::temp_dir().join(format!("bourse-fs-prepare-{}", std::process::id()));
+        let fs = RealFs;
+        fs.create_dir_all(&dir).unwrap();
+        let path = dir.join("seg");
+        let _ = fs.remove_file(&path);
+        let f = fs.open(&path, OpenMode::CreateNew).unwrap();
+        let len = 1u64 << 20;
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        // A page per write, as the WAL pre-writes in small steps: a page cache folio is
+        // as large as the write that makes it, and a fault maps a whole folio in.
+        for (i, page) in bytes.chunks(4096).enumerate() {
+            f.write_all_at(page, i as u64 * 4096).unwrap();
+        }
+        f.prepare_mapped(0, len);
+        assert_eq!(mapped_kib(&path), 0, "no write map: nothing to map in");
+        assert!(f.map_writes().unwrap());
+        assert_eq!(mapped_kib(&path), 0, "a new map holds no page");
+        // From ten bytes into page 1 to ten bytes into page 9: pages 2 to 8.
+        f.prepare_mapped(4096 + 10, 8 * 4096);
+        assert_eq!(mapped_kib(&path), 7 * 4, "the range's whole pages joined the map");
+        f.prepare_mapped(0, 2 * len);
+        assert_eq!(mapped_kib(&path), 1024, "up to the map's end, not past it");
+        let mut all = vec![0u8; len as usize];
+        fs.open(&path, OpenMode::Read).unwrap().read_exact_at(&mut all, 0).unwrap();
+        assert!(all == bytes, "mapping pages in changed the file");
+        drop(f);
         fs.remove_file(&path).unwrap();
         let _ = std::fs::remove_dir(&dir);
     }

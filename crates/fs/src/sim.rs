@@ -96,6 +96,8 @@ struct State {
     locks: std::collections::HashSet<PathBuf>,
     /// `start_writeback` calls and the bytes they named (hints: they change nothing).
     writeback_hints: (u64, u64),
+    /// `prepare_mapped` calls and the furthest end they named (hints too).
+    prepare_hints: (u64, u64),
 }
 
 impl State {
@@ -165,6 +167,13 @@ impl SimFs {
     /// [`SimFs::crash_after`] or [`SimFs::fail_op`]).
     pub fn writeback_hints(&self) -> (u64, u64) {
         self.state.lock().writeback_hints
+    }
+
+    /// How many [`crate::VfsFile::prepare_mapped`] hints files got, and the furthest
+    /// offset one of them reached (its offset plus its length). Like writeback hints,
+    /// they change nothing here (this disk has no maps).
+    pub fn prepare_hints(&self) -> (u64, u64) {
+        self.state.lock().prepare_hints
     }
 
     /// How many mutating operations have run since the disk was created.
@@ -329,6 +338,13 @@ impl VfsFile for SimFile {
         s.writeback_hints.0 += 1;
         s.writeback_hints.1 += len;
         Ok(())
+    }
+    fn prepare_mapped(&self, offset: u64, len: u64) {
+        let mut s = self.fs.state.lock();
+        if s.check_alive(self.epoch).is_ok() {
+            s.prepare_hints.0 += 1;
+            s.prepare_hints.1 = s.prepare_hints.1.max(offset.saturating_add(len));
+        }
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.log(Unsynced::SetLen(len))

@@ -217,6 +217,7 @@ fn recover_newest(
         file: newest.file.clone(),
         offset: scan.valid_end,
         writeback_from: scan.valid_end,
+        prepared_to: 0,
     };
     Ok((active, last))
 }

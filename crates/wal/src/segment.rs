@@ -35,17 +35,19 @@ impl Shared {
 
     /// The background thread of `Preallocate::PreWrite`: keeps one zero-filled, synced
     /// spare segment ready for the next rotation, drops the write maps of sealed
-    /// segments (see `Shared::retire_map`) and starts the writeback write rounds ask
-    /// for (`WalOptions::writeback_bytes`).
+    /// segments (see `Shared::retire_map`), starts the writeback write rounds ask for
+    /// (`WalOptions::writeback_bytes`) and maps in the pages they will write next
+    /// (`Shared::prepare_ahead`).
     pub(crate) fn prepare_spares(&self) {
         bourse_fs::lower_thread_priority(self.opts.background_nice, "WAL background thread");
         self.spare.lock().worker = true;
         loop {
-            let (unmap, writeback, build) = {
+            let (unmap, writeback, prepare, build) = {
                 let mut s = self.spare.lock();
                 while !s.shutdown
                     && s.unmap.is_empty()
                     && s.writeback.is_none()
+                    && s.prepare.is_none()
                     && (!s.needed || s.deferred)
                 {
                     self.spare_cond.wait(&mut s);
@@ -58,8 +60,12 @@ impl Shared {
                 if build {
                     s.needed = false;
                 }
-                (std::mem::take(&mut s.unmap), s.writeback.take(), build)
+                (std::mem::take(&mut s.unmap), s.writeback.take(), s.prepare.take(), build)
             };
+            // First: the writes are about to reach these pages.
+            if let Some((file, from, to)) = prepare {
+                file.prepare_mapped(from, to - from);
+            }
             for file in unmap {
                 file.unmap_writes();
             }
@@ -139,7 +145,7 @@ pub(crate) fn create_segment_file(
         map_appends(&file, &path, opts);
     }
     let offset = SEGMENT_HEADER_BYTES as u64;
-    Ok(Active { first_lsn: first, path, file, offset, writeback_from: offset })
+    Ok(Active { first_lsn: first, path, file, offset, writeback_from: offset, prepared_to: 0 })
 }
 
 /// Maps a pre-written segment, so that small write rounds can copy into it rather

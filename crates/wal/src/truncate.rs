@@ -139,6 +139,7 @@ impl Shared {
             file: seg.file.clone(),
             offset: end,
             writeback_from: end,
+            prepared_to: 0,
         })
     }
 

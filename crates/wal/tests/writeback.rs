@@ -1,7 +1,8 @@
 //! `WalOptions::writeback_bytes`: the WAL asks for the pages it appended to start going
 //! to the device every so many bytes, whole pages only, from where the last request
 //! ended; inline without a background thread, by that thread when there is one; never
-//! when turned off. (The hint changes nothing on `SimFs`, which counts it.)
+//! when turned off. (The hint changes nothing on `SimFs`, which counts it.) And the
+//! background thread maps in the pages mapped writes will reach next.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -70,4 +71,45 @@ fn the_background_thread_starts_the_writeback_when_there_is_one() {
     let end = bytes - bytes0 + SEGMENT_HEADER_BYTES as u64;
     assert!(hints > hints0 && (3 << 20..(3 << 20) + (1 << 20)).contains(&end), "{hints} {bytes}");
     assert_eq!(end % 4096, 0);
+}
+
+/// Appends `n` records of 100 bytes at `Buffered`: small write rounds, which go through
+/// the segment's map once enough rounds passed since a sync.
+fn append_small(wal: &Wal, n: usize) {
+    let body = vec![9u8; 100];
+    for i in 0..n {
+        let e = Entry { kind: 1, timestamp: i as i64, payload: &body };
+        wal.append(e, Durability::Buffered).unwrap();
+    }
+}
+
+#[test]
+fn the_background_thread_maps_in_the_pages_ahead_of_mapped_writes() {
+    let fs = SimFs::new();
+    let o = WalOptions { defer_preallocation: true, ..opts(Preallocate::PreWrite, 1 << 20) };
+    let wal = Wal::open(fs.shared(), Path::new("/w"), o).unwrap();
+    // About 2.3 MiB of records (100 bytes plus a header each).
+    append_small(&wal, 20_000);
+    let written = wal.stats().bytes + SEGMENT_HEADER_BYTES as u64;
+    let start = Instant::now();
+    while fs.prepare_hints().1 < written && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (hints, end) = fs.prepare_hints();
+    // Asked again each time the writes came within half a mebibyte of the end asked:
+    // the last request reaches past the writes, by at most a mebibyte and a page.
+    assert!(hints >= 2, "{hints}");
+    assert!(end > written && end <= written + (1 << 20) + 4096, "{end} {written}");
+    assert_eq!(end % 4096, 0);
+    drop(wal);
+
+    // No background thread: nothing is asked (the write round would only take the
+    // faults itself); writeback turned off: neither.
+    for o in [opts(Preallocate::PreWriteInline, 1 << 20), opts(Preallocate::PreWrite, 0)] {
+        let fs = SimFs::new();
+        let wal = Wal::open(fs.shared(), Path::new("/w"), o).unwrap();
+        append_small(&wal, 20_000);
+        drop(wal);
+        assert_eq!(fs.prepare_hints(), (0, 0));
+    }
 }
