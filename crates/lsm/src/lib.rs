@@ -25,7 +25,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use key::{Entry, InternalKey, Kind, SeqNo, MAX_SEQ};
-pub use memtable::Memtable;
+pub use memtable::{BlockPool, Memtable};
 pub use scan::{prefix_end, Scan, ScanRev};
 pub use table::{BlockCache, Compression, Table, TableId, TableMeta, TableWriter};
 pub use tree::{FlushGate, Snapshot, Tree, TreeOptions, TreeStats};

@@ -82,6 +82,9 @@ pub struct TreeOptions {
     /// lookups of absent keys skip the memtables. For trees read by such lookups (the
     /// engine's accounts, where every new order id is checked for a repeat).
     pub memtable_filter: bool,
+    /// Where the memtables' value blocks come from first (default none: each is made
+    /// when needed). See [`crate::BlockPool`].
+    pub block_pool: Option<Arc<crate::BlockPool>>,
     /// Run flushes and compactions on a background thread (default true). When false,
     /// they run only in [`Tree::maintain`] and [`Tree::flush`] (deterministic tests).
     pub background: bool,
@@ -107,6 +110,7 @@ impl Default for TreeOptions {
             key_bytes_max: 64 << 10,
             value_bytes_max: 16 << 20,
             memtable_filter: false,
+            block_pool: None,
             background: true,
             canary: Canary::default(),
         }
@@ -493,11 +497,15 @@ impl Drop for Tree {
 
 /// A fresh memtable, with a key filter when the options ask for one.
 fn new_memtable(opts: &TreeOptions) -> Memtable {
-    if opts.memtable_filter {
+    let mem = if opts.memtable_filter {
         // A version takes 128 bytes or more of the memtable (key, handle, value).
         Memtable::with_filter(opts.memtable_bytes / 128)
     } else {
         Memtable::new()
+    };
+    match &opts.block_pool {
+        Some(pool) => mem.with_block_pool(pool.clone()),
+        None => mem,
     }
 }
 
