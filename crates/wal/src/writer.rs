@@ -222,7 +222,7 @@ pub(crate) struct Spare {
     pub shutdown: bool,
     /// Held back until [`Wal::start_preallocation`] (`defer_preallocation`).
     pub deferred: bool,
-    /// The background thread runs and takes `unmap` and `writeback`.
+    /// The background thread runs and takes `unmap`, `writeback` and `prepare`.
     pub worker: bool,
     /// Sealed segments whose write maps the background thread drops (at most
     /// [`UNMAP_QUEUE_MAX`]; past that the write round drops them itself).
@@ -240,6 +240,16 @@ pub(crate) const UNMAP_QUEUE_MAX: usize = 4;
 
 /// The page size writeback ranges are rounded to.
 const PAGE_BYTES: u64 = 4096;
+
+/// Puts the range `[from, to)` of `file` in a request slot of the background thread:
+/// a pending request for the same file is extended to `to`, one for another file (an
+/// older segment) is replaced.
+fn merge_request(slot: &mut Option<(FileRef, u64, u64)>, file: &FileRef, from: u64, to: u64) {
+    *slot = match slot.take() {
+        Some((f, start, _)) if Arc::ptr_eq(&f, file) => Some((f, start, to)),
+        _ => Some((file.clone(), from, to)),
+    };
+}
 
 /// Starts writeback of `[from, to)` of `file`; a failure is only logged (the hint
 /// changes nothing a sync relies on, and a real I/O error reappears at the sync).
@@ -794,14 +804,10 @@ impl Shared {
         let to = page.saturating_add(window);
         active.prepared_to = to;
         let mut spare = self.spare.lock();
-        if !spare.worker {
-            return;
+        if spare.worker {
+            merge_request(&mut spare.prepare, &active.file, from, to);
+            self.spare_cond.notify_all();
         }
-        spare.prepare = match spare.prepare.take() {
-            Some((f, start, _)) if Arc::ptr_eq(&f, &active.file) => Some((f, start, to)),
-            _ => Some((active.file.clone(), from, to)),
-        };
-        self.spare_cond.notify_all();
     }
 
     /// Asks for `[from, to)` of `file` to start going to the device (a hint: a sync
@@ -811,10 +817,7 @@ impl Shared {
         {
             let mut spare = self.spare.lock();
             if spare.worker {
-                spare.writeback = match spare.writeback.take() {
-                    Some((f, start, _)) if Arc::ptr_eq(&f, file) => Some((f, start, to)),
-                    _ => Some((file.clone(), from, to)),
-                };
+                merge_request(&mut spare.writeback, file, from, to);
                 self.spare_cond.notify_all();
                 return;
             }
