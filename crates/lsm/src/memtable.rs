@@ -22,6 +22,11 @@
 //! an append then compares with one version and pushes, where the B-tree's descent
 //! took a cache miss per level.
 //!
+//! The writer remembers the last few leaves that it appended to, with their lower
+//! bounds, and inserts into one of them without a search of the index when the key
+//! falls in its range (see `Writer`): the families of an instrument's partition each
+//! append to one leaf, so most of their inserts take no search.
+//!
 //! A leaf covers the keys from its lower bound (its key in the index, which never
 //! changes) up to `high`, exclusive (`None`: no end). A full leaf splits: the writer
 //! moves its upper half into a new leaf and adds that to the index before it releases
@@ -474,12 +479,58 @@ impl KeyFilter {
     }
 }
 
+/// Leaves the writer remembers (see [`Writer`]): an instrument partition's families
+/// that append (ticks, book deltas, trades, the order flow, book checkpoints and
+/// snapshots) each write one leaf at a time.
+const RECENT_LEAVES: usize = 8;
+
+/// What only the writer uses: its value arena, and the leaves it wrote last with their
+/// lower bounds. An insert whose key lies in one of those leaves locks it directly,
+/// without a search of the index (thousands of leaves), the index's shared lock and a
+/// reference count taken and dropped. A leaf's lower bound never changes and only the
+/// writer splits leaves, so the leaf whose bound is the greatest at or below the key is
+/// the key's leaf whenever the key is also below its `high` (checked under its lock);
+/// otherwise the index decides, as for any leaf not remembered.
+#[derive(Debug, Default)]
+struct Writer {
+    arena: Arena,
+    recent: SmallVec<[(MemKey, Leaf); RECENT_LEAVES]>,
+    /// The slot the next leaf remembered replaces, once all are taken.
+    next: usize,
+    /// Inserts that searched the index for their leaf.
+    searches: u64,
+}
+
+impl Writer {
+    /// The remembered leaf with the greatest lower bound at or below `k`.
+    fn recent_for(&self, k: &MemKey) -> Option<&Leaf> {
+        let mut best: Option<&(MemKey, Leaf)> = None;
+        for e in &self.recent {
+            if e.0 <= *k && best.is_none_or(|b| e.0 > b.0) {
+                best = Some(e);
+            }
+        }
+        best.map(|(_, leaf)| leaf)
+    }
+
+    /// Remembers `leaf` (lower bound `low`), in place of the one remembered longest ago
+    /// once all slots are taken.
+    fn remember(&mut self, low: MemKey, leaf: Leaf) {
+        if self.recent.len() < RECENT_LEAVES {
+            self.recent.push((low, leaf));
+        } else {
+            self.recent[self.next] = (low, leaf);
+            self.next = (self.next + 1) % RECENT_LEAVES;
+        }
+    }
+}
+
 /// An in-memory sorted run of writes. Concurrent readers and one writer at a time.
 #[derive(Debug)]
 pub struct Memtable {
     leaves: RwLock<BTreeMap<MemKey, Leaf>>,
     /// Taken by the one writer only (inserts are serialised by the tree).
-    arena: Mutex<Arena>,
+    writer: Mutex<Writer>,
     len: AtomicUsize,
     bytes: AtomicUsize,
     max_seq: AtomicU64,
@@ -494,7 +545,7 @@ impl Default for Memtable {
         let leaves = BTreeMap::from([(MemKey::min(), Leaf::default())]);
         Memtable {
             leaves: RwLock::new(leaves),
-            arena: Mutex::default(),
+            writer: Mutex::default(),
             len: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             max_seq: AtomicU64::new(0),
@@ -521,19 +572,24 @@ impl Memtable {
     /// The same memtable, taking its value blocks from `pool` first (see
     /// [`BlockPool`]).
     pub fn with_block_pool(mut self, pool: Arc<BlockPool>) -> Self {
-        self.arena.get_mut().pool = Some(pool);
+        self.writer.get_mut().arena.pool = Some(pool);
         self
     }
 
     /// The leaf whose range holds `k`, as the index says now (the caller checks
     /// `high` once it holds the lock).
     fn leaf_for(&self, k: &MemKey) -> Leaf {
-        if let Some((_, leaf)) = self.leaves.read().range(..=k).next_back() {
-            return leaf.clone();
+        self.indexed_leaf_for(k).1
+    }
+
+    /// [`Memtable::leaf_for`] with the leaf's lower bound.
+    fn indexed_leaf_for(&self, k: &MemKey) -> (MemKey, Leaf) {
+        if let Some((low, leaf)) = self.leaves.read().range(..=k).next_back() {
+            return (low.clone(), leaf.clone());
         }
         // Not reached: the first leaf's bound is the smallest key, and leaves are never
         // removed. Restore it rather than write into a leaf nobody can find.
-        self.leaves.write().entry(MemKey::min()).or_default().clone()
+        (MemKey::min(), self.leaves.write().entry(MemKey::min()).or_default().clone())
     }
 
     /// Inserts one version. A second version of `key` with the same `seq` replaces the
@@ -545,20 +601,35 @@ impl Memtable {
         }
         // Built before a lock is taken, so readers wait only for the tree's insert.
         let k = MemKey::new(key, seq);
-        let v: Value = (kind, self.arena.lock().copy(value));
+        let mut w = self.writer.lock();
+        let v: Value = (kind, w.arena.copy(value));
         // The value as its length in its block (the blocks' unused tails, at most a
         // block's worth at a time, are not accounted).
         let mut added = value.len();
         if key.len() > INLINE_KEY_BYTES {
             added += key.len();
         }
-        loop {
-            let leaf = self.leaf_for(&k);
-            let mut d = leaf.write();
-            if d.high.as_ref().is_some_and(|h| k >= *h) {
-                // Only another writer could have split it: look again.
-                continue;
+        // The leaf the index found, if no remembered one covered the key; a leaf to
+        // remember (one a split made); whether the index's leaf is worth remembering.
+        let mut indexed = None;
+        let mut learned = None;
+        let run;
+        {
+            // A remembered leaf, if it still covers the key; else the index's.
+            let mut hit = None;
+            if let Some(leaf) = w.recent_for(&k) {
+                let d = leaf.write();
+                if d.high.as_ref().is_none_or(|h| k < *h) {
+                    hit = Some(d);
+                }
             }
+            let mut d = match hit {
+                Some(d) => d,
+                None => indexed.insert(self.indexed_leaf_for(&k)).1.write(),
+            };
+            // Inserts are serialised by the writer's lock, which is held, so no split can
+            // have moved the key out of the leaf the index gave.
+            debug_assert!(d.high.as_ref().is_none_or(|h| k < *h));
             // The key is kept only for a split; the leaf's insert is a single descent (or
             // none, for a run), since asking first where the key goes cost a second one
             // with cache misses all the way down on a cold leaf.
@@ -567,12 +638,20 @@ impl Memtable {
             if d.insert(k, v) {
                 self.len.store(self.len.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             }
+            // Only runs are remembered: a family appends to them, while a B-tree leaf
+            // takes inserts at random (an account's keys), where remembering costs more
+            // than it saves (a leaf forgotten is a cold reference count dropped).
+            run = d.map.is_empty();
             if let Some(k) = probe.filter(|_| d.len() > LEAF_MAX) {
                 if let Some((low, right)) = d.split(&k) {
                     added += right.footprint() + LEAF_BYTES;
+                    let right_run = right.map.is_empty();
+                    let right = Arc::new(RwLock::new(right));
                     // Published while the left leaf is still locked: a reader that finds
                     // its key past the new `high` looks again and finds this one.
-                    self.leaves.write().insert(low, Arc::new(RwLock::new(right)));
+                    self.leaves.write().insert(low.clone(), right.clone());
+                    // An appending family's next versions go there.
+                    learned = right_run.then_some((low, right));
                 }
             }
             // Signed: the leaf itself can shrink (a split moved half of it out).
@@ -580,8 +659,12 @@ impl Memtable {
             // One writer at a time: plain stores, no read-modify-write.
             let bytes = self.bytes.load(Ordering::Relaxed).saturating_add_signed(grown);
             self.bytes.store(bytes, Ordering::Relaxed);
-            break;
         }
+        w.searches += u64::from(indexed.is_some());
+        if let Some((low, leaf)) = learned.or(indexed.filter(|_| run)) {
+            w.remember(low, leaf);
+        }
+        drop(w);
         if seq > self.max_seq.load(Ordering::Relaxed) {
             self.max_seq.store(seq, Ordering::Relaxed);
         }
@@ -1149,6 +1232,37 @@ mod tests {
     /// blocks from it (one without takes none, nor one while the pool does not serve),
     /// the pool is refilled once down to half, values in pooled blocks come back
     /// exactly, and `stop` ends the filler and empties the pool.
+    #[test]
+    fn appends_go_to_remembered_leaves_without_a_search() {
+        let mem = Memtable::new();
+        let searches = || mem.writer.lock().searches;
+        // Five families, each appending in key order, interleaved: after the first
+        // splits each has a leaf of its own, and the writer remembers all five.
+        let (families, rounds) = (5u64, 400u64);
+        for i in 0..rounds {
+            for f in 0..families {
+                mem.insert(format!("{f}-{i:06}").as_bytes(), i * families + f, Kind::Put, b"v");
+            }
+        }
+        let total = families * rounds;
+        assert!(searches() < total / 10, "{} searches for {total} appends", searches());
+        // Inserts at random places search every time (B-tree leaves are not remembered).
+        let before = searches();
+        for i in 0..200u64 {
+            let key = format!("{}-{:06}x", i % families, (i * 7919) % rounds);
+            mem.insert(key.as_bytes(), total + i, Kind::Put, b"w");
+        }
+        assert!(searches() - before > 150, "{} searches", searches() - before);
+        // And every version is where a reader finds it.
+        for i in (0..rounds).step_by(7) {
+            for f in 0..families {
+                let key = format!("{f}-{i:06}");
+                assert_eq!(mem.get(key.as_bytes(), SeqNo::MAX).map(|v| v.2), Some(b"v".to_vec()));
+            }
+        }
+        assert_eq!(mem.len() as u64, total + 200);
+    }
+
     #[test]
     fn a_block_pool_feeds_the_arenas_and_refills_at_half() {
         let wait_for = |what: &str, f: &dyn Fn() -> bool| {
