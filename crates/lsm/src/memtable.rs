@@ -484,8 +484,8 @@ impl KeyFilter {
 /// snapshots) each write one leaf at a time.
 const RECENT_LEAVES: usize = 8;
 
-/// What only the writer uses: its value arena, and the leaves it wrote last with their
-/// lower bounds. An insert whose key lies in one of those leaves locks it directly,
+/// What only the writer uses: its value arena, and the run leaves it wrote last with
+/// their lower bounds. An insert whose key lies in one of those leaves locks it directly,
 /// without a search of the index (thousands of leaves), the index's shared lock and a
 /// reference count taken and dropped. A leaf's lower bound never changes and only the
 /// writer splits leaves, so the leaf whose bound is the greatest at or below the key is
