@@ -289,11 +289,15 @@ fn drive(
         // CPU per event, all threads of the process (writers, background work).
         (b.saturating_sub(a)).as_secs_f64() * 1e6 / total.max(1) as f64
     });
-    Ok(Run { rate: total as f64 / elapsed, hist, cpu_us: cpu })
+    Ok(Run { events: total, secs: elapsed, rate: total as f64 / elapsed, hist, cpu_us: cpu })
 }
 
 /// What one `drive` measured.
 struct Run {
+    /// Events submitted (none when the pool had run out before the run began).
+    events: u64,
+    /// How long it ran (less than asked when the pool ran out).
+    secs: f64,
     /// Events per second.
     rate: f64,
     /// Submit latencies.
@@ -357,6 +361,15 @@ fn submit_case(
         let (syncs_before, events_before) = (store.wal_syncs(), next.load(Ordering::Relaxed));
         for _ in 0..cfg.runs {
             let run = drive(&store, writers, batch, durable, cfg.run_time, &next, pool)?;
+            if run.events == 0 || run.secs < cfg.run_time.as_secs_f64() / 4.0 {
+                // The pool ran out in this run's first moments or before it: a rate of zero,
+                // or over a few milliseconds, is not a measurement.
+                eprintln!(
+                    "  (this run had {} events over {:.2} s: it is not counted)",
+                    run.events, run.secs
+                );
+                continue;
+            }
             rates.push(run.rate);
             cpus.extend(run.cpu_us);
             all.add(run.hist).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -367,6 +380,13 @@ fn submit_case(
             let events = next.load(Ordering::Relaxed) - events_before;
             (durable && b > a).then(|| events as f64 / (b - a) as f64)
         });
+        if rates.is_empty() {
+            anyhow::bail!(
+                "{case} {writers}x{batch} {name}: the {} pre-built events ran out before a \
+                 measured run had a quarter of its time",
+                pool.events.len()
+            );
+        }
         let rate = median(rates);
         let lat = Latency::of(&all);
         let sys = store.system();
@@ -687,4 +707,54 @@ fn reopen_with_history(root: &Path, n: u64) -> anyhow::Result<()> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A store that counts what it is given and keeps nothing.
+    struct Counter(AtomicU64);
+
+    impl Store for Counter {
+        fn system(&self) -> &'static str {
+            "counter"
+        }
+        fn submit(&self, events: &[Event], _durable: bool) -> anyhow::Result<()> {
+            self.0.fetch_add(events.len() as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        fn latest_tick(&self, _: &InstrumentId) -> anyhow::Result<Option<f64>> {
+            Ok(None)
+        }
+        fn open_orders(&self, _: &str, _: usize) -> anyhow::Result<usize> {
+            Ok(0)
+        }
+        fn trades_since(&self, _: &InstrumentId, _: i64, _: usize) -> anyhow::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    /// A run that uses the pool up ends early with what it submitted, and the next one
+    /// reports none: `submit_case` leaves such runs (and any shorter than a quarter of
+    /// the run time) out of the median instead of counting a rate of zero.
+    #[test]
+    fn a_run_after_the_pool_ran_out_reports_no_events() {
+        let pool = Pool::build(10);
+        let counter = Arc::new(Counter(AtomicU64::new(0)));
+        let store: Arc<dyn Store> = counter.clone();
+        let next = Arc::new(AtomicU64::new(0));
+        let long = Duration::from_secs(30);
+        let first = drive(&store, 2, 3, false, long, &next, &pool).unwrap();
+        // Batches of 3 from 10 events: three whole batches, whichever writer took them.
+        assert_eq!(first.events, 9);
+        assert_eq!(counter.0.load(Ordering::Relaxed), 9);
+        assert!(first.rate > 0.0);
+        let second = drive(&store, 2, 3, false, long, &next, &pool).unwrap();
+        assert_eq!(second.events, 0);
+        assert!(second.secs < 1.0, "an empty pool held a run for {} s", second.secs);
+        assert_eq!(counter.0.load(Ordering::Relaxed), 9);
+    }
 }
