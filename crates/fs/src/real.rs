@@ -264,18 +264,44 @@ impl Vfs for RealFs {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::path::PathBuf;
+
     use super::*;
+
+    /// A directory of this process's under the system's temporary one, removed with
+    /// everything in it when dropped (after the files opened in it, declared later).
+    struct Scratch {
+        dir: PathBuf,
+    }
+
+    impl Scratch {
+        fn new(test: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("bourse-fs-{test}-{}", std::process::id()));
+            RealFs.create_dir_all(&dir).unwrap();
+            Scratch { dir }
+        }
+
+        /// A new empty file `name` in it (one left by an earlier run is removed first).
+        fn create(&self, name: &str) -> (PathBuf, FileRef) {
+            let path = self.dir.join(name);
+            let _ = RealFs.remove_file(&path);
+            let f = RealFs.open(&path, OpenMode::CreateNew).unwrap();
+            (path, f)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 
     /// The writeback hint on a real file: accepted for written ranges, for ranges past
     /// the end and for offsets the system call cannot take, and it changes no byte.
     #[test]
     fn start_writeback_is_a_harmless_hint() {
-        let dir = std::env::temp_dir().join(format!("bourse-fs-writeback-{}", std::process::id()));
-        let fs = RealFs;
-        fs.create_dir_all(&dir).unwrap();
-        let path = dir.join("big");
-        let _ = fs.remove_file(&path);
-        let f = fs.open(&path, OpenMode::CreateNew).unwrap();
+        let scratch = Scratch::new("writeback");
+        let (_, f) = scratch.create("big");
         let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
         f.write_all_at(&data, 0).unwrap();
         f.start_writeback(0, 1 << 20).unwrap();
@@ -286,9 +312,6 @@ mod tests {
         let mut back = vec![0u8; data.len()];
         f.read_exact_at(&mut back, 0).unwrap();
         assert!(back == data);
-        drop(f);
-        fs.remove_file(&path).unwrap();
-        let _ = std::fs::remove_dir(&dir);
     }
 
     /// This thread's write system calls so far (`syscw` of `/proc/thread-self/io`).
@@ -322,12 +345,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn writeback_takes_the_range_out_of_the_write_map() {
-        let dir = std::env::temp_dir().join(format!("bourse-fs-release-{}", std::process::id()));
-        let fs = RealFs;
-        fs.create_dir_all(&dir).unwrap();
-        let path = dir.join("seg");
-        let _ = fs.remove_file(&path);
-        let f = fs.open(&path, OpenMode::CreateNew).unwrap();
+        let scratch = Scratch::new("release");
+        let (path, f) = scratch.create("seg");
         let len = 1u64 << 20;
         f.write_all_at(&vec![0u8; len as usize], 0).unwrap();
         assert!(f.map_writes().unwrap());
@@ -344,7 +363,7 @@ mod tests {
         // The bytes are the file's; a mapped write into a released page lands.
         assert!(f.write_mapped(b"again", 10 * 4096));
         f.sync_data().unwrap();
-        let other = fs.open(&path, OpenMode::Read).unwrap();
+        let other = RealFs.open(&path, OpenMode::Read).unwrap();
         let mut all = vec![0u8; len as usize];
         other.read_exact_at(&mut all, 0).unwrap();
         for i in 0..len / 4096 {
@@ -354,9 +373,6 @@ mod tests {
             }
             assert!(all[(i * 4096) as usize..][..4096] == want[..], "page {i} differs");
         }
-        drop((f, other));
-        fs.remove_file(&path).unwrap();
-        let _ = std::fs::remove_dir(&dir);
     }
 
     /// Pages asked to be mapped in ahead of mapped writes join the write map (the
@@ -365,12 +381,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn prepared_pages_join_the_write_map_unchanged() {
-        let dir = std::env::temp_dir().join(format!("bourse-fs-prepare-{}", std::process::id()));
-        let fs = RealFs;
-        fs.create_dir_all(&dir).unwrap();
-        let path = dir.join("seg");
-        let _ = fs.remove_file(&path);
-        let f = fs.open(&path, OpenMode::CreateNew).unwrap();
+        let scratch = Scratch::new("prepare");
+        let (path, f) = scratch.create("seg");
         let len = 1u64 << 20;
         let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
         // A page per write, as the WAL pre-writes in small steps: a page cache folio is
@@ -388,11 +400,8 @@ mod tests {
         f.prepare_mapped(0, 2 * len);
         assert_eq!(mapped_kib(&path), 1024, "up to the map's end, not past it");
         let mut all = vec![0u8; len as usize];
-        fs.open(&path, OpenMode::Read).unwrap().read_exact_at(&mut all, 0).unwrap();
+        RealFs.open(&path, OpenMode::Read).unwrap().read_exact_at(&mut all, 0).unwrap();
         assert!(all == bytes, "mapping pages in changed the file");
-        drop(f);
-        fs.remove_file(&path).unwrap();
-        let _ = std::fs::remove_dir(&dir);
     }
 
     /// Writes through the map: no system call, the bytes visible at once to a second
@@ -402,14 +411,9 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn mapped_writes_are_page_cache_writes() {
-        let dir = std::env::temp_dir().join(format!("bourse-fs-mapped-{}", std::process::id()));
-        let fs = RealFs;
-        fs.create_dir_all(&dir).unwrap();
-        let (path, twin_path) = (dir.join("seg"), dir.join("twin"));
-        let _ = fs.remove_file(&path);
-        let _ = fs.remove_file(&twin_path);
-        let f = fs.open(&path, OpenMode::CreateNew).unwrap();
-        let twin = fs.open(&twin_path, OpenMode::CreateNew).unwrap();
+        let scratch = Scratch::new("mapped");
+        let (path, f) = scratch.create("seg");
+        let (_, twin) = scratch.create("twin");
         let len = 1u64 << 20;
         f.write_all_at(&vec![0u8; len as usize], 0).unwrap();
         twin.write_all_at(&vec![0u8; len as usize], 0).unwrap();
@@ -426,7 +430,7 @@ mod tests {
         }
         f.sync_data().unwrap();
         // A second handle reads what the map wrote: what `pwrite` wrote to the twin.
-        let other = fs.open(&path, OpenMode::Read).unwrap();
+        let other = RealFs.open(&path, OpenMode::Read).unwrap();
         let (mut a, mut b) = (vec![0u8; len as usize], vec![0u8; len as usize]);
         other.read_exact_at(&mut a, 0).unwrap();
         twin.read_exact_at(&mut b, 0).unwrap();
@@ -452,12 +456,7 @@ mod tests {
         other.read_exact_at(&mut a[..100], 0).unwrap();
         assert_eq!(&a[..100], record(9).as_slice());
         // An empty file has nothing to map.
-        let empty = fs.open(&dir.join("empty"), OpenMode::CreateNew).unwrap();
+        let (_, empty) = scratch.create("empty");
         assert!(!empty.map_writes().unwrap());
-        drop((f, twin, other, empty));
-        for p in [&path, &twin_path, &dir.join("empty")] {
-            fs.remove_file(p).unwrap();
-        }
-        let _ = std::fs::remove_dir(&dir);
     }
 }
