@@ -492,11 +492,12 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         "engine suite ({} mode): {INSTRUMENTS} instruments, {ACCOUNTS} accounts, exchange event mix",
         if quick { "quick" } else { "full" }
     );
-    // Enough for every run of a case at over a million events per second (quick) and
-    // about 400,000 (full; 1.7 GiB of events).
     // The machine's own stalls, the floor under the submit and query percentiles.
     crate::stall::stall_floor("engine", Duration::from_secs(if quick { 1 } else { 3 }))?;
-    let pool = Pool::build(if quick { 1 << 21 } else { 1 << 22 });
+    // Enough for every run of a case at over a million events per second (quick) and
+    // about 860,000 (full: 8.4 M events, about 4 GiB; half as many ran out within a case
+    // at Bourse's one-writer rates, and a run that finds the pool used up is not counted).
+    let pool = Pool::build(if quick { 1 << 21 } else { 1 << 23 });
     submit_case(root, &cfg, &pool, "submit_buffered", 1, 1, false)?;
     submit_case(root, &cfg, &pool, "submit_buffered", 1, 64, false)?;
     let shapes: &[(usize, usize)] = if quick {
