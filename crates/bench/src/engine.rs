@@ -289,7 +289,7 @@ fn drive(
         // CPU per event, all threads of the process (writers, background work).
         (b.saturating_sub(a)).as_secs_f64() * 1e6 / total.max(1) as f64
     });
-    Ok(Run { events: total, secs: elapsed, rate: total as f64 / elapsed, hist, cpu_us: cpu })
+    Ok(Run { events: total, secs: elapsed, hist, cpu_us: cpu })
 }
 
 /// What one `drive` measured.
@@ -298,13 +298,18 @@ struct Run {
     events: u64,
     /// How long it ran (less than asked when the pool ran out).
     secs: f64,
-    /// Events per second.
-    rate: f64,
     /// Submit latencies.
     hist: hdrhistogram::Histogram<u64>,
     /// CPU time of the whole process per event, in µs (a steadier figure than the rate
     /// on a shared machine: it does not count time the process spent waiting for a CPU).
     cpu_us: Option<f64>,
+}
+
+impl Run {
+    /// Events per second.
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.secs
+    }
 }
 
 fn ratio_lines(case: &str, params: &serde_json::Value, results: &[(&'static str, f64, f64)]) {
@@ -370,7 +375,7 @@ fn submit_case(
                 );
                 continue;
             }
-            rates.push(run.rate);
+            rates.push(run.rate());
             cpus.extend(run.cpu_us);
             all.add(run.hist).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
@@ -453,7 +458,8 @@ fn mixed_case(root: &Path, cfg: &Cfg, pool: &Pool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        let Run { rate, hist: h, .. } = drive(&store, 4, 16, true, cfg.run_time, &next, pool)?;
+        let run = drive(&store, 4, 16, true, cfg.run_time, &next, pool)?;
+        let (rate, h) = (run.rate(), run.hist);
         stop.store(true, Ordering::Relaxed);
         let mut q = [histogram(), histogram(), histogram()];
         for r in readers {
@@ -752,7 +758,7 @@ mod tests {
         // Batches of 3 from 10 events: three whole batches, whichever writer took them.
         assert_eq!(first.events, 9);
         assert_eq!(counter.0.load(Ordering::Relaxed), 9);
-        assert!(first.rate > 0.0);
+        assert!(first.rate() > 0.0);
         let second = drive(&store, 2, 3, false, long, &next, &pool).unwrap();
         assert_eq!(second.events, 0);
         assert!(second.secs < 1.0, "an empty pool held a run for {} s", second.secs);
