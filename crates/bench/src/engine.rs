@@ -500,6 +500,9 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     );
     // The machine's own stalls, the floor under the submit and query percentiles.
     crate::stall::stall_floor("engine", Duration::from_secs(if quick { 1 } else { 3 }))?;
+    // The time of a load from a random place in memory, the floor under every random
+    // insert into a memtable (an order's three accounts entries).
+    crate::memory::memory_floor("engine", quick)?;
     // Enough for every run of a case at over a million events per second (quick) and
     // about 860,000 (full: 8.4 M events, about 4 GiB; half as many ran out within a case
     // at Bourse's one-writer rates, and a run that finds the pool used up is not counted).

@@ -17,6 +17,7 @@ mod bus;
 mod engine;
 mod ipc;
 mod lsm;
+mod memory;
 mod report;
 mod server;
 mod stall;

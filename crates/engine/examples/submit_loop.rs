@@ -19,6 +19,7 @@
 //! accounts partition's memtable alone; `PREALLOCATE=none` and `MAP_APPENDS=0` turn off
 //! the WAL's pre-written segments and appends through a map, `WAL_WRITEBACK_BYTES` sets
 //! how often the WAL starts writeback (0: never).
+//! `ONLY=Tick,BookDelta` keeps only the events of the kinds named (of the `EVENTS` built).
 //! `BY_KIND=1` prints each event kind's submit latencies (by a batch's first event),
 //! `SLOW_BY_KIND=NS` how many of each kind took over `NS`, `SLOWEST=1` the slowest,
 //! `HIST=1` the submits and their share of the time by latency band, `STALLS=1` the
@@ -43,7 +44,13 @@ fn main() {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
-    let all: Vec<Event> = (0..events).map(|n| exchange_event(n, now)).collect();
+    let mut all: Vec<Event> = (0..events).map(|n| exchange_event(n, now)).collect();
+    // `ONLY=Tick,BookDelta`: only the events of those kinds (as `BY_KIND` names them).
+    if let Some(only) = std::env::var_os("ONLY").and_then(|v| v.into_string().ok()) {
+        let kinds: Vec<&str> = only.split(',').collect();
+        all.retain(|e| kinds.contains(&format!("{:?}", e.kind()).as_str()));
+    }
+    let events = all.len();
     let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| ".".into())).unwrap();
     // `MEMTABLE_MB` sets each partition's memtable size (64 MiB, as the bench, unless set).
     let mb: usize = std::env::var("MEMTABLE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
