@@ -19,7 +19,7 @@
 //! accounts partition's memtable alone; `PREALLOCATE=none` and `MAP_APPENDS=0` turn off
 //! the WAL's pre-written segments and appends through a map, `WAL_WRITEBACK_BYTES` sets
 //! how often the WAL starts writeback (0: never).
-//! `ONLY=Tick,BookDelta` keeps only the events of the kinds named (of the `EVENTS` built).
+//! `SEGMENT_MB` sets the WAL's segment size. `ONLY=Tick,BookDelta` keeps only the events of the kinds named (of the `EVENTS` built).
 //! `BY_KIND=1` prints each event kind's submit latencies (by a batch's first event),
 //! `SLOW_BY_KIND=NS` how many of each kind took over `NS`, `SLOWEST=1` the slowest,
 //! `HIST=1` the submits and their share of the time by latency band, `STALLS=1` the
@@ -59,7 +59,9 @@ fn main() {
         memtable_budget_bytes: (mb << 20) * 8,
         ..EngineOptions::default()
     };
-    opts.wal.segment_bytes = 256 << 20;
+    // `SEGMENT_MB` sets the WAL's segment size (256 MiB, as the bench, unless set).
+    opts.wal.segment_bytes =
+        std::env::var("SEGMENT_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(256) << 20;
     // `ACCT_MEMTABLE_MB` sets the accounts partition's memtable apart.
     if let Some(n) = std::env::var("ACCT_MEMTABLE_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
         opts.accounts_memtable_bytes = Some(n << 20);
