@@ -221,6 +221,23 @@ impl Pool {
     }
 }
 
+/// The pool of a suite run, built when the first case that submits asks for it: a run of
+/// `--only memory_floor` builds none (the full pool takes 10 s and 4 GiB).
+struct LazyPool {
+    events: usize,
+    pool: std::sync::OnceLock<Pool>,
+}
+
+impl LazyPool {
+    fn new(events: usize) -> LazyPool {
+        LazyPool { events, pool: std::sync::OnceLock::new() }
+    }
+
+    fn get(&self) -> &Pool {
+        self.pool.get_or_init(|| Pool::build(self.events))
+    }
+}
+
 /// Runs `writers` threads submitting batches of `batch` for `run_time`; returns events/s
 /// and the latency histogram of submits.
 fn drive(
@@ -338,7 +355,7 @@ fn ratio_lines(case: &str, params: &serde_json::Value, results: &[(&'static str,
 fn submit_case(
     root: &Path,
     cfg: &Cfg,
-    pool: &Pool,
+    pool: &LazyPool,
     case: &str,
     writers: usize,
     batch: usize,
@@ -354,6 +371,7 @@ fn submit_case(
         if !crate::report::wanted(&format!("{case} {writers}x{batch} {name}")) {
             continue;
         }
+        let pool = pool.get();
         let dir = root.join(format!("{case}-{writers}-{batch}-{i}"));
         let store = open(&dir)?;
         let next = Arc::new(AtomicU64::new(0));
@@ -417,7 +435,7 @@ fn submit_case(
     Ok(())
 }
 
-fn mixed_case(root: &Path, cfg: &Cfg, pool: &Pool) -> anyhow::Result<()> {
+fn mixed_case(root: &Path, cfg: &Cfg, pool: &LazyPool) -> anyhow::Result<()> {
     let params = json!({ "writers": 4, "batch": 16, "readers": 2 });
     let mut results = Vec::new();
     for (i, (name, open)) in systems().into_iter().enumerate() {
@@ -425,6 +443,7 @@ fn mixed_case(root: &Path, cfg: &Cfg, pool: &Pool) -> anyhow::Result<()> {
         if !crate::report::wanted(&format!("mixed {name}")) {
             continue;
         }
+        let pool = pool.get();
         let dir = root.join(format!("mixed-{i}"));
         let store = open(&dir)?;
         let next = Arc::new(AtomicU64::new(0));
@@ -506,7 +525,7 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     // Enough for every run of a case at over a million events per second (quick) and
     // about 860,000 (full: 8.4 M events, about 4 GiB; half as many ran out within a case
     // at Bourse's one-writer rates, and a run that finds the pool used up is not counted).
-    let pool = Pool::build(if quick { 1 << 21 } else { 1 << 23 });
+    let pool = LazyPool::new(if quick { 1 << 21 } else { 1 << 23 });
     submit_case(root, &cfg, &pool, "submit_buffered", 1, 1, false)?;
     submit_case(root, &cfg, &pool, "submit_buffered", 1, 64, false)?;
     let shapes: &[(usize, usize)] = if quick {
@@ -766,5 +785,15 @@ mod tests {
         assert_eq!(second.events, 0);
         assert!(second.secs < 1.0, "an empty pool held a run for {} s", second.secs);
         assert_eq!(counter.0.load(Ordering::Relaxed), 9);
+    }
+
+    /// The pool is built by the first case that asks for it, and only once.
+    #[test]
+    fn the_pool_is_built_on_first_use_and_once() {
+        let lazy = LazyPool::new(5);
+        assert!(lazy.pool.get().is_none());
+        let first = lazy.get().events.clone();
+        assert_eq!(first.len(), 5);
+        assert!(Arc::ptr_eq(&first, &lazy.get().events));
     }
 }
