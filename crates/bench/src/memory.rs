@@ -22,8 +22,9 @@ use crate::report::emit;
 /// One cache line: the index of the next line of the cycle, and padding.
 type Line = [u64; 8];
 
-/// Working-set sizes measured (bytes), quick and full.
+/// Working-set sizes measured in quick mode (bytes).
 const QUICK_BYTES: [usize; 2] = [256 << 10, 64 << 20];
+/// Working-set sizes measured in full mode (bytes).
 const FULL_BYTES: [usize; 4] = [256 << 10, 8 << 20, 64 << 20, 512 << 20];
 
 /// Loads timed per size (after one untimed pass over a part of the cycle).

@@ -19,7 +19,8 @@
 //! accounts partition's memtable alone; `PREALLOCATE=none` and `MAP_APPENDS=0` turn off
 //! the WAL's pre-written segments and appends through a map, `WAL_WRITEBACK_BYTES` sets
 //! how often the WAL starts writeback (0: never).
-//! `SEGMENT_MB` sets the WAL's segment size. `ONLY=Tick,BookDelta` keeps only the events of the kinds named (of the `EVENTS` built).
+//! `SEGMENT_MB` sets the WAL's segment size. `ONLY=Tick,BookDelta` keeps only the events
+//! of the kinds named (of the `EVENTS` built).
 //! `BY_KIND=1` prints each event kind's submit latencies (by a batch's first event),
 //! `SLOW_BY_KIND=NS` how many of each kind took over `NS`, `SLOWEST=1` the slowest,
 //! `HIST=1` the submits and their share of the time by latency band, `STALLS=1` the
@@ -49,6 +50,10 @@ fn main() {
     if let Some(only) = std::env::var_os("ONLY").and_then(|v| v.into_string().ok()) {
         let kinds: Vec<&str> = only.split(',').collect();
         all.retain(|e| kinds.contains(&format!("{:?}", e.kind()).as_str()));
+        assert!(
+            events == 0 || !all.is_empty(),
+            "ONLY={only}: none of the {events} events is of those kinds (names as BY_KIND prints them)"
+        );
     }
     let events = all.len();
     let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| ".".into())).unwrap();
