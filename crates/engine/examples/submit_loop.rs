@@ -56,7 +56,6 @@ fn main() {
             "ONLY={only}: none of the {events} events is of those kinds (names as BY_KIND prints them)"
         );
     }
-    let events = all.len();
     let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| ".".into())).unwrap();
     // `MEMTABLE_MB` sets each partition's memtable size (64 MiB, as the bench, unless set).
     let mb: usize = std::env::var("MEMTABLE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
