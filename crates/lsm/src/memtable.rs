@@ -1228,10 +1228,9 @@ mod tests {
         assert_eq!(m.max_seq(), 7);
     }
 
-    /// A block pool fills to its bound when run, an arena with the pool takes its
-    /// blocks from it (one without takes none, nor one while the pool does not serve),
-    /// the pool is refilled once down to half, values in pooled blocks come back
-    /// exactly, and `stop` ends the filler and empties the pool.
+    /// Families appending in key order go to the leaves the writer remembers, with
+    /// almost no search of the index; inserts at random places search every time; and
+    /// every version stays where a reader finds it.
     #[test]
     fn appends_go_to_remembered_leaves_without_a_search() {
         let mem = Memtable::new();
@@ -1263,6 +1262,10 @@ mod tests {
         assert_eq!(mem.len() as u64, total + 200);
     }
 
+    /// A block pool fills to its bound when run, an arena with the pool takes its
+    /// blocks from it (one without takes none, nor one while the pool does not serve),
+    /// the pool is refilled once down to half, values in pooled blocks come back
+    /// exactly, and `stop` ends the filler and empties the pool.
     #[test]
     fn a_block_pool_feeds_the_arenas_and_refills_at_half() {
         let wait_for = |what: &str, f: &dyn Fn() -> bool| {
