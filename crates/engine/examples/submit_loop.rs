@@ -18,7 +18,8 @@
 //! override the memtable size and the maintenance threads, `ACCT_MEMTABLE_MB` the
 //! accounts partition's memtable alone; `PREALLOCATE=none` and `MAP_APPENDS=0` turn off
 //! the WAL's pre-written segments and appends through a map, `WAL_WRITEBACK_BYTES` sets
-//! how often the WAL starts writeback (0: never).
+//! how often the WAL starts writeback (0: never), `SPARE_START_PERCENT` how full the
+//! active segment is when the next spare's pre-write starts (0: at once).
 //! `SEGMENT_MB` sets the WAL's segment size. `ONLY=Tick,BookDelta` keeps only the events
 //! of the kinds named (of the `EVENTS` built); `WARMUP=N` submits the first `N` of them
 //! before the clock starts (the rest are timed).
@@ -88,6 +89,9 @@ fn main() {
     // `WAL_WRITEBACK_BYTES` sets `wal.writeback_bytes` (0: off).
     if let Some(n) = std::env::var("WAL_WRITEBACK_BYTES").ok().and_then(|v| v.parse().ok()) {
         opts.wal.writeback_bytes = n;
+    }
+    if let Some(n) = std::env::var("SPARE_START_PERCENT").ok().and_then(|v| v.parse().ok()) {
+        opts.wal.spare_start_percent = n;
     }
     let engine = Engine::open(dir.path(), opts).unwrap();
     // `WARMUP=N`: the first N events go in before the clock starts. Each instrument's

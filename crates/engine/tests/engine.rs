@@ -436,6 +436,8 @@ fn the_wal_spare_is_prepared_after_open() {
     let mut o = opts();
     o.wal.preallocate = bourse_wal::Preallocate::PreWrite;
     o.wal.segment_bytes = 1 << 20;
+    // Started as soon as the replay lets it, not once the segment is half full.
+    o.wal.spare_start_percent = 0;
     let spare = dir.path().join("wal").join("spare.wal.ready");
     for round in 0..2 {
         if round == 1 {

@@ -64,6 +64,16 @@ pub struct WalOptions {
     /// replays the log right after opening it and wants the disk and a core for that;
     /// until then a rotation creates its segment inline.
     pub defer_preallocation: bool,
+    /// With `PreWrite`: the background thread starts pre-writing the next segment's
+    /// spare once the active segment holds this percentage of `segment_bytes`
+    /// (default 50; 0: at once, when the segment is created or the log opened; at
+    /// most 90). A pre-write takes a core and the disk for about half a second per
+    /// GiB here, and every `fsync` on the same file system meanwhile waits behind its
+    /// zeros: a fresh engine that started its spare at open held the `fsync`s of its
+    /// first instruments' partitions for up to 1.25 s (`docs/format-wal.md`). Started
+    /// at half, the spare has half a segment of appends to finish in; appends that
+    /// outrun it make the rotation create its segment inline, as without a spare.
+    pub spare_start_percent: u8,
     /// What recovery does with damage in the newest segment.
     pub recovery: RecoveryMode,
     /// The LSN of the first record of a brand-new WAL (default 1).
@@ -121,6 +131,7 @@ impl Default for WalOptions {
             group_commit_delay_us: 0,
             preallocate: Preallocate::PreWrite,
             defer_preallocation: false,
+            spare_start_percent: 50,
             recovery: RecoveryMode::TolerateTornTail,
             first_lsn: Lsn(1),
             read_chunk_bytes: 256 << 10,
@@ -133,7 +144,17 @@ impl Default for WalOptions {
     }
 }
 
+/// The most [`WalOptions::spare_start_percent`] may be.
+const SPARE_START_PERCENT_MAX: u8 = 90;
+
 impl WalOptions {
+    /// The offset in the active segment from which its spare is pre-written
+    /// ([`WalOptions::spare_start_percent`]).
+    /// Cheap enough for every write round: a division by a constant.
+    pub(crate) fn spare_start_bytes(&self) -> u64 {
+        self.segment_bytes / 100 * u64::from(self.spare_start_percent.min(SPARE_START_PERCENT_MAX))
+    }
+
     /// Checks that the limits fit together.
     pub fn validate(&self) -> Result<()> {
         let min_segment =
@@ -155,6 +176,11 @@ impl WalOptions {
         if self.group_commit_bytes_max == 0 || self.read_chunk_bytes == 0 {
             return Err(Error::InvalidOptions(
                 "group_commit_bytes_max and read_chunk_bytes must be positive",
+            ));
+        }
+        if self.spare_start_percent > SPARE_START_PERCENT_MAX {
+            return Err(Error::InvalidOptions(
+                "spare_start_percent must be at most 90 (a spare started later would seldom be ready by the rotation)",
             ));
         }
         if self.first_lsn.0 == 0 {

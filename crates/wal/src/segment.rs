@@ -25,9 +25,17 @@ impl Shared {
         let spare = std::mem::take(&mut self.spare.lock().ready);
         let spare_path = spare.then(|| self.dir.join(SPARE_READY_NAME));
         let active = create_segment_file(&*self.vfs, &self.dir, &self.opts, first, spare_path)?;
-        if spare {
-            self.spare.lock().needed = true;
-            self.spare_cond.notify_all();
+        {
+            let mut s = self.spare.lock();
+            if spare {
+                s.needed = true;
+            }
+            // The next spare waits for this segment to fill (a build already under way
+            // goes on).
+            s.held = active.offset < self.opts.spare_start_bytes();
+            if !s.held {
+                self.spare_cond.notify_all();
+            }
         }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(active)
@@ -48,7 +56,7 @@ impl Shared {
                     && s.unmap.is_empty()
                     && s.writeback.is_none()
                     && s.prepare.is_none()
-                    && (!s.needed || s.deferred)
+                    && (!s.needed || s.deferred || s.held)
                 {
                     self.spare_cond.wait(&mut s);
                 }
@@ -56,7 +64,7 @@ impl Shared {
                     s.worker = false;
                     return;
                 }
-                let build = s.needed && !s.deferred;
+                let build = s.needed && !s.deferred && !s.held;
                 if build {
                     s.needed = false;
                 }

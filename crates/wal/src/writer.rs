@@ -222,6 +222,9 @@ pub(crate) struct Spare {
     pub shutdown: bool,
     /// Held back until [`Wal::start_preallocation`] (`defer_preallocation`).
     pub deferred: bool,
+    /// Held back until the active segment fills to
+    /// [`WalOptions::spare_start_percent`] (see [`Shared::spare_due`]).
+    pub held: bool,
     /// The background thread runs and takes `unmap`, `writeback` and `prepare`.
     pub worker: bool,
     /// Sealed segments whose write maps the background thread drops (at most
@@ -308,6 +311,8 @@ impl Wal {
         let last = state.written.0;
         let background = opts.preallocate == Preallocate::PreWrite;
         let deferred = opts.defer_preallocation;
+        // A spare waits for the active segment to fill (`spare_start_percent`).
+        let held = state.active.as_ref().map_or(0, |a| a.offset) < opts.spare_start_bytes();
         let shared = Arc::new(Shared {
             vfs,
             dir,
@@ -322,6 +327,7 @@ impl Wal {
                 needed: !spare_ready,
                 ready: spare_ready,
                 deferred,
+                held,
                 ..Spare::default()
             }),
             spare_cond: Condvar::new(),
@@ -766,6 +772,7 @@ impl Shared {
                 };
                 self.segments.write().push(info);
             }
+            let before = active.offset;
             if !(mapped && active.file.write_mapped(&chunk.bytes, active.offset)) {
                 active
                     .file
@@ -773,6 +780,7 @@ impl Shared {
                     .map_err(io_err("write", &active.path))?;
             }
             active.offset += chunk.bytes.len() as u64;
+            self.spare_due(before, active.offset);
             written = chunk.last_lsn;
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
             self.counters.bytes.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
@@ -788,6 +796,19 @@ impl Shared {
             self.prepare_ahead(active, every);
         }
         Ok((written, synced))
+    }
+
+    /// Lets the background thread start the spare when a write took the active segment
+    /// from `before` to `after` bytes across [`WalOptions::spare_start_bytes`].
+    fn spare_due(&self, before: u64, after: u64) {
+        let start = self.opts.spare_start_bytes();
+        if before < start && after >= start {
+            let mut spare = self.spare.lock();
+            if spare.held {
+                spare.held = false;
+                self.spare_cond.notify_all();
+            }
+        }
     }
 
     /// Asks the background thread, when there is one, to map in the next `window`

@@ -376,6 +376,7 @@ fn a_deferred_spare_is_prepared_only_once_started() {
     let opts = WalOptions {
         defer_preallocation: true,
         segment_bytes: 64 << 10,
+        spare_start_percent: 0,
         ..small_opts(Preallocate::PreWrite)
     };
     let wal = open(&fs, &opts);
@@ -402,7 +403,11 @@ fn a_deferred_spare_is_prepared_only_once_started() {
 #[test]
 fn a_whole_spare_is_kept_across_reopen_and_a_wrong_one_removed() {
     let fs = SimFs::new();
-    let opts = WalOptions { segment_bytes: 64 << 10, ..small_opts(Preallocate::PreWrite) };
+    let opts = WalOptions {
+        segment_bytes: 64 << 10,
+        spare_start_percent: 0,
+        ..small_opts(Preallocate::PreWrite)
+    };
     let spare = dir().join("spare.wal.ready");
     let wait_ready = |wal: &Wal| {
         let t = std::time::Instant::now();
@@ -440,6 +445,71 @@ fn a_whole_spare_is_kept_across_reopen_and_a_wrong_one_removed() {
     let inline = WalOptions { preallocate: Preallocate::PreWriteInline, ..bigger };
     let _wal = open(&fs, &inline);
     assert!(!fs.exists(&spare).unwrap());
+}
+
+/// Polls until the spare is ready; fails after 30 s.
+fn wait_spare(wal: &Wal) {
+    let t = std::time::Instant::now();
+    while !wal.preallocation_ready() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "the spare never came");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_spare_waits_for_the_active_segment_to_fill_to_its_start() {
+    let fs = SimFs::new();
+    let opts = WalOptions {
+        segment_bytes: 64 << 10,
+        spare_start_percent: 50,
+        ..small_opts(Preallocate::PreWrite)
+    };
+    let spare = dir().join("spare.wal.ready");
+    let wal = open(&fs, &opts);
+    // Below half of the first segment: nothing is pre-written.
+    let payload = [3u8; 1000];
+    for _ in 0..20 {
+        wal.append(entry(&payload), Durability::Buffered).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!wal.preallocation_ready(), "the spare started before the segment was half full");
+    assert!(!fs.exists(&spare).unwrap());
+    assert!(!fs.exists(&dir().join("spare.wal.tmp")).unwrap());
+    // Past half: the spare comes.
+    for _ in 0..20 {
+        wal.append(entry(&payload), Durability::Buffered).unwrap();
+    }
+    wait_spare(&wal);
+    assert_eq!(fs.contents(&spare).unwrap().len() as u64, opts.segment_bytes);
+    // The rotation takes it, and the next spare waits for the new segment in turn.
+    while wal.segment_files().len() < 2 {
+        wal.append(entry(&payload), Durability::Buffered).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!wal.preallocation_ready(), "the next spare did not wait for its segment");
+    drop(wal);
+    // Filled to about two thirds while the start is at 90%: still no spare.
+    let late = WalOptions { spare_start_percent: 90, ..opts.clone() };
+    let wal = open(&fs, &late);
+    let files = wal.segment_files().len();
+    for _ in 0..40 {
+        wal.append(entry(&payload), Durability::Buffered).unwrap();
+    }
+    assert_eq!(wal.segment_files().len(), files, "the segment filled up: adjust the test");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!wal.preallocation_ready());
+    drop(wal);
+    // Reopened with the start at half, which the active segment is past: the spare
+    // comes with no append.
+    let wal = open(&fs, &opts);
+    wait_spare(&wal);
+    assert_eq!(wal.segment_files().len(), files);
+    // Over 90 is refused.
+    let bad = WalOptions { spare_start_percent: 91, ..opts };
+    assert!(matches!(
+        Wal::open(fs.shared(), dir(), bad),
+        Err(bourse_wal::Error::InvalidOptions(_))
+    ));
 }
 
 /// A file system whose `sync_data` calls wait while a gate is closed, and count how

@@ -354,7 +354,9 @@ fn writable_maps(dir: &Path) -> usize {
 #[test]
 fn the_background_thread_drops_sealed_segments_maps() {
     let tmp = tempfile::tempdir().unwrap();
-    let wal = Wal::open(RealFs::shared(), tmp.path(), opts(Preallocate::PreWrite, true)).unwrap();
+    // Each spare starts at once, so that it is ready by the next rotation.
+    let o = WalOptions { spare_start_percent: 0, ..opts(Preallocate::PreWrite, true) };
+    let wal = Wal::open(RealFs::shared(), tmp.path(), o).unwrap();
     for round in 0..10 {
         append(&wal, round * 100 + 1, round * 100 + 100);
         // Time for the next spare, so that rotations take pre-written segments.
