@@ -149,8 +149,8 @@ const SPARE_START_PERCENT_MAX: u8 = 90;
 
 impl WalOptions {
     /// The offset in the active segment from which its spare is pre-written
-    /// ([`WalOptions::spare_start_percent`]).
-    /// Cheap enough for every write round: a division by a constant.
+    /// ([`WalOptions::spare_start_percent`]): a division by a constant, cheap enough
+    /// for every write round.
     pub(crate) fn spare_start_bytes(&self) -> u64 {
         self.segment_bytes / 100 * u64::from(self.spare_start_percent.min(SPARE_START_PERCENT_MAX))
     }

@@ -391,11 +391,7 @@ fn a_deferred_spare_is_prepared_only_once_started() {
     assert!(!wal.preallocation_ready());
     assert!(!fs.exists(&spare).unwrap(), "nothing was pre-written before the start");
     wal.start_preallocation();
-    let t = std::time::Instant::now();
-    while !wal.preallocation_ready() {
-        assert!(t.elapsed() < std::time::Duration::from_secs(30), "the spare never came");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_spare(&wal);
     assert_eq!(fs.contents(&spare).unwrap().len() as u64, opts.segment_bytes);
     assert_eq!(read_all(&wal).unwrap().len(), 200);
 }
@@ -409,17 +405,10 @@ fn a_whole_spare_is_kept_across_reopen_and_a_wrong_one_removed() {
         ..small_opts(Preallocate::PreWrite)
     };
     let spare = dir().join("spare.wal.ready");
-    let wait_ready = |wal: &Wal| {
-        let t = std::time::Instant::now();
-        while !wal.preallocation_ready() {
-            assert!(t.elapsed() < std::time::Duration::from_secs(30), "the spare never came");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    };
     {
         let wal = open(&fs, &opts);
         wal.append(entry(b"one"), Durability::Durable).unwrap();
-        wait_ready(&wal);
+        wait_spare(&wal);
     }
     // Reopened with the pre-writing held back, the spare is ready all the same: the
     // earlier one was kept. Rotation uses it.
@@ -433,12 +422,12 @@ fn a_whole_spare_is_kept_across_reopen_and_a_wrong_one_removed() {
     assert!(wal.segment_files().len() >= 2);
     assert_eq!(read_all(&wal).unwrap().len(), 101);
     wal.start_preallocation();
-    wait_ready(&wal);
+    wait_spare(&wal);
     drop(wal);
     // A spare of another size (the segment size changed) is removed, and a new one made.
     let bigger = WalOptions { segment_bytes: 128 << 10, ..opts.clone() };
     let wal = open(&fs, &bigger);
-    wait_ready(&wal);
+    wait_spare(&wal);
     assert_eq!(fs.contents(&spare).unwrap().len() as u64, bigger.segment_bytes);
     drop(wal);
     // Without background pre-writing, a spare is not kept.
