@@ -95,8 +95,9 @@ fn main() {
     }
     let engine = Engine::open(dir.path(), opts).unwrap();
     // `WARMUP=N`: the first N events go in before the clock starts. Each instrument's
-    // first event creates its partition, with `fsync`s that wait behind the WAL's spare
-    // pre-write (docs/format-wal.md): about half a second in all with 256 MiB segments.
+    // first event creates its partition, with `fsync`s on the submit path: about 2.5 ms
+    // each, and more when a spare pre-write runs (`SPARE_START_PERCENT=0` starts one at
+    // open; docs/format-wal.md).
     let warm: usize = std::env::var("WARMUP").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let (warm, all) = all.split_at(warm.min(all.len()));
     for chunk in warm.chunks(batch.max(1) as usize) {
