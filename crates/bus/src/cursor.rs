@@ -146,7 +146,7 @@ impl Cursors {
         let vfs = engine.vfs();
         let dir = engine.dir().join(CURSOR_DIR);
         let io = |op, source| Error::CursorIo { name: "*".into(), op, source };
-        vfs.create_dir_all(&dir).map_err(|e| io("create directory", e))?;
+        bourse_fs::create_dir_durable(&*vfs, &dir).map_err(|e| io("create directory", e))?;
         let mut map = std::collections::BTreeMap::new();
         for (name, acked) in read_cursors(&*vfs, &dir)? {
             let pin = engine.pin_wal(acked + 1);

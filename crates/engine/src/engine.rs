@@ -286,7 +286,8 @@ impl Drop for WalPin {
 
 /// The file (in `parts/instruments/`) naming every instrument partition, one per line,
 /// replaced atomically before a new partition's tree is created, so opening never
-/// depends on listing directories.
+/// depends on listing directories. (A listed partition may lack its tree after a crash
+/// during its creation; see `Inner::open_partition`.)
 pub const PARTITION_LIST: &str = "PARTITIONS";
 
 pub(crate) fn now_ns() -> i64 {
@@ -318,7 +319,9 @@ impl Engine {
         if opts.sync_interval.is_some_and(|t| t.is_zero()) {
             return Err(Error::Invalid("sync_interval must be more than zero (or None)".into()));
         }
-        vfs.create_dir_all(&dir.join("parts/instruments"))
+        // Each directory made here is synced into its parent: a power loss must not take
+        // the data directory away with an acknowledged write in it.
+        bourse_fs::create_dir_durable(&*vfs, &dir.join("parts/instruments"))
             .map_err(io_err("create directory", dir.join("parts/instruments")))?;
         // The spare segment is pre-written once the replay below is done: it would take
         // a core and the disk from the replay (with a 256 MiB spare, replaying 1 M
@@ -511,8 +514,7 @@ impl Engine {
     /// Holds the WAL from truncation at or after `lsn` until the pin is dropped or
     /// advanced.
     pub fn pin_wal(&self, lsn: u64) -> WalPin {
-        let id = self.inner.next_pin.fetch_add(1, Ordering::Relaxed);
-        self.inner.pins.lock().insert(id, lsn);
+        let id = self.inner.pin(lsn).keep();
         WalPin { inner: self.inner.clone(), id }
     }
 
@@ -543,7 +545,7 @@ impl Engine {
         // Nothing is truncated while the copy runs.
         let _pin = self.pin_wal(self.inner.wal.first_lsn().0);
         let inst = dest.join("parts/instruments");
-        vfs.create_dir_all(&inst).map_err(io_err("create directory", &inst))?;
+        bourse_fs::create_dir_durable(vfs, &inst).map_err(io_err("create directory", &inst))?;
         let mut floor = u64::MAX;
         let mut names = Vec::new();
         let parts = self.inner.partitions();
@@ -644,7 +646,35 @@ impl StateRead for Inner {
     }
 }
 
+/// A WAL hold of [`Inner`]'s own, released when dropped (unless kept).
+struct InnerPin<'a> {
+    inner: &'a Inner,
+    id: Option<u64>,
+}
+
+impl InnerPin<'_> {
+    /// Leaves the hold in place and returns its id (a [`WalPin`] then owns it).
+    fn keep(mut self) -> u64 {
+        self.id.take().unwrap_or_default()
+    }
+}
+
+impl Drop for InnerPin<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.inner.pins.lock().remove(&id);
+        }
+    }
+}
+
 impl Inner {
+    /// Holds the WAL from truncation at or after `lsn` while the returned guard lives.
+    fn pin(&self, lsn: u64) -> InnerPin<'_> {
+        let id = self.next_pin.fetch_add(1, Ordering::Relaxed);
+        self.pins.lock().insert(id, lsn);
+        InnerPin { inner: self, id: Some(id) }
+    }
+
     pub(crate) fn partitions(&self) -> Vec<Arc<Partition>> {
         self.parts.read().values().cloned().collect()
     }
@@ -674,12 +704,39 @@ impl Inner {
 
     /// Opens a partition's tree; `created_at` is the LSN of the event that creates a new
     /// one (its tables then hold everything before it: nothing).
+    ///
+    /// A new partition is listed first ([`PARTITION_LIST`]), then its tree is created
+    /// (each directory synced into its parent) already marked clean up to `created_at - 1`.
+    /// A crash between the two leaves a listed partition without a tree, which the next
+    /// open creates with nothing flushed, so the replay refills it: the WAL is pinned at
+    /// `created_at` meanwhile, so it still holds every event of the partition.
     fn open_partition(&self, id: PartitionId, created_at: Option<u64>) -> Result<Arc<Partition>> {
         let path = self.dir.join("parts").join(id.dir_name());
-        if let (PartitionId::Instrument(ins), Some(_)) = (&id, created_at) {
-            self.record_partition(ins)?;
-        }
-        let tree = Tree::open(self.vfs.clone(), &path, self.tree_options(&id))?;
+        // Held until the partition is in `parts`, where truncation sees its floor.
+        let _pin = created_at.map(|lsn| self.pin(lsn));
+        let tree = match created_at {
+            Some(lsn) => {
+                if let PartitionId::Instrument(ins) = &id {
+                    self.record_partition(ins)?;
+                }
+                // IMPORTANT: the new tree's floor must not be an LSN the WAL could still
+                // lose (see the flush gate below).
+                let floor = lsn.saturating_sub(1);
+                self.wal.wait_durable(Lsn(floor))?;
+                Tree::open_or_create_at(self.vfs.clone(), &path, self.tree_options(&id), floor)?
+            }
+            None => {
+                if matches!(id, PartitionId::Instrument(_))
+                    && !self.vfs.exists(&path.join("CURRENT")).map_err(io_err("stat", &path))?
+                {
+                    tracing::warn!(
+                        partition = %id,
+                        "listed partition has no tree (its creation was cut short): creating it; the WAL replay fills it"
+                    );
+                }
+                Tree::open(self.vfs.clone(), &path, self.tree_options(&id))?
+            }
+        };
         // IMPORTANT: tables must never hold an LSN the WAL could still lose (a `Buffered`
         // append not yet synced): after a power loss that LSN would be handed out again.
         // So a flush first makes the WAL durable up to what it writes.
@@ -687,9 +744,6 @@ impl Inner {
         tree.set_flush_gate(Arc::new(move |seq| {
             wal.wait_durable(Lsn(seq)).map_err(|e| std::io::Error::other(e.to_string()))
         }));
-        if let Some(lsn) = created_at {
-            tree.mark_clean(lsn.saturating_sub(1))?;
-        }
         let floor = tree.flushed_seq();
         let p = Arc::new(Partition { id: id.clone(), tree, floor });
         self.parts.write().insert(id, p.clone());

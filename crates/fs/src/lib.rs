@@ -297,6 +297,38 @@ impl LockGuard {
     }
 }
 
+/// Creates `dir` and any missing directory above it, and makes each new one durable by
+/// `fsync`ing the directory that holds its entry. Without that, a power loss can take a
+/// new directory away with everything in it, however well its files were synced. A
+/// directory that already exists is left as it is (no `fsync`).
+pub fn create_dir_durable(vfs: &dyn Vfs, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    // (A root, `/`, has no parent to sync.)
+    for a in dir.ancestors().filter(|a| a.parent().is_some() && !a.as_os_str().is_empty()) {
+        if vfs.exists(a)? {
+            break;
+        }
+        missing.push(a);
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    vfs.create_dir_all(dir)?;
+    // Innermost first: each parent holds the entry of the directory made in it.
+    for made in missing {
+        vfs.sync_dir(parent_dir(made))?;
+    }
+    Ok(())
+}
+
+/// The directory holding `path`'s entry (`.` for a bare relative name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Publishes `bytes` as `dir/name` atomically: write a temporary file, `fsync` it,
 /// rename it over the target, `fsync` the directory.
 pub fn write_file_atomic(vfs: &dyn Vfs, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {

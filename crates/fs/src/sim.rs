@@ -7,8 +7,11 @@
 //!   and append to a log of unsynced operations; `sync_data` applies that log to the
 //!   durable bytes.
 //! - The namespace (path → inode) likewise has a current and a durable version;
-//!   `sync_dir(d)` makes the current entries of `d` durable. Directories themselves are
-//!   durable once created (engines create their directory once, at open).
+//!   `sync_dir(d)` makes the current entries of `d` durable, the directories created in
+//!   it included. A directory is durable once its entry in its parent is (a root, with no
+//!   parent, always is); a power loss takes a directory that is not, and everything in
+//!   it, however synced (as on a real disk, where a file's name is reached through every
+//!   directory above it). `create_dir_all` counts one operation per directory it makes.
 //! - [`SimFs::crash`] reboots the machine with one of three [`CrashFate`]s: keep only what
 //!   is durable, keep a random prefix of each file's unsynced operations (the last one
 //!   possibly cut short: a torn write), or keep everything (a process kill, where the
@@ -88,6 +91,8 @@ struct State {
     names: BTreeMap<PathBuf, u64>,
     durable_names: BTreeMap<PathBuf, u64>,
     dirs: Vec<PathBuf>,
+    /// The directories whose entries in their parents are durable.
+    durable_dirs: Vec<PathBuf>,
     ops: u64,
     crash_after: Option<u64>,
     crashed: bool,
@@ -139,6 +144,11 @@ impl State {
 
 fn crashed() -> io::Error {
     io::Error::other("simulated crash: the process is dead")
+}
+
+/// A directory with no parent (`/`), which is always there.
+fn is_root(dir: &Path) -> bool {
+    dir.parent().is_none_or(|p| p.as_os_str().is_empty())
 }
 
 fn not_found(path: &Path) -> io::Error {
@@ -226,9 +236,18 @@ impl SimFs {
             inode.current = inode.durable.clone();
         }
         if fate != CrashFate::KeepAll {
+            // A directory survives when it and every directory above it are durable.
+            let durable = s.durable_dirs.clone();
+            let reached =
+                |d: &Path| d.ancestors().all(|a| is_root(a) || durable.iter().any(|x| x == a));
+            s.dirs.retain(|d| reached(d));
+            s.durable_dirs.retain(|d| reached(d));
+            let dirs = s.dirs.clone();
+            s.durable_names.retain(|p, _| p.parent().is_some_and(|d| dirs.iter().any(|x| x == d)));
             s.names = s.durable_names.clone();
         } else {
             s.durable_names = s.names.clone();
+            s.durable_dirs = s.dirs.clone();
         }
         let live: std::collections::HashSet<u64> = s.names.values().copied().collect();
         s.inodes.retain(|ino, _| live.contains(ino));
@@ -361,14 +380,19 @@ impl Vfs for SimFs {
         let mut s = self.state.lock();
         let epoch = s.epoch;
         s.check_alive(epoch)?;
-        let mut p = path.to_path_buf();
-        loop {
-            if !s.dirs.contains(&p) {
-                s.dirs.push(p.clone());
+        // Outermost first, as `mkdir -p` makes them.
+        let missing: Vec<PathBuf> = path
+            .ancestors()
+            .filter(|a| !a.as_os_str().is_empty() && !s.dirs.iter().any(|d| d == a))
+            .map(Path::to_path_buf)
+            .collect();
+        for d in missing.into_iter().rev() {
+            if is_root(&d) {
+                s.durable_dirs.push(d.clone());
+            } else {
+                s.begin_op(epoch)?;
             }
-            if !p.pop() || p.as_os_str().is_empty() {
-                break;
-            }
+            s.dirs.push(d);
         }
         Ok(())
     }
@@ -433,6 +457,9 @@ impl Vfs for SimFs {
         let current: Vec<(PathBuf, u64)> =
             s.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
         s.durable_names.extend(current);
+        let made: Vec<PathBuf> =
+            s.dirs.iter().filter(|d| in_dir(d) && !s.durable_dirs.contains(d)).cloned().collect();
+        s.durable_dirs.extend(made);
         Ok(())
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {
@@ -465,7 +492,7 @@ mod tests {
     #[test]
     fn unsynced_data_and_entries_are_lost_on_power_loss() {
         let fs = SimFs::new();
-        fs.create_dir_all(&dir()).unwrap();
+        crate::create_dir_durable(&fs, &dir()).unwrap();
         let a = fs.open(&dir().join("a"), OpenMode::CreateNew).unwrap();
         a.write_all_at(b"hello", 0).unwrap();
         a.sync_data().unwrap();
@@ -487,7 +514,7 @@ mod tests {
     #[test]
     fn keep_all_models_a_process_kill() {
         let fs = SimFs::new();
-        fs.create_dir_all(&dir()).unwrap();
+        crate::create_dir_durable(&fs, &dir()).unwrap();
         let f = fs.open(&dir().join("f"), OpenMode::CreateNew).unwrap();
         f.write_all_at(b"abc", 0).unwrap();
         fs.crash(CrashFate::KeepAll);
@@ -498,7 +525,7 @@ mod tests {
     fn torn_keeps_a_prefix_of_unsynced_writes() {
         for seed in 0..50 {
             let fs = SimFs::new();
-            fs.create_dir_all(&dir()).unwrap();
+            crate::create_dir_durable(&fs, &dir()).unwrap();
             let f = fs.open(&dir().join("f"), OpenMode::CreateNew).unwrap();
             fs.sync_dir(&dir()).unwrap();
             f.write_all_at(b"aaaa", 0).unwrap();
@@ -512,7 +539,7 @@ mod tests {
     #[test]
     fn crash_point_and_faults_fail_exactly_where_asked() {
         let fs = SimFs::new();
-        fs.create_dir_all(&dir()).unwrap();
+        crate::create_dir_durable(&fs, &dir()).unwrap();
         let f = fs.open(&dir().join("f"), OpenMode::CreateNew).unwrap();
         fs.fail_op(2, FaultKind::Eio);
         f.write_all_at(b"x", 0).unwrap();
@@ -539,7 +566,7 @@ mod tests {
     #[test]
     fn rename_is_durable_only_after_dir_sync() {
         let fs = SimFs::new();
-        fs.create_dir_all(&dir()).unwrap();
+        crate::create_dir_durable(&fs, &dir()).unwrap();
         let f = fs.open(&dir().join("tmp"), OpenMode::CreateNew).unwrap();
         f.write_all_at(b"v1", 0).unwrap();
         f.sync_data().unwrap();
@@ -548,5 +575,46 @@ mod tests {
         fs.crash(CrashFate::LoseUnsynced);
         assert!(fs.exists(&dir().join("tmp")).unwrap());
         assert!(!fs.exists(&dir().join("final")).unwrap());
+    }
+
+    #[test]
+    fn a_new_directory_survives_power_loss_only_once_its_parent_is_synced() {
+        let fs = SimFs::new();
+        crate::create_dir_durable(&fs, &dir()).unwrap();
+        let sub = dir().join("a/b");
+        fs.create_dir_all(&sub).unwrap();
+        let f = fs.open(&sub.join("f"), OpenMode::CreateNew).unwrap();
+        f.write_all_at(b"x", 0).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(&sub).unwrap();
+        // `b`'s entry is durable in `a`, but `a`'s is not in `/d`: both go, with `f`.
+        fs.sync_dir(&dir().join("a")).unwrap();
+        fs.crash(CrashFate::LoseUnsynced);
+        assert!(!fs.exists(&dir().join("a")).unwrap());
+        assert!(!fs.exists(&sub.join("f")).unwrap());
+        assert!(fs.open(&sub.join("g"), OpenMode::CreateNew).is_err());
+
+        // Made durable, the same survive.
+        crate::create_dir_durable(&fs, &sub).unwrap();
+        let f = fs.open(&sub.join("f"), OpenMode::CreateNew).unwrap();
+        f.write_all_at(b"x", 0).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(&sub).unwrap();
+        fs.crash(CrashFate::LoseUnsynced);
+        assert_eq!(fs.contents(&sub.join("f")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn create_dir_durable_syncs_only_what_it_makes() {
+        let fs = SimFs::new();
+        let before = fs.ops();
+        crate::create_dir_durable(&fs, &dir().join("a/b")).unwrap();
+        // `/` is there; `/d`, `/d/a`, `/d/a/b` are made, and their three parents synced.
+        assert_eq!(fs.ops() - before, 6);
+        let before = fs.ops();
+        crate::create_dir_durable(&fs, &dir().join("a/b")).unwrap();
+        assert_eq!(fs.ops(), before);
+        fs.crash(CrashFate::LoseUnsynced);
+        assert!(fs.exists(&dir().join("a/b")).unwrap());
     }
 }

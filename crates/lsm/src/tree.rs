@@ -221,14 +221,29 @@ impl Tree {
     /// refers to (outputs of a flush or compaction that did not commit). The engine then
     /// replays its WAL after [`Tree::flushed_seq`].
     pub fn open(vfs: Arc<dyn Vfs>, dir: impl Into<PathBuf>, opts: TreeOptions) -> Result<Tree> {
+        Self::open_or_create_at(vfs, dir, opts, 0)
+    }
+
+    /// Opens the tree in `dir` like [`Tree::open`], or, when there is none, creates it
+    /// with [`Tree::flushed_seq`] already at `flushed_seq`: for a tree that starts at a
+    /// position of its writer's log, whose tables hold everything before it (nothing).
+    /// The new manifest says so from its first record, with no second `fsync`. Nothing
+    /// guards that the log holds `flushed_seq` durably: the caller makes sure first
+    /// (a flush gate is not called).
+    pub fn open_or_create_at(
+        vfs: Arc<dyn Vfs>,
+        dir: impl Into<PathBuf>,
+        opts: TreeOptions,
+        flushed_seq: SeqNo,
+    ) -> Result<Tree> {
         let dir = dir.into();
-        vfs.create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
+        bourse_fs::create_dir_durable(&*vfs, &dir).map_err(Error::io("create directory", &dir))?;
         let lock =
             vfs.lock(&dir.join("LOCK")).map_err(Error::io("lock directory", dir.join("LOCK")))?;
         let (shape, mut manifest) = match Manifest::load(&*vfs, &dir)? {
             Some(loaded) => loaded,
             None => {
-                let shape = Shape { next_id: 1, ..Shape::default() };
+                let shape = Shape { next_id: 1, flushed_seq, ..Shape::default() };
                 let m = Manifest::create(&*vfs, &dir, 1, &shape)?;
                 (shape, m)
             }
@@ -385,7 +400,8 @@ impl Tree {
             (st.version.clone(), self.inner.flushed_seq.load(Ordering::Acquire))
         };
         let vfs = &*self.inner.vfs;
-        vfs.create_dir_all(dest).map_err(Error::io("create checkpoint directory", dest))?;
+        bourse_fs::create_dir_durable(vfs, dest)
+            .map_err(Error::io("create checkpoint directory", dest))?;
         let mut shape = Shape {
             flushed_seq: flushed,
             next_id: self.inner.next_id.load(Ordering::Acquire),

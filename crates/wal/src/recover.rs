@@ -59,7 +59,7 @@ impl Wal {
     pub fn open(vfs: Arc<dyn Vfs>, dir: impl Into<PathBuf>, opts: WalOptions) -> Result<Wal> {
         opts.validate()?;
         let dir = dir.into();
-        vfs.create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        bourse_fs::create_dir_durable(&*vfs, &dir).map_err(io_err("create directory", &dir))?;
         let lock = vfs.lock(&dir.join(LOCK_NAME)).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
             _ => Error::Io { op: "lock directory", path: dir.join(LOCK_NAME), source: e },

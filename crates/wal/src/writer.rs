@@ -524,7 +524,8 @@ impl Wal {
             }
         };
         let vfs = &*shared.vfs;
-        vfs.create_dir_all(dest).map_err(io_err("create backup directory", dest))?;
+        bourse_fs::create_dir_durable(vfs, dest)
+            .map_err(io_err("create backup directory", dest))?;
         let segs = self.segment_files();
         for (i, (first, path)) in segs.iter().enumerate() {
             let below = segs.get(i + 1).is_some_and(|(next, _)| next.0 <= from.0);
