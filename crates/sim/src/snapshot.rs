@@ -52,7 +52,9 @@ pub fn write(data: &Path, lsn: u64, exchange: &Exchange) -> Result<(), Error> {
     bytes.extend_from_slice(&body);
     let file = path(data);
     let dir = file.parent().unwrap_or(data).to_path_buf();
-    fs::create_dir_all(&dir).map_err(|e| io("creating", &dir, e))?;
+    // Synced into the data directory when made: the journal is truncated below the
+    // snapshot, so a power loss must not take the snapshot's directory away.
+    bourse_fs::create_dir_durable(&bourse_fs::RealFs, &dir).map_err(|e| io("creating", &dir, e))?;
     let tmp = dir.join("snapshot.tmp");
     {
         let mut f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
