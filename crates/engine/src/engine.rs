@@ -323,6 +323,17 @@ impl Engine {
         // the data directory away with an acknowledged write in it.
         bourse_fs::create_dir_durable(&*vfs, &dir.join("parts/instruments"))
             .map_err(io_err("create directory", dir.join("parts/instruments")))?;
+        // The data directory may have been made by someone else (by hand, by a script)
+        // and its entry never synced: sync it at every open (one `fsync`). A parent this
+        // process may not read is left as it is, with a warning.
+        let parent = bourse_fs::parent_dir(dir);
+        match vfs.sync_dir(parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!(dir = %parent.display(), error = %e, "cannot sync the data directory's parent");
+            }
+            Err(e) => return Err(io_err("sync directory", parent)(e)),
+        }
         // The spare segment is pre-written once the replay below is done: it would take
         // a core and the disk from the replay (with a 256 MiB spare, replaying 1 M
         // events took 1.74-1.80 s against 1.88-2.07 s).

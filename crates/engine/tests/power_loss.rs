@@ -327,3 +327,21 @@ fn a_crash_at_any_point_of_a_partition_creation_leaves_an_openable_engine() {
     }
     assert!(acked_runs > 0 && cut_runs > 0, "the crash points missed the creation");
 }
+
+/// A data directory made by someone else, its entry never synced, is synced by the
+/// engine's open: `Durable` acknowledgements in it survive a power loss.
+#[test]
+fn a_data_directory_made_by_hand_is_synced_at_open() {
+    use bourse_fs::Vfs;
+    let fs = SimFs::new();
+    fs.create_dir_all(Path::new("/db")).unwrap();
+    {
+        let e = Engine::open_with(fs.shared(), Path::new("/db"), opts(), &mut |_| {}).unwrap();
+        for b in 0..5 {
+            e.submit(&batch(b), Durability::Durable).unwrap();
+        }
+        fs.crash_after(0);
+    }
+    fs.crash(CrashFate::LoseUnsynced);
+    assert_eq!(check(&fs, Some(4)), Ok(5));
+}
