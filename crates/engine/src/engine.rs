@@ -321,18 +321,19 @@ impl Engine {
         }
         // Each directory made here is synced into its parent: a power loss must not take
         // the data directory away with an acknowledged write in it.
+        let existed = vfs.exists(dir).map_err(io_err("stat", dir))?;
         bourse_fs::create_dir_durable(&*vfs, &dir.join("parts/instruments"))
             .map_err(io_err("create directory", dir.join("parts/instruments")))?;
-        // The data directory may have been made by someone else (by hand, by a script)
-        // and its entry never synced: sync it at every open (one `fsync`). A parent this
-        // process may not read is left as it is, with a warning.
+        // A data directory made by someone else (by hand, by a script) may never have had
+        // its entry synced: its parent is synced at every open (one `fsync`; a new one's
+        // was just above). A parent this process may not read gets a warning.
         let parent = bourse_fs::parent_dir(dir);
-        match vfs.sync_dir(parent) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                tracing::warn!(dir = %parent.display(), error = %e, "cannot sync the data directory's parent");
+        let synced = if existed { vfs.sync_dir(parent) } else { Ok(()) };
+        if let Err(e) = synced {
+            if e.kind() != std::io::ErrorKind::PermissionDenied {
+                return Err(io_err("sync directory", parent)(e));
             }
-            Err(e) => return Err(io_err("sync directory", parent)(e)),
+            tracing::warn!(dir = %parent.display(), error = %e, "cannot sync the data directory's parent");
         }
         // The spare segment is pre-written once the replay below is done: it would take
         // a core and the disk from the replay (with a 256 MiB spare, replaying 1 M
