@@ -105,7 +105,8 @@ pub fn run(cfg: ServerConfig, mode: Mode) -> anyhow::Result<()> {
         Some(p) => SimConfig::load(p)?,
         None => SimConfig::default(),
     };
-    bourse_fs::create_dir_durable(&bourse_fs::RealFs, &cfg.data)
+    // (The engine's open syncs the new directory into its parent.)
+    std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("cannot create {}", cfg.data.display()))?;
     let mut opts = EngineOptions {
         wal_hold_at_open: bourse_bus::cursor_floor(&cfg.data)?,
