@@ -166,6 +166,71 @@ pub(crate) struct Inner {
     /// Value blocks for every partition's memtables, made ahead of need by the
     /// `bourse-blocks` thread ([`ARENA_POOL_BLOCKS`] at most).
     pub blocks: Arc<bourse_lsm::BlockPool>,
+    /// The durable list of instrument partitions, and the new ones not on it yet.
+    pub list: Arc<PartitionList>,
+}
+
+/// The durable list of instrument partitions ([`PARTITION_LIST`]) and the partitions
+/// made since that are not on it yet. A new instrument's partition is made in memory on
+/// its first event ([`Tree::create_lazily_at`]), with no `fsync` on the submit path; it
+/// goes on the list before its tree is created on disk, and before any partition's flush
+/// or mark-clean records a flushed LSN (both pass the flush gate, which calls
+/// [`PartitionList::record_new`]).
+///
+/// IMPORTANT: the open replays the WAL from the lowest flushed LSN of the *listed*
+/// partitions. A partition made at LSN `c` and not yet listed is safe only while every
+/// recorded flushed LSN is below `c`: any recording at or past `c` comes after `c` was
+/// applied, hence after the partition was added to `new` here, and lists it first.
+#[derive(Debug)]
+pub(crate) struct PartitionList {
+    vfs: Arc<dyn Vfs>,
+    /// `parts/instruments`.
+    dir: PathBuf,
+    /// Made, not listed yet (a short lock: the submit path adds to it).
+    new: Mutex<Vec<InstrumentId>>,
+    /// Held while the list is rewritten, so two rewrites never race.
+    writing: Mutex<()>,
+}
+
+impl PartitionList {
+    fn read(&self) -> Result<Vec<String>> {
+        let path = self.dir.join(PARTITION_LIST);
+        if !self.vfs.exists(&path).map_err(io_err("stat", &path))? {
+            return Ok(Vec::new());
+        }
+        let bytes = bourse_fs::read_file(&*self.vfs, &path).map_err(io_err("read", &path))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::Corrupt { what: format!("{} is not UTF-8", path.display()) })?;
+        Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
+    }
+
+    /// Notes a partition made in memory, to be listed by the next [`Self::record_new`].
+    fn add_new(&self, id: InstrumentId) {
+        self.new.lock().push(id);
+    }
+
+    /// Rewrites the list with every partition made since it was last written (one
+    /// atomic replace: two `fsync`s), if there are any.
+    pub(crate) fn record_new(&self) -> Result<()> {
+        let _writing = self.writing.lock();
+        let new = self.new.lock().clone();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut names = self.read()?;
+        for id in &new {
+            if !names.iter().any(|n| n == id.as_str()) {
+                names.push(id.as_str().to_string());
+            }
+        }
+        let mut text = names.join("\n");
+        text.push('\n');
+        bourse_fs::write_file_atomic(&*self.vfs, &self.dir, PARTITION_LIST, text.as_bytes())
+            .map_err(io_err("write", self.dir.join(PARTITION_LIST)))?;
+        // Only what was written: others may have been added meanwhile.
+        self.new.lock().retain(|id| !new.contains(id));
+        Ok(())
+    }
 }
 
 /// The most memtable value blocks (32 KiB each: 2 MiB) made ahead of need. At a few
@@ -230,6 +295,9 @@ pub struct PartitionStats {
     pub memtable_bytes: usize,
     /// The tree's own statistics.
     pub tree: bourse_lsm::TreeStats,
+    /// Whether its tree exists on disk: a new instrument's partition is made in memory
+    /// on its first event and created on disk by a maintenance thread soon after.
+    pub on_disk: bool,
 }
 
 /// Engine-wide figures.
@@ -249,6 +317,8 @@ pub struct EngineStats {
     /// to rebuild the latest books: about `book_checkpoint_every` per instrument at
     /// most, with book checkpoints on.
     pub open_book_deltas: u64,
+    /// Why the engine refuses writes, once a failure has poisoned it (until reopened).
+    pub poisoned: Option<String>,
 }
 
 /// Keeps the WAL from being truncated at or after an LSN (the bus holds one per durable
@@ -371,9 +441,15 @@ impl Engine {
             open_book_deltas: AtomicU64::new(0),
             lane: std::sync::OnceLock::new(),
             blocks: Arc::new(bourse_lsm::BlockPool::new(ARENA_POOL_BLOCKS)),
+            list: Arc::new(PartitionList {
+                vfs: vfs.clone(),
+                dir: dir.join("parts/instruments"),
+                new: Mutex::default(),
+                writing: Mutex::default(),
+            }),
         });
         let mut ids = vec![PartitionId::Accounts, PartitionId::Users, PartitionId::Market];
-        for name in inner.read_partition_list()? {
+        for name in inner.list.read()? {
             match InstrumentId::new(name.clone()) {
                 Ok(id) => ids.push(PartitionId::Instrument(id)),
                 Err(e) => {
@@ -534,6 +610,7 @@ impl Engine {
     /// the partitions, the pins and the retention allow. Returns the oldest LSN the WAL
     /// still holds. The background checkpointer does the same without the flush.
     pub fn checkpoint(&self) -> Result<u64> {
+        self.inner.create_new_partitions()?;
         for p in self.inner.partitions() {
             p.tree.flush()?;
         }
@@ -598,6 +675,7 @@ impl Engine {
                 flushed_lsn: p.tree.flushed_seq(),
                 memtable_bytes: p.tree.memtable_bytes(),
                 tree: p.tree.stats(),
+                on_disk: p.tree.is_on_disk(),
             })
             .collect();
         partitions.sort_by(|a, b| a.id.cmp(&b.id));
@@ -608,6 +686,7 @@ impl Engine {
             wal: self.inner.wal.stats(),
             partitions,
             open_book_deltas: self.inner.open_book_deltas.load(Ordering::Relaxed),
+            poisoned: self.inner.seq.lock().poisoned.clone(),
         }
     }
 
@@ -622,6 +701,11 @@ impl Engine {
         self.stop_workers();
         if !self.inner.wal.is_poisoned() && self.inner.wal.last_lsn().0 > 0 {
             self.inner.wal.sync()?;
+        }
+        // Partitions still in memory only get their trees (not needed for recovery: the
+        // WAL holds their events; it leaves the directory as an operator expects).
+        if !self.inner.wal.is_poisoned() && !self.inner.poison_flag.load(Ordering::Acquire) {
+            self.inner.create_new_partitions()?;
         }
         Ok(())
     }
@@ -641,6 +725,11 @@ impl Drop for Engine {
         self.stop_workers();
         if !self.inner.wal.is_poisoned() && self.inner.wal.last_lsn().0 > 0 {
             let _ = self.inner.wal.sync();
+        }
+        if !self.inner.wal.is_poisoned() && !self.inner.poison_flag.load(Ordering::Acquire) {
+            if let Err(e) = self.inner.create_new_partitions() {
+                tracing::warn!(error = %e, "creating new partitions at close failed; the next open replays their events");
+            }
         }
     }
 }
@@ -717,25 +806,32 @@ impl Inner {
     /// Opens a partition's tree; `created_at` is the LSN of the event that creates a new
     /// one (its tables then hold everything before it: nothing).
     ///
-    /// A new partition is listed first ([`PARTITION_LIST`]), then its tree is created
-    /// (each directory synced into its parent) already marked clean up to `created_at - 1`.
-    /// A crash between the two leaves a listed partition without a tree, which the next
-    /// open creates with nothing flushed, so the replay refills it: the WAL is pinned at
-    /// `created_at` meanwhile, so it still holds every event of the partition.
+    /// A new partition is made in memory only, so its first event waits for no `fsync`
+    /// ([`Tree::create_lazily_at`], floor `created_at - 1`). A maintenance thread then
+    /// creates it on disk ([`Inner::create_new_partitions`]): the flush gate lists it
+    /// ([`PARTITION_LIST`]) and makes the WAL durable up to the floor, then the tree's
+    /// directory and manifest are made. A crash before the listing leaves nothing of it
+    /// but its events in the WAL, which the open replays (see [`PartitionList`]); one
+    /// between the listing and the tree leaves a listed partition without a tree, which
+    /// the next open creates with nothing flushed, so the replay refills it. Truncation
+    /// meanwhile stops at its floor, as for any partition.
     fn open_partition(&self, id: PartitionId, created_at: Option<u64>) -> Result<Arc<Partition>> {
         let path = self.dir.join("parts").join(id.dir_name());
         // Held until the partition is in `parts`, where truncation sees its floor.
         let _pin = created_at.map(|lsn| self.pin(lsn));
         let tree = match created_at {
             Some(lsn) => {
+                let tree = Tree::create_lazily_at(
+                    self.vfs.clone(),
+                    &path,
+                    self.tree_options(&id),
+                    lsn.saturating_sub(1),
+                )?;
                 if let PartitionId::Instrument(ins) = &id {
-                    self.record_partition(ins)?;
+                    // Before the partition takes its first write (see `PartitionList`).
+                    self.list.add_new(ins.clone());
                 }
-                // IMPORTANT: the new tree's floor must not be an LSN the WAL could still
-                // lose (see the flush gate below).
-                let floor = lsn.saturating_sub(1);
-                self.wal.wait_durable(Lsn(floor))?;
-                Tree::open_or_create_at(self.vfs.clone(), &path, self.tree_options(&id), floor)?
+                tree
             }
             None => {
                 if matches!(id, PartitionId::Instrument(_))
@@ -751,40 +847,35 @@ impl Inner {
         };
         // IMPORTANT: tables must never hold an LSN the WAL could still lose (a `Buffered`
         // append not yet synced): after a power loss that LSN would be handed out again.
-        // So a flush first makes the WAL durable up to what it writes.
+        // So a flush first makes the WAL durable up to what it writes. It also lists the
+        // partitions made since the list was written, before any flushed LSN is recorded.
         let wal = self.wal.clone();
+        let list = self.list.clone();
         tree.set_flush_gate(Arc::new(move |seq| {
+            list.record_new().map_err(std::io::Error::other)?;
             wal.wait_durable(Lsn(seq)).map_err(|e| std::io::Error::other(e.to_string()))
         }));
         let floor = tree.flushed_seq();
+        let new = created_at.is_some();
         let p = Arc::new(Partition { id: id.clone(), tree, floor });
         self.parts.write().insert(id, p.clone());
+        if new {
+            // A maintenance thread creates it on disk.
+            self.kick();
+        }
         Ok(p)
     }
 
-    fn read_partition_list(&self) -> Result<Vec<String>> {
-        let path = self.dir.join("parts/instruments").join(PARTITION_LIST);
-        if !self.vfs.exists(&path).map_err(io_err("stat", &path))? {
-            return Ok(Vec::new());
+    /// Creates on disk every partition that is still in memory only (see
+    /// [`Inner::open_partition`]); returns how many it created.
+    pub(crate) fn create_new_partitions(&self) -> Result<usize> {
+        let mut created = 0;
+        for p in self.partitions() {
+            if !p.tree.is_on_disk() && p.tree.create_on_disk()? {
+                created += 1;
+            }
         }
-        let bytes = bourse_fs::read_file(&*self.vfs, &path).map_err(io_err("read", &path))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Error::Corrupt { what: format!("{} is not UTF-8", path.display()) })?;
-        Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
-    }
-
-    /// Adds an instrument partition to the durable list (before its tree exists).
-    fn record_partition(&self, id: &InstrumentId) -> Result<()> {
-        let dir = self.dir.join("parts/instruments");
-        let mut names = self.read_partition_list()?;
-        if names.iter().any(|n| n == id.as_str()) {
-            return Ok(());
-        }
-        names.push(id.as_str().to_string());
-        let mut text = names.join("\n");
-        text.push('\n');
-        bourse_fs::write_file_atomic(&*self.vfs, &dir, PARTITION_LIST, text.as_bytes())
-            .map_err(io_err("write", dir.join(PARTITION_LIST)))
+        Ok(created)
     }
 
     fn load_catalogue(&self) -> Result<()> {
@@ -1285,7 +1376,7 @@ impl Inner {
     }
 
     /// Marks the engine poisoned by `e` and wakes everyone who waits on it.
-    fn poison(&self, seq: &mut Sequencer, e: &Error) {
+    pub(crate) fn poison(&self, seq: &mut Sequencer, e: &Error) {
         if seq.poisoned.is_none() {
             tracing::error!(error = %e, "apply failed; the engine is poisoned");
             seq.poisoned = Some(e.to_string());

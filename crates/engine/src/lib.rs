@@ -162,6 +162,12 @@ pub struct EngineOptions {
     /// producer may never send snapshots). 0: no checkpoints, and opening reads every
     /// delta since the newest snapshot.
     pub book_checkpoint_every: u64,
+    /// For tests only: the maintenance threads leave a new instrument's partition in
+    /// memory, so it is created on disk only by its first flush or mark-clean, a
+    /// checkpoint, or the engine's close (each lists it first). Lets a test hold a
+    /// partition in that state while something else happens.
+    #[doc(hidden)]
+    pub defer_partition_creation: bool,
 }
 
 impl Default for EngineOptions {
@@ -189,6 +195,7 @@ impl Default for EngineOptions {
             argon2_iterations: 2,
             wal_hold_at_open: None,
             book_checkpoint_every: 1024,
+            defer_partition_creation: false,
         }
     }
 }

@@ -21,6 +21,18 @@ impl Inner {
         let mut last_checkpoint = Instant::now();
         while !self.shutdown.load(Ordering::Acquire) {
             let mut worked = false;
+            if !self.opts.defer_partition_creation && !self.poison_flag.load(Ordering::Acquire) {
+                // New instruments' partitions, made in memory on the submit path. A failure
+                // poisons the engine: that partition could never flush, and the disk has
+                // just failed a write or an `fsync`.
+                match self.create_new_partitions() {
+                    Ok(n) => worked |= n > 0,
+                    Err(e) => {
+                        tracing::error!(error = %e, "creating a new partition on disk failed");
+                        self.poison(&mut self.seq.lock(), &e);
+                    }
+                }
+            }
             for p in self.partitions() {
                 if self.shutdown.load(Ordering::Acquire) {
                     return;

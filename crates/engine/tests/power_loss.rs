@@ -221,7 +221,9 @@ fn flushes_and_checkpoints_never_get_ahead_of_the_durable_wal() {
 fn the_sync_interval_makes_buffered_writes_durable() {
     for every in [Some(Duration::from_millis(10)), None] {
         let mut o = opts();
-        // Nothing else syncs the WAL: no rotation, no flush, no checkpoint.
+        // Nothing else syncs the WAL: no rotation, no flush, no checkpoint, and no new
+        // partition created on disk (its flush gate syncs the WAL up to its first event).
+        o.defer_partition_creation = true;
         o.wal.segment_bytes = 1 << 20;
         o.memtable_bytes = 4 << 20;
         o.memtable_budget_bytes = 16 << 20;
@@ -276,31 +278,32 @@ fn new_directories_survive_power_loss_after_the_wal_is_truncated() {
     assert_eq!(check(&fs, Some(149)), Ok(150));
 }
 
-/// A crash at every file-system call of a new instrument's first submit (which lists
-/// the partition, then creates its tree): the engine reopens, keeps the tick if the
-/// submit was acknowledged, and the partition works afterwards, its tree in place.
+/// A new instrument's partition is made in memory by its first event; a checkpoint (or
+/// a maintenance thread) then lists it, makes the WAL durable, and creates its tree. A
+/// crash at any point of that first submit and the creation after it leaves an engine
+/// that opens, with the tick if it was acknowledged, takes a second one and creates the
+/// tree.
 #[test]
 fn a_crash_at_any_point_of_a_partition_creation_leaves_an_openable_engine() {
-    let tick = |b: i64| {
-        vec![Event::Tick(Tick {
-            instrument_id: InstrumentId::new("NEW.x").unwrap(),
-            datetime: b,
-            last_price: b as f64,
-            ..Tick::default()
-        })]
-    };
     let mut o = opts();
     o.checkpoint_interval = Duration::from_secs(3600);
+    // Only the checkpoint below creates the partition, so the crash points are the same
+    // calls in every run.
+    o.defer_partition_creation = true;
+    let id = InstrumentId::new("NEW.x").unwrap();
     let (mut acked_runs, mut cut_runs) = (0, 0);
-    for at in 0..30u64 {
+    for at in 0..40u64 {
         for fate in [CrashFate::LoseUnsynced, CrashFate::KeepAll] {
             let fs = SimFs::new();
             let acked = {
                 let e = Engine::open_with(fs.shared(), Path::new("/db"), o.clone(), &mut |_| {})
                     .unwrap();
                 e.submit(&batch(0), Durability::Durable).unwrap();
+                e.checkpoint().unwrap();
                 fs.crash_after(at);
-                let acked = e.submit(&tick(1), Durability::Durable).is_ok() && !fs.has_crashed();
+                let acked =
+                    e.submit(&new_tick(1), Durability::Durable).is_ok() && !fs.has_crashed();
+                let _ = e.checkpoint();
                 fs.crash_after(0);
                 acked
             };
@@ -313,10 +316,10 @@ fn a_crash_at_any_point_of_a_partition_creation_leaves_an_openable_engine() {
             let ctx = format!("crash after {at} ops, {fate:?}, acknowledged {acked}");
             let e = Engine::open_with(fs.shared(), Path::new("/db"), o.clone(), &mut |_| {})
                 .unwrap_or_else(|err| panic!("{ctx}: reopen: {err}"));
-            let id = InstrumentId::new("NEW.x").unwrap();
             let kept = e.ticks(&id, i64::MIN, i64::MAX).count();
             assert!(kept <= 1 && (!acked || kept == 1), "{ctx}: {kept} ticks");
-            e.submit(&tick(2), Durability::Durable).unwrap_or_else(|err| panic!("{ctx}: {err}"));
+            e.submit(&new_tick(2), Durability::Durable)
+                .unwrap_or_else(|err| panic!("{ctx}: {err}"));
             e.checkpoint().unwrap();
             drop(e);
             assert!(fs.contents(Path::new("/db/parts/instruments/NEW.x/CURRENT")).is_ok(), "{ctx}");
@@ -326,6 +329,81 @@ fn a_crash_at_any_point_of_a_partition_creation_leaves_an_openable_engine() {
         }
     }
     assert!(acked_runs > 0 && cut_runs > 0, "the crash points missed the creation");
+}
+
+/// A tick of the instrument `NEW.x`, never seen before the first one.
+fn new_tick(b: i64) -> Vec<Event> {
+    vec![Event::Tick(Tick {
+        instrument_id: InstrumentId::new("NEW.x").unwrap(),
+        datetime: b,
+        last_price: b as f64,
+        ..Tick::default()
+    })]
+}
+
+/// The instruments in the partition list, as on the simulated disk now.
+fn listed(fs: &SimFs) -> Vec<String> {
+    let text = fs.contents(Path::new("/db/parts/instruments/PARTITIONS")).unwrap_or_default();
+    String::from_utf8(text).unwrap().lines().map(str::to_string).collect()
+}
+
+/// A new instrument's first event makes its partition in memory without a single
+/// file-system call beyond the WAL's (no `fsync` on the submit path), and the partition
+/// is on the list before any partition records a flushed LSN at or past that event: the
+/// open replays from the lowest flushed LSN of the listed partitions, so recording one
+/// first could skip the new partition's events after a crash.
+#[test]
+fn a_new_partition_costs_its_first_submit_nothing_and_is_listed_before_any_flush_passes_it() {
+    let mut o = opts();
+    o.checkpoint_interval = Duration::from_secs(3600);
+    o.defer_partition_creation = true;
+    o.wal.preallocate = bourse_wal::Preallocate::None;
+    let fs = SimFs::new();
+    let e = Engine::open_with(fs.shared(), Path::new("/db"), o.clone(), &mut |_| {}).unwrap();
+    let old = |b: i64| {
+        vec![Event::Tick(Tick {
+            instrument_id: InstrumentId::new("OLD.x").unwrap(),
+            datetime: b,
+            ..Tick::default()
+        })]
+    };
+    e.submit(&old(0), Durability::Buffered).unwrap();
+    e.checkpoint().unwrap();
+    assert_eq!(listed(&fs), ["OLD.x"]);
+    let before = fs.ops();
+    e.submit(&old(1), Durability::Durable).unwrap();
+    let known = fs.ops() - before;
+    let before = fs.ops();
+    let c = e.submit(&new_tick(1), Durability::Durable).unwrap().first.0;
+    let new = fs.ops() - before;
+    assert_eq!(
+        new, known,
+        "file-system calls of a new partition's first submit, and of a known one's"
+    );
+    let on_disk = |e: &Engine| {
+        e.stats().partitions.iter().find(|p| p.id.to_string().contains("NEW.x")).map(|p| p.on_disk)
+    };
+    assert_eq!(on_disk(&e), Some(false));
+    assert!(!listed(&fs).contains(&"NEW.x".to_string()));
+    // Fill the accounts partition until a maintenance thread flushes it past `c`.
+    let accounts_past = |e: &Engine| {
+        e.stats().partitions.iter().any(|p| p.id.to_string() == "accounts" && p.flushed_lsn >= c)
+    };
+    let mut b = 0;
+    while !accounts_past(&e) {
+        assert!(b < 5000, "the accounts partition never flushed");
+        e.submit(&batch(b), Durability::Durable).unwrap();
+        b += 1;
+    }
+    assert!(
+        listed(&fs).contains(&"NEW.x".to_string()),
+        "a flush recorded LSN {c} or later before NEW.x was listed"
+    );
+    drop(e);
+    fs.crash(CrashFate::LoseUnsynced);
+    let e = Engine::open_with(fs.shared(), Path::new("/db"), o, &mut |_| {}).unwrap();
+    let id = InstrumentId::new("NEW.x").unwrap();
+    assert_eq!(e.ticks(&id, i64::MIN, i64::MAX).count(), 1);
 }
 
 /// A data directory made by someone else, its entry never synced, is synced by the

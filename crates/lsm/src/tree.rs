@@ -140,7 +140,8 @@ pub(crate) struct Inner {
     pub opts: TreeOptions,
     pub state: Mutex<State>,
     pub changed: Condvar,
-    pub manifest: Mutex<Manifest>,
+    /// `None` while a tree made by [`Tree::create_lazily_at`] has nothing on disk.
+    pub manifest: Mutex<Option<Manifest>>,
     pub next_id: AtomicU64,
     pub flushed_seq: AtomicU64,
     pub snapshots: Mutex<BTreeMap<SeqNo, usize>>,
@@ -157,6 +158,16 @@ pub(crate) struct Inner {
     pub cache: Option<Arc<crate::table::BlockCache>>,
     /// Called with a sequence before anything up to it is made durable in tables.
     pub flush_gate: Mutex<Option<GateFn>>,
+    /// The directory's `LOCK`, held while the tree is open; `None` until a tree made by
+    /// [`Tree::create_lazily_at`] is on disk.
+    pub dir_lock: Mutex<Option<LockGuard>>,
+}
+
+/// What a tree holds on disk while open: its manifest and its directory's lock (both
+/// `None` for a tree made in memory only, until it is created on disk).
+struct OnDisk {
+    manifest: Option<Manifest>,
+    lock: Option<LockGuard>,
 }
 
 /// A key-value LSM tree. See the crate documentation.
@@ -164,7 +175,6 @@ pub(crate) struct Inner {
 pub struct Tree {
     pub(crate) inner: Arc<Inner>,
     workers: Vec<JoinHandle<()>>,
-    _lock: LockGuard,
 }
 
 /// A registered read point: compaction keeps every version it can see until it is
@@ -264,6 +274,42 @@ impl Tree {
         version.levels[0].sort_by_key(|t| std::cmp::Reverse(t.table.meta().id));
         version.sort();
         tracing::info!(dir = %dir.display(), flushed_seq = shape.flushed_seq, tables = version.levels.iter().map(Vec::len).sum::<usize>(), "LSM tree opened");
+        let on_disk = OnDisk { manifest: Some(manifest), lock: Some(lock) };
+        Self::start(vfs, dir, opts, cache, version, next_id, shape.flushed_seq, on_disk)
+    }
+
+    /// A new tree that starts at `flushed_seq` like [`Tree::open_or_create_at`], made in
+    /// memory only: it takes writes and reads at once, and writes nothing to `dir` until
+    /// [`Tree::create_on_disk`], or its first flush or [`Tree::mark_clean`], creates the
+    /// directory and its manifest (each of those first passes the flush gate for
+    /// `flushed_seq`). For an owner that must not wait for `fsync`s when a tree is born
+    /// (the engine, on a new instrument's first event): its log holds the tree's writes
+    /// meanwhile. `dir` must not hold a tree; the creation fails if it does.
+    pub fn create_lazily_at(
+        vfs: Arc<dyn Vfs>,
+        dir: impl Into<PathBuf>,
+        opts: TreeOptions,
+        flushed_seq: SeqNo,
+    ) -> Result<Tree> {
+        let cache = (opts.block_cache_bytes > 0)
+            .then(|| crate::table::BlockCache::new(opts.block_cache_bytes));
+        let version = Version::with_levels(opts.levels);
+        let on_disk = OnDisk { manifest: None, lock: None };
+        Self::start(vfs, dir.into(), opts, cache, version, 1, flushed_seq, on_disk)
+    }
+
+    /// The tree's state around what is on disk, and its background threads.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        vfs: Arc<dyn Vfs>,
+        dir: PathBuf,
+        opts: TreeOptions,
+        cache: Option<Arc<crate::table::BlockCache>>,
+        version: Version,
+        next_id: u64,
+        flushed_seq: SeqNo,
+        on_disk: OnDisk,
+    ) -> Result<Tree> {
         let inner = Arc::new(Inner {
             vfs,
             dir,
@@ -273,9 +319,9 @@ impl Tree {
                 version: Arc::new(version),
             }),
             changed: Condvar::new(),
-            manifest: Mutex::new(manifest),
+            manifest: Mutex::new(on_disk.manifest),
             next_id: AtomicU64::new(next_id),
-            flushed_seq: AtomicU64::new(shape.flushed_seq),
+            flushed_seq: AtomicU64::new(flushed_seq),
             snapshots: Mutex::new(BTreeMap::new()),
             poisoned: Mutex::new(None),
             shutdown: Mutex::new(false),
@@ -285,6 +331,7 @@ impl Tree {
             compact_lock: Mutex::new(()),
             cache,
             flush_gate: Mutex::new(None),
+            dir_lock: Mutex::new(on_disk.lock),
             opts,
         });
         let mut workers = Vec::new();
@@ -298,7 +345,31 @@ impl Tree {
                 workers.push(handle);
             }
         }
-        Ok(Tree { inner, workers, _lock: lock })
+        Ok(Tree { inner, workers })
+    }
+
+    /// Whether the tree's directory and manifest exist (always, except for a tree made
+    /// by [`Tree::create_lazily_at`] that nothing has created yet).
+    pub fn is_on_disk(&self) -> bool {
+        self.inner.manifest.lock().is_some()
+    }
+
+    /// Creates a tree made by [`Tree::create_lazily_at`] on disk, if it is not yet:
+    /// passes the flush gate for its flushed sequence, then creates the directory (synced
+    /// into its parent) and a manifest that holds that sequence. Returns whether it
+    /// created them. A failure poisons the tree, as a failed flush does.
+    pub fn create_on_disk(&self) -> Result<bool> {
+        self.inner.check_poison()?;
+        if self.is_on_disk() {
+            return Ok(false);
+        }
+        let mut created = false;
+        let result = self.inner.pass_gate(self.flushed_seq()).and_then(|()| {
+            let mut m = self.inner.manifest.lock();
+            created = m.is_none();
+            self.inner.ensure_on_disk(&mut m).map(|_| ())
+        });
+        self.inner.poison_on_error(result).map(|()| created)
     }
 
     /// Writes `value` for `key` at sequence `seq`. Sequences must increase from write to
@@ -665,6 +736,8 @@ impl Inner {
         let mut changes = Vec::new();
         let mut table = None;
         self.pass_gate(imm.max_seq())?;
+        // A tree made in memory only gets its directory before its first table.
+        self.ensure_on_disk(&mut self.manifest.lock())?;
         if !imm.is_empty() {
             let mut w = self.new_table_writer()?;
             // An immutable memtable takes no inserts: it can lend its versions.
@@ -718,7 +791,8 @@ impl Inner {
         changes: &[Change],
         install: impl FnOnce(&mut State),
     ) -> Result<()> {
-        let mut m = self.manifest.lock();
+        let mut guard = self.manifest.lock();
+        let m = self.ensure_on_disk(&mut guard)?;
         m.append(changes)?;
         install(&mut self.state.lock());
         self.changed.notify_all();
@@ -727,6 +801,50 @@ impl Inner {
             *m = Manifest::create(&*self.vfs, &self.dir, m.number() + 1, &shape)?;
         }
         Ok(())
+    }
+
+    /// The manifest, after creating the directory and the manifest (with the tree's
+    /// flushed sequence) when the tree is still in memory only. The caller has passed
+    /// the flush gate for that sequence.
+    ///
+    /// IMPORTANT: the directory is synced into its parent before the manifest is
+    /// created in it, so a power loss cannot keep the manifest's promise (the flushed
+    /// sequence) and lose the directory.
+    pub(crate) fn ensure_on_disk<'a>(
+        &self,
+        m: &'a mut Option<Manifest>,
+    ) -> Result<&'a mut Manifest> {
+        match m {
+            Some(m) => Ok(m),
+            None => Ok(m.insert(self.create_dir_and_manifest()?)),
+        }
+    }
+
+    /// What [`Inner::ensure_on_disk`] does for a tree still in memory only.
+    fn create_dir_and_manifest(&self) -> Result<Manifest> {
+        let dir = &self.dir;
+        bourse_fs::create_dir_durable(&*self.vfs, dir)
+            .map_err(Error::io("create directory", dir))?;
+        let lock = self
+            .vfs
+            .lock(&dir.join("LOCK"))
+            .map_err(Error::io("lock directory", dir.join("LOCK")))?;
+        let current = dir.join("CURRENT");
+        if self.vfs.exists(&current).map_err(Error::io("stat", &current))? {
+            return Err(Error::Corrupt {
+                path: current,
+                what: "a tree is already here; a new one cannot be made in its place".into(),
+            });
+        }
+        let shape = Shape {
+            next_id: self.next_id.load(Ordering::Acquire),
+            flushed_seq: self.flushed_seq.load(Ordering::Acquire),
+            ..Shape::default()
+        };
+        let m = Manifest::create(&*self.vfs, dir, 1, &shape)?;
+        *self.dir_lock.lock() = Some(lock);
+        tracing::debug!(dir = %dir.display(), flushed_seq = shape.flushed_seq, "LSM tree created on disk");
+        Ok(m)
     }
 
     /// The manifest shape of the installed version.

@@ -234,3 +234,65 @@ fn a_tree_created_at_a_sequence_is_whole_after_a_crash_at_any_point() {
     }
     assert!(completed > 0 && completed < 80, "the crash points missed the creation");
 }
+
+/// A tree made in memory (`create_lazily_at`, as the engine makes a new instrument's
+/// partition) writes nothing until its first flush. A crash at any point of that flush
+/// leaves either no tree (its writes are still in the owner's log) or a whole one that
+/// holds its starting sequence, or the flush's; the gate sees the starting sequence
+/// before anything is written.
+#[test]
+fn a_tree_made_in_memory_is_whole_after_a_crash_at_any_point_of_its_first_flush() {
+    use std::sync::{Arc, Mutex};
+    let dir = std::path::Path::new("/d/parts/t");
+    let o = || TreeOptions { background: false, ..TreeOptions::default() };
+    let (mut flushed, mut none, mut started) = (0, 0, 0);
+    for at in 0..40u64 {
+        for fate in [CrashFate::LoseUnsynced, CrashFate::Torn { seed: at }] {
+            let ctx = format!("crash after {at} ops, {fate:?}");
+            let fs = SimFs::new();
+            let t = Tree::create_lazily_at(fs.shared(), dir, o(), 41).unwrap();
+            let gates = Arc::new(Mutex::new(Vec::new()));
+            let seen = gates.clone();
+            let fs2 = fs.clone();
+            t.set_flush_gate(Arc::new(move |seq| {
+                // Nothing of the tree is on disk when the gate is asked first.
+                seen.lock().unwrap().push((seq, fs2.contents(&dir.join("CURRENT")).is_ok()));
+                Ok(())
+            }));
+            for seq in 42..=50u64 {
+                t.put(format!("k{seq}").as_bytes(), b"v", seq).unwrap();
+            }
+            assert_eq!(t.get(b"k45", MAX_SEQ).unwrap().as_deref(), Some(&b"v"[..]), "{ctx}");
+            assert!(!t.is_on_disk() && fs.contents(&dir.join("CURRENT")).is_err(), "{ctx}");
+            fs.crash_after(at);
+            let done = t.flush().is_ok() && !fs.has_crashed();
+            drop(t);
+            fs.crash(fate);
+            let gates = gates.lock().unwrap().clone();
+            assert_eq!(gates.first(), Some(&(50, false)), "{ctx}: the gate came first");
+            if fs.contents(&dir.join("CURRENT")).is_err() {
+                assert!(!done, "{ctx}: a finished flush left no tree");
+                none += 1;
+                continue;
+            }
+            let t =
+                Tree::open(fs.shared(), dir, o()).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+            match t.flushed_seq() {
+                41 => {
+                    assert!(!done, "{ctx}: a finished flush lost its table");
+                    assert_eq!(t.get(b"k45", MAX_SEQ).unwrap(), None, "{ctx}");
+                    started += 1;
+                }
+                50 => {
+                    for seq in 42..=50u64 {
+                        let k = format!("k{seq}");
+                        assert!(t.get(k.as_bytes(), MAX_SEQ).unwrap().is_some(), "{ctx}: {k}");
+                    }
+                    flushed += 1;
+                }
+                other => panic!("{ctx}: flushed sequence {other}"),
+            }
+        }
+    }
+    assert!(flushed > 0 && none > 0 && started > 0, "{flushed} {none} {started}");
+}
