@@ -246,6 +246,11 @@ fn instrument_target(event: &Event) -> Option<(u8, &InstrumentId, Option<i64>)> 
     })
 }
 
+/// The instrument whose partition `apply` writes for `event`, if any.
+pub(crate) fn instrument_written(event: &Event) -> Option<&InstrumentId> {
+    instrument_target(event).map(|(_, ins, _)| ins)
+}
+
 /// Whether `apply` can write an instrument partition for `event` (a replay lane that
 /// writes only instrument partitions skips the other events).
 pub(crate) fn writes_instrument(event: &Event) -> bool {

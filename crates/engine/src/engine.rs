@@ -168,6 +168,9 @@ pub(crate) struct Inner {
     pub blocks: Arc<bourse_lsm::BlockPool>,
     /// The durable list of instrument partitions, and the new ones not on it yet.
     pub list: Arc<PartitionList>,
+    /// The instruments whose partitions are in `parts` (a lookup by instrument that
+    /// needs no `PartitionId` built; see `Inner::make_new_partitions`).
+    pub instruments_made: RwLock<HashSet<InstrumentId>>,
 }
 
 /// The durable list of instrument partitions ([`PARTITION_LIST`]) and the partitions
@@ -447,6 +450,7 @@ impl Engine {
                 new: Mutex::default(),
                 writing: Mutex::default(),
             }),
+            instruments_made: RwLock::new(HashSet::default()),
         });
         let mut ids = vec![PartitionId::Accounts, PartitionId::Users, PartitionId::Market];
         for name in inner.list.read()? {
@@ -858,12 +862,50 @@ impl Inner {
         let floor = tree.flushed_seq();
         let new = created_at.is_some();
         let p = Arc::new(Partition { id: id.clone(), tree, floor });
+        let made = match &id {
+            PartitionId::Instrument(ins) => Some(ins.clone()),
+            _ => None,
+        };
         self.parts.write().insert(id, p.clone());
+        if let Some(ins) = made {
+            self.instruments_made.write().insert(ins);
+        }
         if new {
             // A maintenance thread creates it on disk.
             self.kick();
         }
         Ok(p)
+    }
+
+    /// Makes the partitions of instruments that `events` (LSN, event) write and that do
+    /// not exist yet, each at the LSN of its first event here. Needed where two threads
+    /// apply one stretch of the log (the apply lane): otherwise the thread that writes
+    /// accounts could get ahead of the one that makes an instrument's partition, and a
+    /// flush of accounts could record a flushed LSN past that partition's first event
+    /// before it is listed (see `PartitionList`).
+    fn make_new_partitions<'a>(
+        &self,
+        events: impl Iterator<Item = (u64, &'a Event)>,
+    ) -> Result<()> {
+        let mut missing: Vec<(u64, &InstrumentId)> = Vec::new();
+        {
+            // One read of the set for the whole batch: the other apply thread reads it too.
+            let known = self.instruments_made.read();
+            for (lsn, event) in events {
+                if let Some(ins) = apply::instrument_written(event) {
+                    if !known.contains(ins) && !missing.iter().any(|(_, m)| *m == ins) {
+                        missing.push((lsn, ins));
+                    }
+                }
+            }
+        }
+        for (lsn, ins) in missing {
+            let id = PartitionId::Instrument(ins.clone());
+            if self.partition(&id).is_none() {
+                self.open_partition(id, Some(lsn))?;
+            }
+        }
+        Ok(())
     }
 
     /// Creates on disk every partition that is still in memory only (see
@@ -1009,6 +1051,9 @@ impl Inner {
                         if batch.events.is_empty() {
                             return Ok(());
                         }
+                        // Before either applier writes any of the batch (see
+                        // `PartitionList`): the other may flush meanwhile.
+                        self.make_new_partitions(batch.events.iter().map(|(l, e, _)| (*l, e)))?;
                         let batch = Arc::new(batch);
                         // An applier that stopped on an error reports it at its join.
                         if to_helper.send(batch.clone()).is_err() || to_main.send(batch).is_err() {
@@ -1290,6 +1335,15 @@ impl Inner {
             None
         };
         let write_first = unwritten.then_some(range.last);
+        if lane.is_some() {
+            // IMPORTANT: the batch's new partitions are made (and noted for the list)
+            // before either thread writes any of it (see `PartitionList`).
+            let at = events.iter().enumerate().map(|(i, e)| (first + i as u64, e));
+            if let Err(e) = self.make_new_partitions(at) {
+                self.poison(&mut self.seq.lock(), &e);
+                return Err(e);
+            }
+        }
         match lane {
             // The turn is ours until `turn` moves, so the lane's job is queued behind
             // every earlier batch's (one thread, jobs in the order they come).
