@@ -3,7 +3,8 @@
 //! `bourse-crashtest run --dir DIR [--cycles N] [--seed S] [--writers W]` repeats: start
 //! a child process that opens the store in `DIR/data` and runs an exchange-shaped
 //! workload from several writer threads (orders, trades, ticks and books over many
-//! instruments, account and position updates, user registrations; `Accepted`,
+//! instruments, now and then an instrument never seen before, account and position
+//! updates, user registrations; `Accepted`,
 //! `Buffered` and `Durable` submits), recording each acknowledgement in `DIR/acks`
 //! (outside the data directory); kill it with SIGKILL at a random moment; reopen the
 //! store and check it against the model:
@@ -62,6 +63,14 @@ fn instrument(w: u64, b: u64) -> InstrumentId {
     InstrumentId::new(format!("SIM.w{w}i{}", b % INSTRUMENTS)).unwrap_or_default()
 }
 
+/// Every this many batches, a writer's batch also ticks an instrument of its own.
+const NEW_EVERY: u64 = 500;
+
+/// The instrument that only writer `w`'s batch `b` names (`b % NEW_EVERY == NEW_EVERY - 1`).
+fn new_instrument(w: u64, b: u64) -> InstrumentId {
+    InstrumentId::new(format!("SIM.w{w}n{b}")).unwrap_or_default()
+}
+
 /// The events of writer `w`'s batch `b`. Every event names (w, b), so the checker can
 /// tell which batches are present.
 fn batch(w: u64, b: u64) -> Vec<Event> {
@@ -109,6 +118,15 @@ fn batch(w: u64, b: u64) -> Vec<Event> {
         }),
         book_event(w, b),
     ];
+    if b % NEW_EVERY == NEW_EVERY - 1 {
+        // An instrument never seen before: its partition is made by this event.
+        v.push(Event::Tick(Tick {
+            instrument_id: new_instrument(w, b),
+            datetime: b as i64,
+            last_price: b as f64,
+            ..Tick::default()
+        }));
+    }
     if b.is_multiple_of(10) {
         v.push(Event::UserRegistered(UserRegistered {
             user_id: format!("crash-user-{w}-{b}"),
@@ -205,6 +223,28 @@ fn check_writer(e: &Engine, w: u64) -> Result<u64, String> {
         if book != want {
             return Err(format!("writer {w}: book of {ins:?} is {book:?}, expected {want:?}"));
         }
+    }
+    // Each instrument made by a batch of the prefix holds that batch's tick; the next
+    // one, from a batch after it, does not exist.
+    let mut b = NEW_EVERY - 1;
+    loop {
+        let ins = new_instrument(w, b);
+        let ticks: Vec<f64> = e
+            .ticks(&ins, i64::MIN, i64::MAX)
+            .map(|t| t.map(|t| t.last_price))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let latest = e.latest_tick(&ins).map(|t| t.last_price);
+        if b < n && (ticks != [b as f64] || latest != Some(b as f64)) {
+            return Err(format!("writer {w}: the new instrument {ins:?} of batch {b} has ticks {ticks:?}, latest {latest:?} (P2)"));
+        }
+        if b >= n {
+            if !ticks.is_empty() || latest.is_some() {
+                return Err(format!("writer {w}: {ins:?} of batch {b}, after {n}, has ticks (P3)"));
+            }
+            break;
+        }
+        b += NEW_EVERY;
     }
     for b in (0..n).step_by(10) {
         if e.user(&format!("crash-user-{w}-{b}")).map_err(|e| e.to_string())?.is_none() {
