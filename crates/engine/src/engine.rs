@@ -320,7 +320,8 @@ pub struct EngineStats {
     /// to rebuild the latest books: about `book_checkpoint_every` per instrument at
     /// most, with book checkpoints on.
     pub open_book_deltas: u64,
-    /// Why the engine refuses writes, once a failure has poisoned it (until reopened).
+    /// Why the engine refuses writes, once a failure has poisoned it or its WAL (until
+    /// reopened).
     pub poisoned: Option<String>,
 }
 
@@ -612,14 +613,20 @@ impl Engine {
 
     /// Flushes every partition, marks idle ones clean and truncates the WAL as far as
     /// the partitions, the pins and the retention allow. Returns the oldest LSN the WAL
-    /// still holds. The background checkpointer does the same without the flush.
+    /// still holds. The background checkpointer does the same without the flush. A
+    /// failure poisons the engine (later writes get [`Error::Poisoned`] until reopened).
     pub fn checkpoint(&self) -> Result<u64> {
-        self.inner.create_new_partitions()?;
-        for p in self.inner.partitions() {
-            p.tree.flush()?;
-        }
-        self.inner.checkpoint_step(true)?;
-        Ok(self.inner.wal.first_lsn().0)
+        let run = || -> Result<u64> {
+            self.inner.create_new_partitions()?;
+            for p in self.inner.partitions() {
+                p.tree.flush()?;
+            }
+            self.inner.checkpoint_step(true)?;
+            Ok(self.inner.wal.first_lsn().0)
+        };
+        // A failed flush, creation or truncation poisons the engine, as it does in the
+        // background (see `Inner::maintenance_loop`).
+        run().inspect_err(|e| self.inner.poison(&mut self.inner.seq.lock(), e))
     }
 
     /// Writes a consistent, openable copy of the store into `dest` (which must not exist
@@ -690,7 +697,13 @@ impl Engine {
             wal: self.inner.wal.stats(),
             partitions,
             open_book_deltas: self.inner.open_book_deltas.load(Ordering::Relaxed),
-            poisoned: self.inner.seq.lock().poisoned.clone(),
+            poisoned: self
+                .inner
+                .seq
+                .lock()
+                .poisoned
+                .clone()
+                .or_else(|| self.inner.wal.poisoned_by().map(|c| format!("the WAL: {c}"))),
         }
     }
 

@@ -21,19 +21,23 @@ impl Inner {
         let mut last_checkpoint = Instant::now();
         while !self.shutdown.load(Ordering::Acquire) {
             let mut worked = false;
-            if !self.opts.defer_partition_creation && !self.poison_flag.load(Ordering::Acquire) {
-                // New instruments' partitions, made in memory on the submit path. A failure
-                // poisons the engine: that partition could never flush, and the disk has
-                // just failed a write or an `fsync`.
+            // IMPORTANT: a failure here poisons the engine (ARCHITECTURE.md: a failed write
+            // or `fsync` poisons the writer). A tree that cannot flush or be marked clean
+            // holds the WAL's truncation back for good, and a partition that cannot be
+            // created could never flush; writes to other partitions would go on until the
+            // WAL filled the disk.
+            let poisoned = self.poison_flag.load(Ordering::Acquire);
+            if !self.opts.defer_partition_creation && !poisoned {
+                // New instruments' partitions, made in memory on the submit path.
                 match self.create_new_partitions() {
                     Ok(n) => worked |= n > 0,
-                    Err(e) => {
-                        tracing::error!(error = %e, "creating a new partition on disk failed");
-                        self.poison(&mut self.seq.lock(), &e);
-                    }
+                    Err(e) => self.poison_from_maintenance("creating a new partition on disk", &e),
                 }
             }
             for p in self.partitions() {
+                if poisoned {
+                    break;
+                }
                 if self.shutdown.load(Ordering::Acquire) {
                     return;
                 }
@@ -45,15 +49,19 @@ impl Inner {
                 match p.tree.maintain() {
                     Ok(n) => worked |= n > 0,
                     Err(e) => {
-                        tracing::error!(partition = %p.id, error = %e, "maintenance failed");
+                        let what = format!("maintenance of partition {}", p.id);
+                        self.poison_from_maintenance(&what, &e.into());
                     }
                 }
             }
-            if checkpointer && last_checkpoint.elapsed() >= self.opts.checkpoint_interval {
+            if checkpointer
+                && !poisoned
+                && last_checkpoint.elapsed() >= self.opts.checkpoint_interval
+            {
                 last_checkpoint = Instant::now();
                 self.enforce_budget();
                 if let Err(e) = self.checkpoint_step(false) {
-                    tracing::error!(error = %e, "checkpoint failed");
+                    self.poison_from_maintenance("the background checkpoint", &e);
                 }
             }
             if !worked {
@@ -65,6 +73,13 @@ impl Inner {
                 *woken = false;
             }
         }
+    }
+
+    /// Logs a failure of background work and poisons the engine with it.
+    fn poison_from_maintenance(&self, what: &str, e: &crate::Error) {
+        tracing::error!(error = %e, "{what} failed; the engine is poisoned");
+        let e = crate::Error::Invalid(format!("{what} failed: {e}"));
+        self.poison(&mut self.seq.lock(), &e);
     }
 
     /// The body of the WAL sync thread ([`crate::EngineOptions::sync_interval`]): every

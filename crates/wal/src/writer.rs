@@ -481,6 +481,11 @@ impl Wal {
         self.shared.state.lock().poisoned.is_some()
     }
 
+    /// What poisoned the WAL, if something did.
+    pub fn poisoned_by(&self) -> Option<String> {
+        self.shared.state.lock().poisoned.clone()
+    }
+
     /// What recovery found when this WAL was opened.
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
