@@ -22,7 +22,11 @@ impl Shared {
     /// Creates and publishes the segment that starts at `first`, from the spare when
     /// one is ready.
     pub(crate) fn create_segment(&self, first: Lsn) -> Result<Active> {
-        let spare = std::mem::take(&mut self.spare.lock().ready);
+        let spare = {
+            let mut s = self.spare.lock();
+            self.spare_ready.store(false, Ordering::Release);
+            std::mem::take(&mut s.ready)
+        };
         let spare_path = spare.then(|| self.dir.join(SPARE_READY_NAME));
         let active = create_segment_file(&*self.vfs, &self.dir, &self.opts, first, spare_path)?;
         {
@@ -31,8 +35,9 @@ impl Shared {
                 s.needed = true;
             }
             // The next spare waits for this segment to fill (a build already under way
-            // goes on).
-            s.held = active.offset < self.opts.spare_start_bytes();
+            // goes on), unless the segment is not pre-written: the log moves to the
+            // next spare as soon as it is ready (`Shared::rotate_early`).
+            s.held = active.prewritten && active.offset < self.opts.spare_start_bytes();
             if !s.held {
                 self.spare_cond.notify_all();
             }
@@ -82,7 +87,10 @@ impl Shared {
             }
             if build {
                 match self.build_spare() {
-                    Ok(()) => self.spare.lock().ready = true,
+                    Ok(()) => {
+                        self.spare.lock().ready = true;
+                        self.spare_ready.store(true, Ordering::Release);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "could not pre-write a spare WAL segment")
                     }
@@ -153,7 +161,15 @@ pub(crate) fn create_segment_file(
         map_appends(&file, &path, opts);
     }
     let offset = SEGMENT_HEADER_BYTES as u64;
-    Ok(Active { first_lsn: first, path, file, offset, writeback_from: offset, prepared_to: 0 })
+    Ok(Active {
+        first_lsn: first,
+        path,
+        file,
+        offset,
+        writeback_from: offset,
+        prepared_to: 0,
+        prewritten,
+    })
 }
 
 /// Maps a pre-written segment, so that small write rounds can copy into it rather

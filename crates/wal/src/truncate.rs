@@ -69,6 +69,7 @@ impl Wal {
         let outcome = match result {
             Ok(active) => {
                 st.seg_fill = active.offset;
+                st.active_prewritten = active.prewritten;
                 st.tail_file = active.tail();
                 st.active = Some(active);
                 st.next_lsn = lsn.next();
@@ -140,6 +141,8 @@ impl Shared {
             offset: end,
             writeback_from: end,
             prepared_to: 0,
+            // Cut to its end: appends grow it.
+            prewritten: false,
         })
     }
 

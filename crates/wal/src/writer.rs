@@ -129,6 +129,10 @@ pub(crate) struct Active {
     /// Where the part of the segment's write map not yet asked to be mapped in ahead
     /// of the writes begins (see [`Shared::prepare_ahead`]).
     pub prepared_to: u64,
+    /// Whether every block of the segment was written before appends (a pre-written
+    /// spare, or `PreWriteInline`). Appends to one that was not grow the file, and each
+    /// `fdatasync` then also writes its new size and blocks.
+    pub prewritten: bool,
 }
 
 impl Active {
@@ -180,6 +184,9 @@ pub(crate) struct State {
     pub written: Lsn,
     pub synced: Lsn,
     pub active: Option<Active>,
+    /// Whether the active segment is pre-written ([`Active::prewritten`]); kept here
+    /// because a write round holds `active` while it runs.
+    pub active_prewritten: bool,
     free_bufs: Vec<Vec<u8>>,
     /// Write rounds since a sync round last started (saturating).
     rounds_since_sync: u32,
@@ -208,6 +215,7 @@ impl State {
             poisoned: None,
             written: last,
             synced: last,
+            active_prewritten: active.prewritten,
             active: Some(active),
             free_bufs: Vec::new(),
             rounds_since_sync: 0,
@@ -277,6 +285,8 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub spare: Mutex<Spare>,
     pub spare_cond: Condvar,
+    /// Mirrors `Spare::ready`, so that a write round can see it without that lock.
+    pub spare_ready: std::sync::atomic::AtomicBool,
 }
 
 /// The write-ahead log. Shareable across threads (`&self` methods); appends from many
@@ -311,8 +321,10 @@ impl Wal {
         let last = state.written.0;
         let background = opts.preallocate == Preallocate::PreWrite;
         let deferred = opts.defer_preallocation;
-        // A spare waits for the active segment to fill (`spare_start_percent`).
-        let held = state.active.as_ref().map_or(0, |a| a.offset) < opts.spare_start_bytes();
+        // A spare waits for the active segment to fill (`spare_start_percent`), unless
+        // that segment is not pre-written: then it is wanted at once, to move to.
+        let held = state.active.as_ref().is_some_and(|a| a.prewritten)
+            && state.active.as_ref().map_or(0, |a| a.offset) < opts.spare_start_bytes();
         let shared = Arc::new(Shared {
             vfs,
             dir,
@@ -331,6 +343,7 @@ impl Wal {
                 ..Spare::default()
             }),
             spare_cond: Condvar::new(),
+            spare_ready: std::sync::atomic::AtomicBool::new(spare_ready),
         });
         let preparer = background.then(|| {
             let s = shared.clone();
@@ -661,6 +674,7 @@ impl Shared {
     /// A write round: every pending buffer (up to `group_commit_bytes_max`) to the OS.
     fn lead_write(&self, st: &mut MutexGuard<'_, State>) {
         st.write_busy = true;
+        self.rotate_early(st);
         let mut chunks = Vec::new();
         let mut taken = 0usize;
         while !st.pending.is_empty() && (taken == 0 || taken < self.opts.group_commit_bytes_max) {
@@ -687,6 +701,7 @@ impl Shared {
         if st.tail_file.0 != active.first_lsn {
             st.tail_file = active.tail();
         }
+        st.active_prewritten = active.prewritten;
         st.active = Some(active);
         match result {
             Ok((written, sealed)) => {
@@ -707,6 +722,33 @@ impl Shared {
         }
         st.write_busy = false;
         self.cond.notify_all();
+    }
+
+    /// Moves to the spare early: when the active segment is not pre-written (a new log's
+    /// first segment, or one made because appends outran the spare) and a spare is
+    /// ready, the round's first pending chunk starts a segment in the spare, however
+    /// full the active one is. Appends to a segment that is not pre-written grow the file
+    /// (about twice the latency, and each `fdatasync` also writes the size), so the log
+    /// leaves it as soon as it can instead of filling it.
+    fn rotate_early(&self, st: &mut MutexGuard<'_, State>) {
+        if st.active_prewritten
+            || st.pending.is_empty()
+            || !self.spare_ready.load(Ordering::Acquire)
+            || st.pending.iter().any(|c| c.new_segment.is_some())
+        {
+            return;
+        }
+        // No round runs (this one is starting), so the pending chunks start right after
+        // the last LSN written; with no rotation among them, they all fit the active
+        // segment, so they fit a new one.
+        let first = st.written.next();
+        if let Some(chunk) = st.pending.first_mut() {
+            chunk.new_segment = Some(first);
+        }
+        st.seg_fill = (SEGMENT_HEADER_BYTES + st.pending_bytes) as u64;
+        // (Set again from the new segment when the round ends.)
+        st.active_prewritten = true;
+        tracing::debug!(first = %first, "WAL: leaving a segment that is not pre-written for the ready spare");
     }
 
     /// A sync round: one `fdatasync` covering everything written when it starts.

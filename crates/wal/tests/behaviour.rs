@@ -445,6 +445,46 @@ fn wait_spare(wal: &Wal) {
     }
 }
 
+/// A log on a segment that is not pre-written (one recovery cut, one grown without
+/// preallocation, or one made because appends outran the spare) moves to the spare at
+/// the next write round once a spare is ready, however little the segment holds:
+/// appends to a segment that grows cost about twice as much, and so do its syncs.
+#[test]
+fn a_log_leaves_a_segment_that_is_not_pre_written_once_a_spare_is_ready() {
+    let fs = SimFs::new();
+    let opts = WalOptions { segment_bytes: 64 << 10, ..small_opts(Preallocate::PreWrite) };
+    let none = WalOptions { preallocate: Preallocate::None, ..opts.clone() };
+    let payload = [3u8; 100];
+    let wal = open(&fs, &none);
+    let r = wal.append(entry(&payload), Durability::Durable).unwrap();
+    drop(wal);
+    let first = dir().join("00000000000000000001.wal");
+    assert!((fs.contents(&first).unwrap().len() as u64) < opts.segment_bytes);
+    let wal = open(&fs, &opts);
+    // The spare does not wait for this segment to fill.
+    wait_spare(&wal);
+    assert_eq!(wal.segment_files().len(), 1);
+    let r2 = wal.append(entry(&payload), Durability::Durable).unwrap();
+    let files = wal.segment_files();
+    assert_eq!(files.len(), 2, "the log did not move to the spare");
+    assert_eq!(files[1].0, r2.first, "the new segment starts with the next record");
+    assert_eq!(fs.contents(&files[1].1).unwrap().len() as u64, opts.segment_bytes);
+    assert!((fs.contents(&first).unwrap().len() as u64) < 1024, "the old segment kept growing");
+    // The records read back across the two segments, in order, after a reopen.
+    drop(wal);
+    let wal = open(&fs, &opts);
+    let mut reader = wal.read_from(r.first).unwrap();
+    let got: Vec<u64> =
+        std::iter::from_fn(|| reader.next_record().unwrap().map(|rec| rec.lsn.0)).collect();
+    assert_eq!(got, [r.first.0, r2.first.0]);
+    // A pre-written segment is not left early: the next spare waits for it to fill.
+    for _ in 0..5 {
+        wal.append(entry(&payload), Durability::Buffered).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(wal.segment_files().len(), 2);
+}
+
 #[test]
 fn a_spare_waits_for_the_active_segment_to_fill_to_its_start() {
     let fs = SimFs::new();
