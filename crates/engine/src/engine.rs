@@ -1445,7 +1445,7 @@ impl Inner {
     /// Marks the engine poisoned by `e` and wakes everyone who waits on it.
     pub(crate) fn poison(&self, seq: &mut Sequencer, e: &Error) {
         if seq.poisoned.is_none() {
-            tracing::error!(error = %e, "apply failed; the engine is poisoned");
+            tracing::error!(error = %e, "the engine is poisoned");
             seq.poisoned = Some(e.to_string());
         }
         self.poison_flag.store(true, Ordering::Release);
