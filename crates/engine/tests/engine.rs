@@ -428,6 +428,35 @@ fn backups_taken_during_writes_open_to_a_prefix() {
     assert_eq!(b.applied_lsn(), report.last_lsn + 1);
 }
 
+/// A backup of a store whose newest partition is still in memory only (not yet created
+/// on disk) holds that partition: it is listed in the copy and its tree is there, and the
+/// copy replays its events; the live store still has nothing of it on disk.
+#[test]
+fn a_backup_holds_a_partition_not_yet_created_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.defer_partition_creation = true;
+    o.checkpoint_interval = Duration::from_secs(3600);
+    let e = Engine::open(dir.path().join("live"), o.clone()).unwrap();
+    e.submit(&[tick("SHFE.rb2601", 1, 10.0)], Durability::Durable).unwrap();
+    e.checkpoint().unwrap();
+    e.submit(&[tick("NEW.x", 2, 20.0), tick("NEW.x", 3, 30.0)], Durability::Durable).unwrap();
+    let live_tree = dir.path().join("live/parts/instruments/NEW.x");
+    assert!(!live_tree.exists(), "created on disk before the test could back it up");
+    let dest = dir.path().join("backup");
+    e.backup(&dest).unwrap();
+    assert!(!live_tree.exists(), "the backup created the live partition");
+    let listed = std::fs::read_to_string(dest.join("parts/instruments/PARTITIONS")).unwrap();
+    assert!(listed.lines().any(|l| l == "NEW.x"), "{listed}");
+    assert!(dest.join("parts/instruments/NEW.x/CURRENT").exists());
+    drop(e);
+    let b = Engine::open(&dest, o).unwrap();
+    let prices: Vec<f64> =
+        b.ticks(&ins("NEW.x"), i64::MIN, i64::MAX).map(|t| t.unwrap().last_price).collect();
+    assert_eq!(prices, [20.0, 30.0]);
+    assert_eq!(b.latest_tick(&ins("SHFE.rb2601")).map(|t| t.last_price), Some(10.0));
+}
+
 /// Open holds the WAL's spare segment back while it replays, and starts it after: a
 /// reopened engine gets its pre-written spare.
 #[test]
