@@ -203,9 +203,9 @@ fn crashes_with_concurrent_background_flush_and_compaction_recover() {
     }
 }
 
-/// A tree created at a sequence (`open_or_create_at`, as the engine creates a partition
-/// at the LSN of its first event) is durable with that flushed sequence once the call
-/// returns, its directory included; a crash anywhere during the call leaves either that
+/// A tree created at a sequence (`open_or_create_at`: a tree that starts at a position of
+/// its writer's log; the engine now makes its partitions with `create_lazily_at`, below)
+/// is durable with that flushed sequence once the call returns, its directory included; a crash anywhere during the call leaves either that
 /// tree or none, and creating it again gives the same.
 #[test]
 fn a_tree_created_at_a_sequence_is_whole_after_a_crash_at_any_point() {
