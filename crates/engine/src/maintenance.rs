@@ -34,10 +34,9 @@ impl Inner {
                     Err(e) => self.poison_from_maintenance("creating a new partition on disk", &e),
                 }
             }
-            for p in self.partitions() {
-                if poisoned {
-                    break;
-                }
+            // (Nothing more once poisoned: the engine refuses writes until reopened.)
+            let parts = if poisoned { Vec::new() } else { self.partitions() };
+            for p in parts {
                 if self.shutdown.load(Ordering::Acquire) {
                     return;
                 }

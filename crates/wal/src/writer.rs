@@ -724,9 +724,9 @@ impl Shared {
         self.cond.notify_all();
     }
 
-    /// Moves to the spare early: when the active segment is not pre-written (a new log's
-    /// first segment, or one made because appends outran the spare) and a spare is
-    /// ready, the round's first pending chunk starts a segment in the spare, however
+    /// Moves to the spare early: when the active segment is not pre-written (one recovery
+    /// cut, one grown without preallocation, or one made because appends outran the
+    /// spare) and a spare is ready, the round's first pending chunk starts a segment in the spare, however
     /// full the active one is. Appends to a segment that is not pre-written grow the file
     /// (about twice the latency, and each `fdatasync` also writes the size), so the log
     /// leaves it as soon as it can instead of filling it.
