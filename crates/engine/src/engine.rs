@@ -13,6 +13,7 @@ use bourse_lsm::{Tree, TreeOptions};
 use bourse_model::{Event, InstrumentId};
 use bourse_wal::{Entry, Lsn, LsnRange, Wal, WalOptions};
 use parking_lot::{Condvar, Mutex, RwLock};
+use smallvec::SmallVec;
 
 use crate::apply::{self, StateRead, Write};
 use crate::cache::{BookCheckpoint, BookStart, MarketCache, Update};
@@ -82,6 +83,9 @@ pub trait CommitSink: Send + Sync {
     }
 }
 
+/// One write of a tree batch: a key and its value (`None`: a delete).
+type TreeOp<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// The encoded forms of a batch's events, as the WAL holds them, back to back in one
 /// buffer (one allocation per batch rather than one per event).
 #[derive(Debug, Clone, Default)]
@@ -95,9 +99,11 @@ impl Encoded {
     /// Validates and encodes `events`, as [`Engine::submit`] does before it appends
     /// them; the error names the first bad event.
     pub fn of(events: &[Event]) -> Result<Encoded> {
-        // Typical events are 60–250 bytes: one guess, then amortised growth.
+        // Typical events are 60–250 bytes: one guess, then amortised growth. The extra
+        // 64 bytes let one event of up to 256 (a tick, a position, a snapshot of five
+        // levels) fit without a reallocation.
         let mut out = Encoded {
-            bytes: Vec::with_capacity(events.len() * 192),
+            bytes: Vec::with_capacity(events.len() * 192 + 64),
             ends: Vec::with_capacity(events.len()),
         };
         for (index, e) in events.iter().enumerate() {
@@ -1268,7 +1274,8 @@ impl Inner {
         let payloads = Encoded::of(events)?;
         self.check_poison()?;
         let ts = now_ns();
-        let entries: Vec<Entry<'_>> = events
+        // (Inline for the batches of one or two that a one-event-at-a-time producer sends.)
+        let entries: SmallVec<[Entry<'_>; 2]> = events
             .iter()
             .zip(payloads.iter())
             .map(|(e, p)| Entry { kind: e.kind().as_u16(), timestamp: ts, payload: p })
@@ -1570,7 +1577,7 @@ impl Inner {
             if replay.is_some() && lsn <= part.floor {
                 continue;
             }
-            let ops: Vec<(&[u8], Option<&[u8]>)> =
+            let ops: SmallVec<[TreeOp<'_>; 4]> =
                 group.iter().map(|w| (w.key.as_slice(), w.value.as_deref())).collect();
             if part.tree.write_batch(&ops, lsn)? {
                 // A memtable filled: start its flush now rather than at the next poll.

@@ -94,7 +94,27 @@ impl FieldSource for Body<'_> {
 }
 
 fn body<T: Serialize>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
-    let encoded = postcard::to_extend(value, std::mem::take(out))?;
-    *out = encoded;
-    Ok(())
+    postcard::serialize_with_flavor(value, Append(out))
+}
+
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }

@@ -188,6 +188,8 @@ pub(crate) struct State {
     /// because a write round holds `active` while it runs.
     pub active_prewritten: bool,
     free_bufs: Vec<Vec<u8>>,
+    /// The chunks of the running write round; empty, with its room kept, between rounds.
+    round: Vec<Chunk>,
     /// Write rounds since a sync round last started (saturating).
     rounds_since_sync: u32,
 }
@@ -218,6 +220,7 @@ impl State {
             active_prewritten: active.prewritten,
             active: Some(active),
             free_bufs: Vec::new(),
+            round: Vec::new(),
             rounds_since_sync: 0,
         }
     }
@@ -675,13 +678,19 @@ impl Shared {
     fn lead_write(&self, st: &mut MutexGuard<'_, State>) {
         st.write_busy = true;
         self.rotate_early(st);
-        let mut chunks = Vec::new();
+        // The round's vector is kept from round to round (only one round runs at a
+        // time), so a round allocates nothing for it.
+        let mut chunks = std::mem::take(&mut st.round);
         let mut taken = 0usize;
-        while !st.pending.is_empty() && (taken == 0 || taken < self.opts.group_commit_bytes_max) {
-            let chunk = st.pending.remove(0);
+        let mut n = 0;
+        for chunk in &st.pending {
+            if n > 0 && taken >= self.opts.group_commit_bytes_max {
+                break;
+            }
             taken += chunk.bytes.len();
-            chunks.push(chunk);
+            n += 1;
         }
+        chunks.extend(st.pending.drain(..n));
         st.pending_bytes -= taken;
         let mapped = self.opts.map_appends
             && taken <= MAPPED_ROUND_BYTES_MAX
@@ -712,7 +721,7 @@ impl Shared {
             }
             Err(e) => self.poison(st, &e),
         }
-        for mut chunk in chunks {
+        for mut chunk in chunks.drain(..) {
             if st.free_bufs.len() < 4
                 && chunk.bytes.capacity() <= self.opts.group_commit_bytes_max * 2
             {
@@ -720,6 +729,7 @@ impl Shared {
                 st.free_bufs.push(chunk.bytes);
             }
         }
+        st.round = chunks;
         st.write_busy = false;
         self.cond.notify_all();
     }
