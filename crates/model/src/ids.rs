@@ -1,7 +1,6 @@
 //! Identifiers: newtypes over strings, validated where they enter.
 
 use std::fmt;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,31 +9,9 @@ pub const ID_BYTES_MAX: usize = 256;
 
 /// An instrument in `EXCH.ins` form (`SHFE.cu2512`): an upper-case exchange code, a dot,
 /// and a non-empty symbol of ASCII letters, digits, `-` and `_`.
-///
-/// The text is shared: a clone takes a reference, not a copy. Apply clones an event's
-/// instrument for each partition it writes and for the market cache, once or twice per
-/// event. Compared, hashed and printed as its text.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct InstrumentId(Arc<str>);
-
-/// Read from its text, validated as [`InstrumentId::new`] does; a borrowed text (the
-/// journal's encoding) is copied once, into the shared text.
-impl<'de> Deserialize<'de> for InstrumentId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl serde::de::Visitor<'_> for Text {
-            type Value = InstrumentId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an instrument id of the form EXCH.ins")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<InstrumentId, E> {
-                InstrumentId::check(v).map_err(E::custom)?;
-                Ok(InstrumentId(Arc::from(v)))
-            }
-        }
-        deserializer.deserialize_str(Text)
-    }
-}
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub struct InstrumentId(String);
 
 /// Serialized as its text, as a `String` is, without the copy serde's `into = "String"`
 /// makes: every event names an instrument, and every submit serializes its events twice
@@ -49,12 +26,6 @@ impl InstrumentId {
     /// Parses and validates an `EXCH.ins` identifier.
     pub fn new(s: impl Into<String>) -> Result<Self, String> {
         let s = s.into();
-        Self::check(&s)?;
-        Ok(Self(Arc::from(s)))
-    }
-
-    /// Whether `s` is of the `EXCH.ins` form; the error says why not.
-    fn check(s: &str) -> Result<(), String> {
         let Some((exchange, symbol)) = s.split_once('.') else {
             return Err(format!("instrument id {s:?} is not of the form EXCH.ins"));
         };
@@ -69,7 +40,7 @@ impl InstrumentId {
         if !exchange_ok || !symbol_ok {
             return Err(format!("instrument id {s:?} is not of the form EXCH.ins"));
         }
-        Ok(())
+        Ok(Self(s))
     }
     /// The full `EXCH.ins` text.
     pub fn as_str(&self) -> &str {
@@ -94,7 +65,7 @@ impl TryFrom<String> for InstrumentId {
 
 impl From<InstrumentId> for String {
     fn from(id: InstrumentId) -> String {
-        id.0.to_string()
+        id.0
     }
 }
 
