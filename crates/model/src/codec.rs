@@ -97,18 +97,20 @@ fn body<T: Serialize>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
     postcard::serialize_with_flavor(value, Append(out))
 }
 
+/// A postcard output that appends to the caller's vector in place (postcard's own
+/// `to_extend` takes the vector by value and hands it back).
 struct Append<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Append<'_> {
     type Output = ();
 
-    #[inline(always)]
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
     }
 
-    #[inline(always)]
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         self.0.extend_from_slice(data);
         Ok(())
