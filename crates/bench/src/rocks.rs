@@ -170,7 +170,7 @@ impl crate::engine::Store for RocksStore {
             for e in events {
                 *lsn += 1;
                 let encoded = e.encode()?;
-                let mut writes = Vec::new();
+                let mut writes = bourse_engine::apply::Writes::new();
                 bourse_engine::apply::apply(*lsn, e, &encoded, &RocksState(self), &mut writes)?;
                 for w in writes.drain(..) {
                     let name = cf_name(&w.part);

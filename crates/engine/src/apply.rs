@@ -14,6 +14,7 @@ use std::borrow::Cow;
 
 use bourse_model::{Event, InstrumentId, Order, OrderStatus};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::layout::{acct, inst, market, users, Key, PartitionId};
 use crate::Result;
@@ -29,6 +30,10 @@ pub struct Write<'a> {
     /// The value; `None` deletes.
     pub value: Option<Cow<'a, [u8]>>,
 }
+
+/// The writes of one event: inline for the few that most events make (one to four), so
+/// that applying an event allocates no list.
+pub type Writes<'a> = SmallVec<[Write<'a>; 4]>;
 
 /// An order's latest state, as stored in the accounts partition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,11 +77,11 @@ pub trait StateRead {
     fn catalogued(&self, id: &bourse_model::InstrumentId) -> bool;
 }
 
-fn put<'a>(out: &mut Vec<Write<'a>>, part: PartitionId, key: Key, value: impl Into<Cow<'a, [u8]>>) {
+fn put<'a>(out: &mut Writes<'a>, part: PartitionId, key: Key, value: impl Into<Cow<'a, [u8]>>) {
     out.push(Write { part, key: key.into_vec(), value: Some(value.into()) });
 }
 
-fn delete(out: &mut Vec<Write<'_>>, part: PartitionId, key: Key) {
+fn delete(out: &mut Writes<'_>, part: PartitionId, key: Key) {
     out.push(Write { part, key: key.into_vec(), value: None });
 }
 
@@ -101,7 +106,7 @@ pub fn apply<'a>(
     event: &Event,
     encoded: &'a [u8],
     state: &dyn StateRead,
-    out: &mut Vec<Write<'a>>,
+    out: &mut Writes<'a>,
 ) -> Result<()> {
     if let Some(ins) = event.instrument() {
         if !state.catalogued(ins) {
@@ -218,7 +223,7 @@ pub(crate) fn instrument_writes<'a>(
     lsn: u64,
     event: &Event,
     encoded: &'a [u8],
-    out: &mut Vec<Write<'a>>,
+    out: &mut Writes<'a>,
 ) {
     let Some((tag, ins, time)) = instrument_target(event) else { return };
     let key = match time {
@@ -278,7 +283,7 @@ fn existing_order(
 /// Marks an order `FINISHED` (rejected or cancelled) with its message and, for a cancel,
 /// the volume left; an order never seen before is created from the event's ids.
 fn finish_order(
-    out: &mut Vec<Write<'_>>,
+    out: &mut Writes<'_>,
     state: &dyn StateRead,
     lsn: u64,
     (user_id, order_id, instrument_id, datetime): (&String, &String, &InstrumentId, i64),
@@ -306,7 +311,7 @@ fn finish_order(
 /// Writes an order's new state (`prev` is its stored record, if any) and keeps the
 /// by-time and open indexes in step.
 fn store_order(
-    out: &mut Vec<Write<'_>>,
+    out: &mut Writes<'_>,
     lsn: u64,
     prev: Option<OrderRecord>,
     order: Order,
@@ -371,7 +376,7 @@ mod tests {
                     let event = sample(kind, n);
                     let encoded = event.encode().unwrap();
                     lsn += 1;
-                    let mut out = Vec::new();
+                    let mut out = Writes::new();
                     apply(lsn, &event, &encoded, &state, &mut out).unwrap();
                     for w in &out {
                         let catalogue = w.part == PartitionId::Market

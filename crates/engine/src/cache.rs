@@ -142,11 +142,27 @@ impl MarketCache {
     /// Offers tick `t` stored at `lsn`; it becomes the latest unless a later one (in
     /// store order) is cached.
     pub(crate) fn set_tick(&self, t: &Tick, lsn: u64) {
-        // Built before the write lock is taken, and the tick it replaces dropped after it
-        // is released: readers of every instrument wait while the lock is held.
+        let mut ticks = self.ticks.write();
+        if let Some(cur) = ticks.get_mut(&t.instrument_id) {
+            if (t.datetime, lsn) <= (cur.1.datetime, cur.0) {
+                return;
+            }
+            // No reader holds the cached tick (readers clone it only under the read
+            // lock, which this write lock excludes): overwritten in place, with no
+            // allocation. Every field but the id, which is the same (it is the key).
+            if let Some(slot) = Arc::get_mut(&mut cur.1) {
+                let id = std::mem::take(&mut slot.instrument_id);
+                *slot = Tick { instrument_id: id, ..*t };
+                cur.0 = lsn;
+                return;
+            }
+        }
+        drop(ticks);
+        // A reader still holds the cached tick (or the instrument is new): a new one,
+        // built outside the lock (readers of every instrument wait while it is held),
+        // and the one it replaces dropped after the lock is released.
         let mut latest = (lsn, Arc::new(t.clone()));
         let mut ticks = self.ticks.write();
-        // The id is copied only the first time an instrument ticks.
         match ticks.get_mut(&t.instrument_id) {
             Some(cur) => {
                 if (t.datetime, lsn) > (cur.1.datetime, cur.0) {
@@ -154,6 +170,7 @@ impl MarketCache {
                 }
             }
             None => {
+                // The id is copied only the first time an instrument ticks.
                 ticks.insert(t.instrument_id.clone(), latest);
                 return;
             }
@@ -305,4 +322,48 @@ impl MarketCache {
 /// first.
 pub fn apply_delta(book: &mut BookSnapshot, d: &BookDelta) {
     book.apply(d);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn tick(datetime: i64, last_price: f64) -> Tick {
+        let instrument_id = InstrumentId::new("SHFE.cu2512").unwrap();
+        Tick { instrument_id, datetime, last_price, ..Tick::default() }
+    }
+
+    /// The latest tick is overwritten in place while no reader holds it, and replaced
+    /// by a new one while a reader does, whose copy then stays as it was.
+    #[test]
+    fn a_held_tick_stays_as_it_was_and_an_unheld_one_is_reused() {
+        let c = MarketCache::default();
+        let id = InstrumentId::new("SHFE.cu2512").unwrap();
+        let latest = |c: &MarketCache| {
+            let t = c.tick(&id).unwrap();
+            (t.datetime, t.last_price, Arc::as_ptr(&t))
+        };
+        c.set_tick(&tick(10, 1.0), 1);
+        let (_, _, first) = latest(&c);
+        c.set_tick(&tick(20, 2.0), 2);
+        assert_eq!(latest(&c), (20, 2.0, first), "unheld: overwritten in place");
+        let held = c.tick(&id).unwrap();
+        c.set_tick(&tick(30, 3.0), 3);
+        let (at, price, second) = latest(&c);
+        assert_eq!((at, price), (30, 3.0));
+        assert_ne!(second, first, "held: a new tick");
+        assert_eq!((held.datetime, held.last_price), (20, 2.0), "the held copy is unchanged");
+        assert_eq!(held.instrument_id, id);
+        drop(held);
+        // An older tick changes nothing, in place or not.
+        c.set_tick(&tick(25, 9.0), 4);
+        assert_eq!(latest(&c), (30, 3.0, second));
+        c.set_tick(&tick(30, 8.0), 2);
+        assert_eq!(latest(&c), (30, 3.0, second), "the same time at a lower LSN is older");
+        c.set_tick(&tick(40, 4.0), 5);
+        assert_eq!(latest(&c), (40, 4.0, second));
+        assert_eq!(c.tick(&id).unwrap().instrument_id, id, "the id survives the overwrite");
+    }
 }

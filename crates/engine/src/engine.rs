@@ -15,7 +15,7 @@ use bourse_wal::{Entry, Lsn, LsnRange, Wal, WalOptions};
 use parking_lot::{Condvar, Mutex, RwLock};
 use smallvec::SmallVec;
 
-use crate::apply::{self, StateRead, Write};
+use crate::apply::{self, StateRead, Write, Writes};
 use crate::cache::{BookCheckpoint, BookStart, MarketCache, Update};
 use crate::layout::{self, PartitionId};
 use crate::{io_err, Durability, EngineOptions, Error, Result};
@@ -982,7 +982,7 @@ impl Inner {
                     let lsn = rec.lsn.0;
                     let event = decode_record(lsn, rec.payload)?;
                     // (The writes borrow the record, so their vector is the record's too.)
-                    let mut writes = Vec::new();
+                    let mut writes = Writes::new();
                     self.apply_one(lsn, &event, rec.payload, &mut writes, Some(Lane::All))?;
                     report.records += 1;
                     if report.records.is_multiple_of(REPLAY_BUDGET_EVERY) {
@@ -1399,7 +1399,7 @@ impl Inner {
         // The turn is ours until `turn` moves, so apply runs without the lock: other
         // writers keep appending to the WAL (and checking for poison) meanwhile.
         let own = lane.then_some(Lane::Others);
-        let mut writes = Vec::new();
+        let mut writes = Writes::new();
         let mut result = Ok(());
         for (i, (e, p)) in events.iter().zip(payloads.iter()).enumerate() {
             result = self.apply_one(first + i as u64, e, p, &mut writes, own);
@@ -1477,7 +1477,7 @@ impl Inner {
             if let Some(last) = write_first {
                 self.wal.wait_written(last)?;
             }
-            let mut writes = Vec::new();
+            let mut writes = Writes::new();
             for (i, (e, p)) in events.iter().zip(payloads.iter()).enumerate() {
                 self.apply_one(first + i as u64, e, p, &mut writes, Some(Lane::Instruments))?;
             }
@@ -1513,7 +1513,7 @@ impl Inner {
         lsn: u64,
         event: &Event,
         encoded: &'a [u8],
-        writes: &mut Vec<Write<'a>>,
+        writes: &mut Writes<'a>,
         replay: Option<Lane>,
     ) -> Result<()> {
         writes.clear();
@@ -1708,7 +1708,7 @@ struct ReplayBatch {
 
 impl ReplayBatch {
     fn apply(&self, inner: &Inner, lane: Lane) -> Result<()> {
-        let mut writes = Vec::new();
+        let mut writes = Writes::new();
         for (lsn, event, range) in &self.events {
             inner.apply_one(*lsn, event, &self.bytes[range.clone()], &mut writes, Some(lane))?;
         }
