@@ -1565,6 +1565,12 @@ impl Inner {
                 writes.push(Write { part, key: key(*at), value: Some(value.into()) });
             }
         }
+        // `apply` writes an instrument's catalogue entry exactly when the catalogue does
+        // not hold it yet: the write says so, with no second look (a lock and a hash).
+        let new_instrument = lane.owns(&PartitionId::Market)
+            && writes.iter().any(|w| {
+                w.part == PartitionId::Market && w.key.first() == Some(&layout::market::INSTRUMENT)
+            });
         // IMPORTANT: one LSN's writes to one partition go in as one tree batch. Split
         // across a memtable rotation, a flush could record the LSN as flushed while part
         // of it still sat in memory; replay would then skip it and lose that part.
@@ -1585,11 +1591,9 @@ impl Inner {
             }
         }
         // The catalogue goes with the market partition, the cache with the instruments.
-        if lane.owns(&PartitionId::Market) {
+        if new_instrument {
             if let Some(ins) = event.instrument() {
-                if !self.catalogue.read().contains(ins) {
-                    self.catalogue.write().insert(ins.clone());
-                }
+                self.catalogue.write().insert(ins.clone());
             }
         }
         if lane != Lane::Others {
