@@ -110,12 +110,14 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         // A varint (an integer, a length, an enum's index) comes as a slice of one to
         // ten bytes of a buffer, a length the compiler cannot see; copied through
         // `extend_from_slice` as is, each took a call to `memcpy` (14 of them for a
         // tick). Each length below is copied as an array of that size instead, inline.
+        // Always inlined: where the length is a constant (a float's eight bytes), only
+        // its own arm remains.
         macro_rules! fixed {
             ($($n:literal)*) => {
                 match data.len() {
