@@ -12,7 +12,11 @@
 
 use std::borrow::Cow;
 
-use bourse_model::{Event, InstrumentId, Order, OrderStatus};
+use bourse_model::codec::HEADER_BYTES;
+use bourse_model::{
+    Direction, Event, HedgeFlag, InstrumentId, Offset, Order, OrderStatus, PriceType,
+    TimeCondition, VolumeCondition,
+};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -117,17 +121,17 @@ pub fn apply<'a>(
     instrument_writes(lsn, event, encoded, out);
     match event {
         Event::OrderRequested(r) => {
-            let prev = existing_order(state, &r.user_id, &r.order_id)?;
-            if prev.is_some() {
+            if stored_order(state, &r.user_id, &r.order_id)?.is_some() {
                 // A repeated order id changes nothing but the flow log.
                 return Ok(());
             }
             let order = Order { last_msg: "requested".into(), ..r.to_order() };
-            store_order(out, lsn, prev, order)?;
+            store_order(out, lsn, None, &order, None)?;
         }
         Event::OrderAccepted(o) | Event::OrderUpdated(o) => {
-            let prev = existing_order(state, &o.user_id, &o.order_id)?;
-            store_order(out, lsn, prev, o.clone())?;
+            let prev = stored_order(state, &o.user_id, &o.order_id)?;
+            // The event's own form after its header is the order's postcard form.
+            store_order(out, lsn, prev, o, encoded.get(HEADER_BYTES..))?;
         }
         Event::OrderRejected(r) => {
             let ids = (&r.user_id, &r.order_id, &r.instrument_id, r.datetime);
@@ -268,6 +272,62 @@ pub(crate) fn writes_others(event: &Event) -> bool {
     !matches!(event, Event::Tick(_) | Event::BookSnapshot(_) | Event::BookDelta(_))
 }
 
+/// What [`store_order`] needs of an order's stored record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stored {
+    /// The record's `created_lsn`.
+    created_lsn: u64,
+    /// Whether the order is `ALIVE` (in the open index).
+    open: bool,
+}
+
+/// The leading fields of a stored [`OrderRecord`], up to its order's status, with the
+/// texts borrowed. Postcard writes a struct's fields one after the other with nothing
+/// between them, so a struct of the leading fields, of the same types in the same order,
+/// reads exactly those and leaves the rest unread: no text is copied, nothing is
+/// allocated. (`order_heads_read_what_full_records_hold` keeps it in step with
+/// [`Order`].)
+#[derive(Deserialize)]
+struct RecordHead<'a> {
+    created_lsn: u64,
+    _updated_lsn: u64,
+    #[serde(borrow)]
+    order: OrderHead<'a>,
+}
+
+/// [`Order`]'s fields up to `status`, in its order (see [`RecordHead`]).
+#[derive(Deserialize)]
+struct OrderHead<'a> {
+    _seqno: i64,
+    _user_id: &'a str,
+    _order_id: &'a str,
+    _instrument_id: &'a str,
+    _direction: Direction,
+    _offset: Offset,
+    _volume_orign: i64,
+    _price_type: PriceType,
+    _limit_price: f64,
+    _volume_condition: VolumeCondition,
+    _time_condition: TimeCondition,
+    _hedge_flag: HedgeFlag,
+    _insert_date_time: i64,
+    _exchange_order_id: &'a str,
+    status: OrderStatus,
+}
+
+/// Reads the head of a stored order record.
+fn stored_head(bytes: &[u8]) -> Result<Stored> {
+    let (head, _) = postcard::take_from_bytes::<RecordHead<'_>>(bytes)
+        .map_err(|e| crate::Error::Corrupt { what: format!("order record: {e}") })?;
+    Ok(Stored { created_lsn: head.created_lsn, open: head.order.status == OrderStatus::Alive })
+}
+
+/// The stored record of an order, as far as [`store_order`] needs it.
+fn stored_order(state: &dyn StateRead, user_id: &str, order_id: &str) -> Result<Option<Stored>> {
+    let key = Key::new(acct::ORDER).str(user_id).str(order_id);
+    state.get(&PartitionId::Accounts, key.as_slice())?.map(|b| stored_head(&b)).transpose()
+}
+
 fn existing_order(
     state: &dyn StateRead,
     user_id: &str,
@@ -305,33 +365,62 @@ fn finish_order(
         order.volume_left = v;
     }
     order.last_msg = last_msg.to_string();
-    store_order(out, lsn, prev, order)
+    let prev = prev.map(|rec| Stored {
+        created_lsn: rec.created_lsn,
+        open: rec.order.status == OrderStatus::Alive,
+    });
+    store_order(out, lsn, prev, &order, None)
 }
 
-/// Writes an order's new state (`prev` is its stored record, if any) and keeps the
-/// by-time and open indexes in step.
+/// An [`OrderRecord`] to encode, borrowing its order: the same form.
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    created_lsn: u64,
+    updated_lsn: u64,
+    order: &'a Order,
+}
+
+/// The encoded [`OrderRecord`] of `order` at `lsn`. `body`, if given, is `order`'s own
+/// postcard form (an accepted or updated order's event after its header): the record's
+/// form is then its two LSNs followed by those bytes, since postcard writes a struct's
+/// fields one after the other, and the order is not encoded again.
+fn order_record(created_lsn: u64, lsn: u64, order: &Order, body: Option<&[u8]>) -> Result<Vec<u8>> {
+    let err = |e: postcard::Error| crate::Error::Corrupt { what: format!("encode: {e}") };
+    match body {
+        Some(body) => {
+            let mut out = Vec::with_capacity(20 + body.len());
+            out = postcard::to_extend(&(created_lsn, lsn), out).map_err(err)?;
+            out.extend_from_slice(body);
+            Ok(out)
+        }
+        None => encode(&RecordRef { created_lsn, updated_lsn: lsn, order }),
+    }
+}
+
+/// Writes an order's new state (`prev`: what its stored record says, if there is one)
+/// and keeps the by-time and open indexes in step. `body`: see [`order_record`].
 fn store_order(
     out: &mut Writes<'_>,
     lsn: u64,
-    prev: Option<OrderRecord>,
-    order: Order,
+    prev: Option<Stored>,
+    order: &Order,
+    body: Option<&[u8]>,
 ) -> Result<()> {
-    let created = prev.as_ref().map_or(lsn, |p| p.created_lsn);
+    let created = prev.map_or(lsn, |p| p.created_lsn);
     let by_time = Key::new(acct::ORDER_BY_TIME).str(&order.user_id).u64(!created);
     let open = Key::new(acct::OPEN_ORDER).str(&order.user_id).u64(!created);
     let id = order.order_id.as_bytes().to_vec();
     if prev.is_none() {
         put(out, PartitionId::Accounts, by_time, id.clone());
     }
-    let was_open = prev.as_ref().is_some_and(|p| p.order.status == OrderStatus::Alive);
+    let was_open = prev.is_some_and(|p| p.open);
     match (order.status, was_open) {
         (OrderStatus::Alive, false) => put(out, PartitionId::Accounts, open, id),
         (OrderStatus::Finished, true) => delete(out, PartitionId::Accounts, open),
         _ => {}
     }
     let key = Key::new(acct::ORDER).str(&order.user_id).str(&order.order_id);
-    let rec = OrderRecord { created_lsn: created, updated_lsn: lsn, order };
-    put(out, PartitionId::Accounts, key, encode(&rec)?);
+    put(out, PartitionId::Accounts, key, order_record(created, lsn, order, body)?);
     Ok(())
 }
 
@@ -398,6 +487,57 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Orders of every status, with texts of many lengths (empty, one byte, past a
+    /// one-byte varint length) and numbers of many varint lengths.
+    fn orders() -> Vec<Order> {
+        let mut v = Vec::new();
+        for n in 0..200u64 {
+            let Event::OrderAccepted(mut o) = sample(EventKind::OrderAccepted, n) else {
+                panic!("not an order")
+            };
+            let text = |k: u64| "x".repeat(((n * 7 + k) % 140) as usize);
+            o.status = if n % 2 == 0 { OrderStatus::Alive } else { OrderStatus::Finished };
+            o.exchange_order_id = text(1);
+            o.last_msg = text(2);
+            o.seqno = (n as i64).wrapping_mul(0x1234_5678_9abc) - 77;
+            o.volume_left = -(n as i64);
+            o.limit_price = n as f64 * 0.1;
+            if n % 3 == 0 {
+                o.user_id = text(3);
+                o.order_id = text(4);
+            }
+            v.push(o);
+        }
+        v
+    }
+
+    #[test]
+    fn order_heads_read_what_full_records_hold() {
+        for (n, order) in orders().into_iter().enumerate() {
+            let (created_lsn, updated_lsn) = (n as u64 * 1_000_003, u64::MAX - n as u64);
+            let open = order.status == OrderStatus::Alive;
+            let rec = OrderRecord { created_lsn, updated_lsn, order };
+            let bytes = encode(&rec).unwrap();
+            assert_eq!(stored_head(&bytes).unwrap(), Stored { created_lsn, open }, "{rec:?}");
+        }
+        assert!(stored_head(&[1, 2]).is_err(), "a truncated record is an error");
+    }
+
+    #[test]
+    fn an_order_record_from_the_event_body_is_the_encoded_record() {
+        for (n, order) in orders().into_iter().enumerate() {
+            let (created_lsn, lsn) = (n as u64 * 977, 1 << (n % 64));
+            let event = Event::OrderAccepted(order.clone());
+            let encoded = event.encode().unwrap();
+            let body = encoded.get(HEADER_BYTES..);
+            let rec = OrderRecord { created_lsn, updated_lsn: lsn, order };
+            let want = encode(&rec).unwrap();
+            assert_eq!(order_record(created_lsn, lsn, &rec.order, body).unwrap(), want);
+            assert_eq!(order_record(created_lsn, lsn, &rec.order, None).unwrap(), want);
+            assert_eq!(decode::<OrderRecord>(&want, "record").unwrap(), rec);
         }
     }
 }
