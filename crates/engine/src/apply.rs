@@ -130,7 +130,9 @@ pub fn apply<'a>(
         }
         Event::OrderAccepted(o) | Event::OrderUpdated(o) => {
             let prev = stored_order(state, &o.user_id, &o.order_id)?;
-            // The event's own form after its header is the order's postcard form.
+            // The event's own form after its header is the order's postcard form (in this
+            // codec version: `Event::decode` takes no other, so a replayed record's
+            // payload is in it too).
             store_order(out, lsn, prev, o, encoded.get(HEADER_BYTES..))?;
         }
         Event::OrderRejected(r) => {
