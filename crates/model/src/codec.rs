@@ -149,8 +149,9 @@ mod tests {
     use crate::samples::sample;
     use crate::EventKind;
 
-    /// The in-place output writes exactly postcard's own bytes, for integers of every
-    /// varint length (one to ten bytes), negative and positive, and every event kind.
+    /// The in-place output writes exactly postcard's own bytes for integers of every
+    /// varint length (one to ten bytes), negative and positive; and every event kind's
+    /// encoding still decodes to the event.
     #[test]
     fn append_writes_postcard_bytes() {
         let mut values = vec![0i64, -1, 1, i64::MIN, i64::MAX];
