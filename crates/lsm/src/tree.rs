@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -146,6 +146,9 @@ pub(crate) struct Inner {
     pub flushed_seq: AtomicU64,
     pub snapshots: Mutex<BTreeMap<SeqNo, usize>>,
     pub poisoned: Mutex<Option<String>>,
+    /// Set once `poisoned` holds a cause, so a write checks for poison with a load
+    /// rather than a lock (two locked instructions per write batch).
+    pub poison_flag: AtomicBool,
     pub shutdown: Mutex<bool>,
     pub counters: Counters,
     pub compact_cursor: Mutex<Vec<Vec<u8>>>,
@@ -324,6 +327,7 @@ impl Tree {
             flushed_seq: AtomicU64::new(flushed_seq),
             snapshots: Mutex::new(BTreeMap::new()),
             poisoned: Mutex::new(None),
+            poison_flag: AtomicBool::new(false),
             shutdown: Mutex::new(false),
             counters: Counters::default(),
             compact_cursor: Mutex::new(vec![Vec::new(); opts.levels]),
@@ -621,6 +625,9 @@ fn remove_orphans(vfs: &dyn Vfs, dir: &Path, shape: &Shape) -> Result<u64> {
 
 impl Inner {
     pub(crate) fn check_poison(&self) -> Result<()> {
+        if !self.poison_flag.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &*self.poisoned.lock() {
             Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
             None => Ok(()),
@@ -658,7 +665,9 @@ impl Inner {
             }
             bytes += key.len() + value.map_or(0, <[u8]>::len);
         }
-        self.counters.user_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        // Writers hold the state lock: a plain load and store, no read-modify-write.
+        let user = self.counters.user_bytes.load(Ordering::Relaxed);
+        self.counters.user_bytes.store(user + bytes as u64, Ordering::Relaxed);
         if st.active.bytes() >= self.opts.memtable_bytes {
             while st.immutables.len() >= self.opts.immutables_max {
                 if self.opts.background {
@@ -874,6 +883,7 @@ impl Inner {
         if let Err(e) = &r {
             tracing::error!(error = %e, dir = %self.dir.display(), "LSM tree poisoned");
             self.poisoned.lock().get_or_insert_with(|| e.to_string());
+            self.poison_flag.store(true, Ordering::Release);
             self.changed.notify_all();
         }
         r
