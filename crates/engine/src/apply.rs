@@ -144,20 +144,19 @@ pub fn apply<'a>(
             finish_order(out, state, lsn, ids, Some(c.volume_left), &c.last_msg)?;
         }
         Event::CancelRequested(c) => {
-            let key = Key::new(acct::CANCEL).str(&c.user_id).str(&c.order_id).u64(lsn);
+            let key = Key::account(&c.user_id, acct::CANCEL).str(&c.order_id).u64(lsn);
             put(out, PartitionId::Accounts, key, encoded);
         }
         Event::TradeExecuted(t) => {
-            let key = Key::new(acct::TRADE).str(&t.user_id).u64(!lsn);
+            let key = Key::account(&t.user_id, acct::TRADE).u64(!lsn);
             put(out, PartitionId::Accounts, key, encoded);
         }
         Event::AccountUpdated(a) => {
-            let key = Key::new(acct::ACCOUNT).str(&a.user_id).str(&a.currency);
+            let key = Key::account(&a.user_id, acct::ACCOUNT).str(&a.currency);
             put(out, PartitionId::Accounts, key, encoded);
         }
         Event::PositionUpdated(p) => {
-            let key = Key::new(acct::POSITION)
-                .str(&p.user_id)
+            let key = Key::account(&p.user_id, acct::POSITION)
                 .str(p.instrument_id.as_str())
                 .u8(p.hedge_flag as u8);
             put(out, PartitionId::Accounts, key, encoded);
@@ -212,7 +211,7 @@ pub fn apply<'a>(
             }
         }
         Event::Transfer(t) => {
-            let key = Key::new(acct::TRANSFER).str(&t.user_id).u64(!lsn);
+            let key = Key::account(&t.user_id, acct::TRANSFER).u64(!lsn);
             put(out, PartitionId::Accounts, key, encoded);
         }
         Event::Extension(_) => {
@@ -326,7 +325,7 @@ fn stored_head(bytes: &[u8]) -> Result<Stored> {
 
 /// The stored record of an order, as far as [`store_order`] needs it.
 fn stored_order(state: &dyn StateRead, user_id: &str, order_id: &str) -> Result<Option<Stored>> {
-    let key = Key::new(acct::ORDER).str(user_id).str(order_id);
+    let key = Key::account(user_id, acct::ORDER).str(order_id);
     state.get(&PartitionId::Accounts, key.as_slice())?.map(|b| stored_head(&b)).transpose()
 }
 
@@ -335,7 +334,7 @@ fn existing_order(
     user_id: &str,
     order_id: &str,
 ) -> Result<Option<OrderRecord>> {
-    let key = Key::new(acct::ORDER).str(user_id).str(order_id);
+    let key = Key::account(user_id, acct::ORDER).str(order_id);
     state
         .get(&PartitionId::Accounts, key.as_slice())?
         .map(|b| decode(&b, "order record"))
@@ -409,8 +408,8 @@ fn store_order(
     body: Option<&[u8]>,
 ) -> Result<()> {
     let created = prev.map_or(lsn, |p| p.created_lsn);
-    let by_time = Key::new(acct::ORDER_BY_TIME).str(&order.user_id).u64(!created);
-    let open = Key::new(acct::OPEN_ORDER).str(&order.user_id).u64(!created);
+    let by_time = Key::account(&order.user_id, acct::ORDER_BY_TIME).u64(!created);
+    let open = Key::account(&order.user_id, acct::OPEN_ORDER).u64(!created);
     let id = order.order_id.as_bytes().to_vec();
     if prev.is_none() {
         put(out, PartitionId::Accounts, by_time, id.clone());
@@ -421,7 +420,7 @@ fn store_order(
         (OrderStatus::Finished, true) => delete(out, PartitionId::Accounts, open),
         _ => {}
     }
-    let key = Key::new(acct::ORDER).str(&order.user_id).str(&order.order_id);
+    let key = Key::account(&order.user_id, acct::ORDER).str(&order.order_id);
     put(out, PartitionId::Accounts, key, order_record(created, lsn, order, body)?);
     Ok(())
 }
@@ -490,6 +489,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every key apply writes to the accounts partition begins with the scope tag and
+    /// the event's own trading account (layout 2), so one account's records lie
+    /// together; every kind that writes there is seen writing.
+    #[test]
+    fn accounts_keys_begin_with_their_account() {
+        let state = MapState::default();
+        let mut kinds_seen = std::collections::HashSet::new();
+        for (lsn, kind) in EventKind::ALL.into_iter().enumerate() {
+            let event = sample(kind, 5);
+            let encoded = event.encode().unwrap();
+            let mut out = Writes::new();
+            apply(lsn as u64 + 1, &event, &encoded, &state, &mut out).unwrap();
+            for w in out.iter().filter(|w| w.part == PartitionId::Accounts) {
+                let user = event.account().expect("an accounts write has an account");
+                let scope = Key::new(acct::SCOPE).str(user).into_vec();
+                assert!(w.key.starts_with(&scope), "{kind:?} writes {:?}", w.key);
+                let tag = w.key[scope.len()];
+                let tags = [
+                    acct::ACCOUNT,
+                    acct::POSITION,
+                    acct::ORDER,
+                    acct::ORDER_BY_TIME,
+                    acct::OPEN_ORDER,
+                    acct::TRADE,
+                    acct::TRANSFER,
+                    acct::CANCEL,
+                ];
+                assert!(tags.contains(&tag), "{kind:?} writes tag {tag}");
+                kinds_seen.insert(kind);
+            }
+        }
+        // The kinds that keep an account's state (an order request writes three keys).
+        assert_eq!(kinds_seen.len(), 10, "{kinds_seen:?}");
     }
 
     /// Orders of every status, with texts of many lengths (empty, one byte, past a

@@ -179,6 +179,51 @@ pub(crate) struct Inner {
     pub instruments_made: RwLock<HashSet<InstrumentId>>,
 }
 
+/// The first line of a data directory's [`layout::LAYOUT_FILE`], before the number.
+const LAYOUT_TEXT: &str = "bourse key layout ";
+
+/// The key layout that the data directory `dir` names in its [`layout::LAYOUT_FILE`],
+/// or `None` when it has no such file (a new directory, or one written before the file
+/// existed: see [`layout::KEY_LAYOUT`]). A file that names no layout is corrupt.
+pub fn data_layout(vfs: &dyn Vfs, dir: &Path) -> Result<Option<u32>> {
+    let path = dir.join(layout::LAYOUT_FILE);
+    if !vfs.exists(&path).map_err(io_err("stat", &path))? {
+        return Ok(None);
+    }
+    let bytes = bourse_fs::read_file(vfs, &path).map_err(io_err("read", &path))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let found = text.strip_prefix(LAYOUT_TEXT).and_then(|t| t.strip_suffix('\n'));
+    match found.map(str::parse::<u32>) {
+        Some(Ok(n)) => Ok(Some(n)),
+        _ => Err(Error::Corrupt { what: format!("{} is not \"{LAYOUT_TEXT}N\"", path.display()) }),
+    }
+}
+
+/// Checks that the data directory `dir` holds this build's key layout
+/// ([`layout::KEY_LAYOUT`]), or makes it say so when it is new. A directory with a WAL
+/// or partitions but no layout file was written before the file existed: layout 1.
+/// The file is written before anything else, so a crash cannot leave data without it.
+fn check_layout(vfs: &dyn Vfs, dir: &Path, existed: bool) -> Result<()> {
+    let stored = if existed { data_layout(vfs, dir)? } else { None };
+    match stored {
+        Some(n) if n == layout::KEY_LAYOUT => return Ok(()),
+        Some(n) => return Err(Error::Layout { dir: dir.to_path_buf(), found: n.to_string() }),
+        None => {}
+    }
+    if existed {
+        for sub in ["wal", "parts"] {
+            if vfs.exists(&dir.join(sub)).map_err(io_err("stat", dir.join(sub)))? {
+                return Err(Error::Layout { dir: dir.to_path_buf(), found: "1".into() });
+            }
+        }
+    }
+    bourse_fs::create_dir_durable(vfs, dir).map_err(io_err("create directory", dir))?;
+    let text = format!("{LAYOUT_TEXT}{}\n", layout::KEY_LAYOUT);
+    let path = dir.join(layout::LAYOUT_FILE);
+    bourse_fs::write_file_atomic(vfs, dir, layout::LAYOUT_FILE, text.as_bytes())
+        .map_err(io_err("write", path))
+}
+
 /// The durable list of instrument partitions ([`PARTITION_LIST`]) and the partitions
 /// made since that are not on it yet. A new instrument's partition is made in memory on
 /// its first event ([`Tree::create_lazily_at`]), with no `fsync` on the submit path; it
@@ -402,6 +447,7 @@ impl Engine {
         // Each directory made here is synced into its parent: a power loss must not take
         // the data directory away with an acknowledged write in it.
         let existed = vfs.exists(dir).map_err(io_err("stat", dir))?;
+        check_layout(&*vfs, dir, existed)?;
         bourse_fs::create_dir_durable(&*vfs, &dir.join("parts/instruments"))
             .map_err(io_err("create directory", dir.join("parts/instruments")))?;
         // A data directory made by someone else (by hand, by a script) may never have had
@@ -650,6 +696,8 @@ impl Engine {
         let started = Instant::now();
         // Nothing is truncated while the copy runs.
         let _pin = self.pin_wal(self.inner.wal.first_lsn().0);
+        // The copy says its key layout first, as a new data directory does.
+        check_layout(vfs, dest, false)?;
         let inst = dest.join("parts/instruments");
         bourse_fs::create_dir_durable(vfs, &inst).map_err(io_err("create directory", &inst))?;
         let mut floor = u64::MAX;

@@ -1,6 +1,7 @@
 //! Partitions and key layouts (the full table is in `docs/storage-layout.md`).
 //!
-//! Every key starts with a one-byte tag naming the record type. Strings inside keys are
+//! Every key starts with a one-byte tag naming the record type (in the accounts
+//! partition, the tag follows the trading account: see [`acct`]). Strings inside keys are
 //! length-prefixed (`u16` big-endian length, then the bytes), so ids may hold any byte
 //! and a prefix scan over one user's records can never run into another user's.
 //! Integers are big-endian so byte order is numeric order; signed times are stored with
@@ -59,23 +60,38 @@ pub mod inst {
     pub const BOOK_CHECKPOINT: u8 = b'C';
 }
 
-/// Record tags of the accounts partition.
+/// The key layout this build writes and reads, kept in the data directory's
+/// [`LAYOUT_FILE`]. Layout 1 (no such file) began accounts keys with the record's tag;
+/// layout 2 begins them with the trading account ([`Key::account`]).
+pub const KEY_LAYOUT: u32 = 2;
+
+/// The file in the data directory that names its key layout: `bourse key layout N` and
+/// a newline.
+pub const LAYOUT_FILE: &str = "LAYOUT";
+
+/// Record tags of the accounts partition. Every key there is [`acct::SCOPE`], the
+/// trading account (a length-prefixed string), then one of these tags and the rest
+/// ([`Key::account`]): one account's records lie together, so an order request's three
+/// keys (its record, its by-time and open index entries) land in one memtable leaf.
+/// The shapes below leave out the common `A user`.
 pub mod acct {
-    /// `a user currency` → account event.
+    /// The first byte of every key of the accounts partition.
+    pub const SCOPE: u8 = b'A';
+    /// `a currency` → account event.
     pub const ACCOUNT: u8 = b'a';
-    /// `p user instrument hedge` → position event.
+    /// `p instrument hedge` → position event.
     pub const POSITION: u8 = b'p';
-    /// `o user order_id` → [`crate::OrderRecord`].
+    /// `o order_id` → [`crate::OrderRecord`].
     pub const ORDER: u8 = b'o';
-    /// `r user !created_lsn` → order id (all of a user's orders, newest first).
+    /// `r !created_lsn` → order id (all of a user's orders, newest first).
     pub const ORDER_BY_TIME: u8 = b'r';
-    /// `q user !created_lsn` → order id (open orders only, newest first).
+    /// `q !created_lsn` → order id (open orders only, newest first).
     pub const OPEN_ORDER: u8 = b'q';
-    /// `t user !lsn` → trade event (a user's trades, newest first).
+    /// `t !lsn` → trade event (a user's trades, newest first).
     pub const TRADE: u8 = b't';
-    /// `x user !lsn` → transfer event.
+    /// `x !lsn` → transfer event.
     pub const TRANSFER: u8 = b'x';
-    /// `c user order_id lsn` → cancel request event.
+    /// `c order_id lsn` → cancel request event.
     pub const CANCEL: u8 = b'c';
 }
 
@@ -107,6 +123,12 @@ impl Key {
         let mut v = Vec::with_capacity(48);
         v.push(tag);
         Key(v)
+    }
+
+    /// A key of the accounts partition: [`acct::SCOPE`], the trading account `user`,
+    /// then the record's `tag` (one of [`acct`]'s).
+    pub fn account(user: &str, tag: u8) -> Key {
+        Key::new(acct::SCOPE).str(user).u8(tag)
     }
 
     /// Appends a length-prefixed string.

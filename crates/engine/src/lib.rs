@@ -52,8 +52,8 @@ pub use apply::{OrderRecord, UserRecord};
 pub use bourse_wal::{Lsn, LsnRange};
 pub use cache::{apply_delta, MarketCache};
 pub use engine::{
-    BackupReport, CommitSink, Encoded, Engine, EngineStats, OpenProgress, PartitionStats, WalPin,
-    PARTITION_LIST,
+    data_layout, BackupReport, CommitSink, Encoded, Engine, EngineStats, OpenProgress,
+    PartitionStats, WalPin, PARTITION_LIST,
 };
 pub use query::{OrderFilter, Rows};
 pub use stream::{CommitStream, Committed, RawCommitted};
@@ -268,6 +268,20 @@ pub enum Error {
         user: String,
         /// The account.
         account: String,
+    },
+    /// The data directory holds a key layout this build does not read (see
+    /// [`layout::KEY_LAYOUT`]); nothing was changed.
+    #[error(
+        "data directory {dir} holds key layout {found}, and this build reads only layout {}: \
+         open it with the build that wrote it (a newer build, or one from before the \
+         accounts keys began with the account)",
+        layout::KEY_LAYOUT
+    )]
+    Layout {
+        /// The data directory.
+        dir: PathBuf,
+        /// The layout it holds (`1` when it has no layout file but has data).
+        found: String,
     },
     /// An LSN outside what the WAL retains was asked for.
     #[error("LSN {asked} is not retained (the WAL holds {first}..={last})")]

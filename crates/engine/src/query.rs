@@ -118,7 +118,7 @@ impl Engine {
 
     /// An order's latest state by (trading account, order id).
     pub fn order(&self, user_id: &str, order_id: &str) -> Result<Option<OrderRecord>> {
-        let key = Key::new(acct::ORDER).str(user_id).str(order_id);
+        let key = Key::account(user_id, acct::ORDER).str(order_id);
         self.get_at(&PartitionId::Accounts, key.as_slice(), self.snap())?
             .map(|b| decode(&b, "order record"))
             .transpose()
@@ -132,7 +132,7 @@ impl Engine {
             OrderFilter::Open => acct::OPEN_ORDER,
             OrderFilter::All => acct::ORDER_BY_TIME,
         };
-        let prefix = Key::new(tag).str(user_id).into_vec();
+        let prefix = Key::account(user_id, tag).into_vec();
         let snap = self.snap();
         let index = scan(&p.tree, prefix.clone(), prefix_end(&prefix), snap, false, |_, v| {
             Ok(Some(v.to_vec()))
@@ -144,7 +144,7 @@ impl Engine {
             let lookup = || -> Result<Option<OrderRecord>> {
                 let id = String::from_utf8(id?)
                     .map_err(|_| crate::Error::Corrupt { what: "order id index".into() })?;
-                let key = Key::new(acct::ORDER).str(&user).str(&id);
+                let key = Key::account(&user, acct::ORDER).str(&id);
                 tree.tree.get(key.as_slice(), snap)?.map(|b| decode(&b, "order record")).transpose()
             };
             lookup().transpose()
@@ -184,14 +184,14 @@ impl Engine {
     /// A trading account's trades, newest first.
     pub fn user_trades(&self, user_id: &str) -> Rows<Trade> {
         let Some(p) = self.tree_of(&PartitionId::Accounts) else { return Rows::empty() };
-        let prefix = Key::new(acct::TRADE).str(user_id).into_vec();
+        let prefix = Key::account(user_id, acct::TRADE).into_vec();
         scan(&p.tree, prefix.clone(), prefix_end(&prefix), self.snap(), false, trade)
     }
 
     /// A trading account's transfers, newest first.
     pub fn transfers(&self, user_id: &str) -> Rows<Transfer> {
         let Some(p) = self.tree_of(&PartitionId::Accounts) else { return Rows::empty() };
-        let prefix = Key::new(acct::TRANSFER).str(user_id).into_vec();
+        let prefix = Key::account(user_id, acct::TRANSFER).into_vec();
         scan(&p.tree, prefix.clone(), prefix_end(&prefix), self.snap(), false, transfer)
     }
 
@@ -216,7 +216,7 @@ impl Engine {
     /// A trading account's funds, one per currency.
     pub fn accounts(&self, user_id: &str) -> Result<Vec<Account>> {
         let Some(p) = self.tree_of(&PartitionId::Accounts) else { return Ok(Vec::new()) };
-        let prefix = Key::new(acct::ACCOUNT).str(user_id).into_vec();
+        let prefix = Key::account(user_id, acct::ACCOUNT).into_vec();
         scan(&p.tree, prefix.clone(), prefix_end(&prefix), self.snap(), false, |_, v| {
             event_of(|e| match e {
                 Event::AccountUpdated(a) => Some(a),
@@ -229,7 +229,7 @@ impl Engine {
     /// A trading account's positions.
     pub fn positions(&self, user_id: &str) -> Result<Vec<Position>> {
         let Some(p) = self.tree_of(&PartitionId::Accounts) else { return Ok(Vec::new()) };
-        let prefix = Key::new(acct::POSITION).str(user_id).into_vec();
+        let prefix = Key::account(user_id, acct::POSITION).into_vec();
         scan(&p.tree, prefix.clone(), prefix_end(&prefix), self.snap(), false, |_, v| {
             event_of(|e| match e {
                 Event::PositionUpdated(p) => Some(p),

@@ -605,3 +605,66 @@ fn accounts_and_users_filter_their_memtable_keys_instruments_do_not() {
     assert!(bytes("users") >= 1 << 20, "users: {} bytes", bytes("users"));
     assert!(bytes("cu2501") < 64 << 10, "the instrument: {} bytes", bytes("cu2501"));
 }
+
+/// Every file under `dir` with its bytes, for checking that a refused open changed
+/// nothing.
+fn tree_bytes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_data_directory_names_its_key_layout_and_another_layout_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join(bourse_engine::layout::LAYOUT_FILE);
+    {
+        let e = Engine::open(dir.path(), opts()).unwrap();
+        e.submit(&[trade("SHFE.cu2512", "acct1", 1, 5)], Durability::Durable).unwrap();
+    }
+    let want = format!("bourse key layout {}\n", bourse_engine::layout::KEY_LAYOUT);
+    assert_eq!(std::fs::read_to_string(&layout).unwrap(), want);
+    // Reopened with its own layout, it holds what was written.
+    {
+        let e = Engine::open(dir.path(), opts()).unwrap();
+        assert_eq!(e.user_trades("acct1").count(), 1);
+    }
+    // A directory from before the file (data, no file) is layout 1; a file naming
+    // another layout is that layout; a file that names none is corrupt. Each open is
+    // refused and leaves every file as it was.
+    let cases: [(Option<&str>, Option<&str>); 3] =
+        [(None, Some("1")), (Some("bourse key layout 3\n"), Some("3")), (Some("junk\n"), None)];
+    for (text, found) in cases {
+        match text {
+            Some(t) => std::fs::write(&layout, t).unwrap(),
+            None => std::fs::remove_file(&layout).unwrap(),
+        }
+        let before = tree_bytes(dir.path());
+        let err = Engine::open(dir.path(), opts()).expect_err("the open is refused");
+        match (&err, found) {
+            (Error::Layout { found: f, .. }, Some(want)) => {
+                assert_eq!(f, want);
+                assert!(err.to_string().contains("reads only layout 2"), "{err}");
+            }
+            (Error::Corrupt { what }, None) => assert!(what.contains("LAYOUT"), "{what}"),
+            _ => panic!("{text:?}: unexpected error {err}"),
+        }
+        assert_eq!(tree_bytes(dir.path()), before, "{text:?}: a refused open changed files");
+    }
+    // An empty directory made beforehand (by hand, by a script) is new: it gets the file.
+    let empty = tempfile::tempdir().unwrap();
+    drop(Engine::open(empty.path(), opts()).unwrap());
+    let made = empty.path().join(bourse_engine::layout::LAYOUT_FILE);
+    assert_eq!(std::fs::read_to_string(made).unwrap(), want);
+}

@@ -66,6 +66,21 @@ fn verify_engine(
     flushed: &[(std::path::PathBuf, u64)],
 ) -> anyhow::Result<bool> {
     let mut clean = true;
+    // A build opens only its own key layout; a directory from before the layout file
+    // has data and no file (layout 1).
+    let this = bourse_engine::layout::KEY_LAYOUT;
+    match bourse_engine::data_layout(&RealFs, data) {
+        Ok(Some(n)) if n == this => println!("engine: key layout {n}"),
+        Ok(found) => {
+            let found = found.map_or("1 (no layout file)".to_string(), |n| n.to_string());
+            println!("  INCOMPATIBLE: key layout {found}; this build opens only layout {this}");
+            clean = false;
+        }
+        Err(e) => {
+            println!("  CORRUPT: {e}");
+            clean = false;
+        }
+    }
     let inst = data.join("parts/instruments");
     let list_path = inst.join(bourse_engine::PARTITION_LIST);
     let listed: Vec<String> = std::fs::read_to_string(&list_path)

@@ -144,6 +144,19 @@ fn the_demo_writes_a_journal_that_verifies() {
     let (code, out) = bourse(&["verify", "--data", backup.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("engine: 5 instrument partitions listed"), "{out}");
+    assert!(out.contains("engine: key layout 2"), "{out}");
+    // A key layout this build does not open is a failure, named; so is a directory
+    // with data and no layout file (written before the file existed).
+    let layout = backup.join(bourse_engine::layout::LAYOUT_FILE);
+    std::fs::write(&layout, "bourse key layout 9\n").unwrap();
+    let (code, out) = bourse(&["verify", "--data", backup.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("INCOMPATIBLE: key layout 9"), "{out}");
+    std::fs::remove_file(&layout).unwrap();
+    let (code, out) = bourse(&["verify", "--data", backup.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("INCOMPATIBLE: key layout 1 (no layout file)"), "{out}");
+    std::fs::write(&layout, "bourse key layout 2\n").unwrap();
     // A partition the engine would not open is a failure, named.
     std::fs::remove_file(backup.join("parts/instruments/PARTITIONS")).unwrap();
     let (code, out) = bourse(&["verify", "--data", backup.to_str().unwrap()]);
