@@ -207,13 +207,13 @@ fn check_layout(vfs: &dyn Vfs, dir: &Path, existed: bool) -> Result<()> {
     let stored = if existed { data_layout(vfs, dir)? } else { None };
     match stored {
         Some(n) if n == layout::KEY_LAYOUT => return Ok(()),
-        Some(n) => return Err(Error::Layout { dir: dir.to_path_buf(), found: n.to_string() }),
+        Some(n) => return Err(Error::Layout { dir: dir.to_path_buf(), found: n }),
         None => {}
     }
     if existed {
         for sub in ["wal", "parts"] {
             if vfs.exists(&dir.join(sub)).map_err(io_err("stat", dir.join(sub)))? {
-                return Err(Error::Layout { dir: dir.to_path_buf(), found: "1".into() });
+                return Err(Error::Layout { dir: dir.to_path_buf(), found: 1 });
             }
         }
     }

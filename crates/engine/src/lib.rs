@@ -280,8 +280,8 @@ pub enum Error {
     Layout {
         /// The data directory.
         dir: PathBuf,
-        /// The layout it holds (`1` when it has no layout file but has data).
-        found: String,
+        /// The layout it holds (1 when it has data but no layout file).
+        found: u32,
     },
     /// An LSN outside what the WAL retains was asked for.
     #[error("LSN {asked} is not retained (the WAL holds {first}..={last})")]

@@ -643,8 +643,8 @@ fn a_data_directory_names_its_key_layout_and_another_layout_is_refused_untouched
     // A directory from before the file (data, no file) is layout 1; a file naming
     // another layout is that layout; a file that names none is corrupt. Each open is
     // refused and leaves every file as it was.
-    let cases: [(Option<&str>, Option<&str>); 3] =
-        [(None, Some("1")), (Some("bourse key layout 3\n"), Some("3")), (Some("junk\n"), None)];
+    let cases: [(Option<&str>, Option<u32>); 3] =
+        [(None, Some(1)), (Some("bourse key layout 3\n"), Some(3)), (Some("junk\n"), None)];
     for (text, found) in cases {
         match text {
             Some(t) => std::fs::write(&layout, t).unwrap(),
@@ -654,7 +654,7 @@ fn a_data_directory_names_its_key_layout_and_another_layout_is_refused_untouched
         let err = Engine::open(dir.path(), opts()).expect_err("the open is refused");
         match (&err, found) {
             (Error::Layout { found: f, .. }, Some(want)) => {
-                assert_eq!(f, want);
+                assert_eq!(*f, want);
                 assert!(err.to_string().contains("reads only layout 2"), "{err}");
             }
             (Error::Corrupt { what }, None) => assert!(what.contains("LAYOUT"), "{what}"),
