@@ -103,6 +103,10 @@ impl Store for Bourse {
     }
 }
 
+/// A mixed-case reader's latencies (latest tick, open orders, trades of the last
+/// minute) and the rows each kind of query found in all.
+type ReaderResult = ([hdrhistogram::Histogram<u64>; 3], [u64; 3]);
+
 pub fn engine_options(memtable_bytes: usize) -> EngineOptions {
     let mut o = EngineOptions {
         memtable_bytes,
@@ -453,27 +457,34 @@ fn mixed_case(root: &Path, cfg: &Cfg, pool: &LazyPool) -> anyhow::Result<()> {
         let readers: Vec<_> = (0..2u64)
             .map(|r| {
                 let (store, stop, now) = (store.clone(), stop.clone(), pool.built_ns);
-                std::thread::spawn(move || -> anyhow::Result<[hdrhistogram::Histogram<u64>; 3]> {
+                std::thread::spawn(move || -> anyhow::Result<ReaderResult> {
                     let mut hs = [histogram(), histogram(), histogram()];
+                    // What the queries found (ticks, open orders, trades): the stores
+                    // answer the same questions only if these agree in scale.
+                    let mut rows = [0u64; 3];
                     let mut k = r;
                     while !stop.load(Ordering::Relaxed) {
                         k += 1;
                         let ins = instrument(k);
                         let t = Instant::now();
-                        std::hint::black_box(store.latest_tick(&ins)?);
+                        let tick = std::hint::black_box(store.latest_tick(&ins)?);
                         record(&mut hs[0], t.elapsed());
                         let t = Instant::now();
-                        std::hint::black_box(store.open_orders(&account(k * 7919), 100)?);
+                        let orders =
+                            std::hint::black_box(store.open_orders(&account(k * 7919), 100)?);
                         record(&mut hs[1], t.elapsed());
                         let t = Instant::now();
-                        std::hint::black_box(store.trades_since(
+                        let trades = std::hint::black_box(store.trades_since(
                             &ins,
                             now - 60_000_000_000,
                             1000,
                         )?);
                         record(&mut hs[2], t.elapsed());
+                        rows[0] += u64::from(tick.is_some());
+                        rows[1] += orders as u64;
+                        rows[2] += trades as u64;
                     }
-                    Ok(hs)
+                    Ok((hs, rows))
                 })
             })
             .collect();
@@ -481,10 +492,14 @@ fn mixed_case(root: &Path, cfg: &Cfg, pool: &LazyPool) -> anyhow::Result<()> {
         let (rate, h) = (run.rate(), run.hist);
         stop.store(true, Ordering::Relaxed);
         let mut q = [histogram(), histogram(), histogram()];
+        let mut found = [0u64; 3];
         for r in readers {
-            let hs = r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+            let (hs, rows) = r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
             for (a, b) in q.iter_mut().zip(hs) {
                 a.add(b).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            for (a, b) in found.iter_mut().zip(rows) {
+                *a += b;
             }
         }
         let sys = store.system();
@@ -492,11 +507,15 @@ fn mixed_case(root: &Path, cfg: &Cfg, pool: &LazyPool) -> anyhow::Result<()> {
         emit("engine", "mixed", sys, &params, "throughput", rate, "events/s");
         lat.emit("engine", "mixed", sys, &params);
         eprintln!("  mixed            {sys:<8} 4 durable writers: {rate:>10.0} events/s  submit p99 {:>8.2} us", lat.p99);
-        for (name, hq) in ["latest_tick", "open_orders", "trades_last_minute"].iter().zip(&q) {
+        let names = ["latest_tick", "open_orders", "trades_last_minute"];
+        for ((name, hq), rows) in names.iter().zip(&q).zip(found) {
             let l = Latency::of(hq);
-            l.emit("engine", &format!("mixed_{name}"), sys, &params);
+            let case = format!("mixed_{name}");
+            l.emit("engine", &case, sys, &params);
+            let per_query = rows as f64 / hq.len().max(1) as f64;
+            emit("engine", &case, sys, &params, "rows_per_query", per_query, "rows");
             eprintln!(
-                "    {name:<20} {:>8} queries  p50 {:>8.2} us  p99 {:>8.2} us  p99.9 {:>8.2} us",
+                "    {name:<20} {:>8} queries  p50 {:>8.2} us  p99 {:>8.2} us  p99.9 {:>8.2} us  {per_query:>7.2} rows/query",
                 hq.len(),
                 l.p50,
                 l.p99,

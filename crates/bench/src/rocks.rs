@@ -209,7 +209,7 @@ impl crate::engine::Store for RocksStore {
     fn open_orders(&self, acct: &str, limit: usize) -> anyhow::Result<usize> {
         use bourse_engine::layout::{acct as a, Key};
         let Some(cf) = self.db.cf_handle("accounts") else { return Ok(0) };
-        let prefix = Key::new(a::OPEN_ORDER).str(acct).into_vec();
+        let prefix = Key::account(acct, a::OPEN_ORDER).into_vec();
         let mut it = self.db.raw_iterator_cf(&cf);
         it.seek(&prefix);
         let mut n = 0;
@@ -219,7 +219,7 @@ impl crate::engine::Store for RocksStore {
                 break;
             }
             let id = it.value().unwrap_or_default().to_vec();
-            let okey = Key::new(a::ORDER).str(acct).str(&String::from_utf8_lossy(&id)).into_vec();
+            let okey = Key::account(acct, a::ORDER).str(&String::from_utf8_lossy(&id)).into_vec();
             std::hint::black_box(self.db.get_cf(&cf, okey)?);
             n += 1;
             it.next();
