@@ -195,3 +195,24 @@ fn a_listed_partition_without_a_tree_after_truncation_is_corrupt() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("{name} is listed")) && out.contains("they are lost"), "{out}");
 }
+
+/// A data directory of another key layout stops `bourse demo` with the layout error,
+/// and, since the demo's data is simulated, how to start afresh; nothing is written.
+#[test]
+fn the_demo_on_a_directory_of_another_key_layout_says_how_to_start_afresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("old");
+    // A WAL directory and no layout file: written before the file existed (layout 1).
+    std::fs::create_dir_all(data.join("wal")).unwrap();
+    let (code, out) =
+        bourse(&["demo", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("holds key layout 1") && out.contains("reads only layout 2"), "{out}");
+    assert!(out.contains("remove") && out.contains("to start afresh"), "{out}");
+    let mut names: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["wal"], "the refused open wrote something");
+}

@@ -127,7 +127,19 @@ pub fn run(cfg: ServerConfig, mode: Mode) -> anyhow::Result<()> {
                 );
             }
         })
-        .with_context(|| format!("cannot open the store in {}", cfg.data.display()))?,
+        .map_err(|e| {
+            // A demo directory left by a build of another key layout holds only
+            // simulated data: say how to start afresh.
+            let hint = match (&e, mode.demo) {
+                (bourse_engine::Error::Layout { .. }, true) => format!(
+                    " (the demo's data is simulated: remove {} to start afresh)",
+                    cfg.data.display()
+                ),
+                _ => String::new(),
+            };
+            anyhow::Error::new(e)
+                .context(format!("cannot open the store in {}{hint}", cfg.data.display()))
+        })?,
     );
     let bus = Bus::attach(engine.clone(), BusOptions::default())?;
     let sim = if mode.sim {
