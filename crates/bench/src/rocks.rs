@@ -219,7 +219,7 @@ impl crate::engine::Store for RocksStore {
                 break;
             }
             let id = it.value().unwrap_or_default().to_vec();
-            let okey = Key::account(acct, a::ORDER).str(&String::from_utf8_lossy(&id)).into_vec();
+            let okey = Key::order(acct, &String::from_utf8_lossy(&id)).into_vec();
             std::hint::black_box(self.db.get_cf(&cf, okey)?);
             n += 1;
             it.next();

@@ -325,7 +325,7 @@ fn stored_head(bytes: &[u8]) -> Result<Stored> {
 
 /// The stored record of an order, as far as [`store_order`] needs it.
 fn stored_order(state: &dyn StateRead, user_id: &str, order_id: &str) -> Result<Option<Stored>> {
-    let key = Key::account(user_id, acct::ORDER).str(order_id);
+    let key = Key::order(user_id, order_id);
     state.get(&PartitionId::Accounts, key.as_slice())?.map(|b| stored_head(&b)).transpose()
 }
 
@@ -334,7 +334,7 @@ fn existing_order(
     user_id: &str,
     order_id: &str,
 ) -> Result<Option<OrderRecord>> {
-    let key = Key::account(user_id, acct::ORDER).str(order_id);
+    let key = Key::order(user_id, order_id);
     state
         .get(&PartitionId::Accounts, key.as_slice())?
         .map(|b| decode(&b, "order record"))
@@ -420,7 +420,7 @@ fn store_order(
         (OrderStatus::Finished, true) => delete(out, PartitionId::Accounts, open),
         _ => {}
     }
-    let key = Key::account(&order.user_id, acct::ORDER).str(&order.order_id);
+    let key = Key::order(&order.user_id, &order.order_id);
     put(out, PartitionId::Accounts, key, order_record(created, lsn, order, body)?);
     Ok(())
 }

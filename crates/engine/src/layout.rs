@@ -131,6 +131,12 @@ impl Key {
         Key::new(acct::SCOPE).str(user).u8(tag)
     }
 
+    /// The key of an order's record in the accounts partition (`A user o order_id`):
+    /// the one builder apply, the queries and the benchmark peer share.
+    pub fn order(user: &str, order_id: &str) -> Key {
+        Key::account(user, acct::ORDER).str(order_id)
+    }
+
     /// Appends a length-prefixed string.
     pub fn str(mut self, s: &str) -> Key {
         let n = u16::try_from(s.len()).unwrap_or(u16::MAX);

@@ -118,7 +118,7 @@ impl Engine {
 
     /// An order's latest state by (trading account, order id).
     pub fn order(&self, user_id: &str, order_id: &str) -> Result<Option<OrderRecord>> {
-        let key = Key::account(user_id, acct::ORDER).str(order_id);
+        let key = Key::order(user_id, order_id);
         self.get_at(&PartitionId::Accounts, key.as_slice(), self.snap())?
             .map(|b| decode(&b, "order record"))
             .transpose()
@@ -144,7 +144,7 @@ impl Engine {
             let lookup = || -> Result<Option<OrderRecord>> {
                 let id = String::from_utf8(id?)
                     .map_err(|_| crate::Error::Corrupt { what: "order id index".into() })?;
-                let key = Key::account(&user, acct::ORDER).str(&id);
+                let key = Key::order(&user, &id);
                 tree.tree.get(key.as_slice(), snap)?.map(|b| decode(&b, "order record")).transpose()
             };
             lookup().transpose()
